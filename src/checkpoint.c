@@ -1,0 +1,713 @@
+/*-------------------------------------------------------------------------
+ *
+ * checkpoint.c
+ *	  The checkpoint store: every read and write a worker makes to
+ *	  dw_etl_jobs and dw_etl_runs.
+ *
+ * All statements run through SPI inside the worker's current transaction,
+ * so a checkpoint commits together with the rows it covers.  They run as
+ * the extension's owner (the worker's session user); only the target
+ * table is written as the run's role (loader.c).  Results are copied into
+ * the caller's memory context before SPI_finish().
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "etl_exec.h"
+
+#define ETL_MAX_ARGS 16
+
+static char *extension_schema = NULL;
+
+char *
+etl_extension_schema(void)
+{
+	if (extension_schema == NULL)
+	{
+		char	   *name;
+
+		SPI_connect();
+		if (SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e "
+						"JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+						"WHERE e.extname = 'etl_exec'", true, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("extension \"etl_exec\" is not installed in this database"),
+					 errhint("Run CREATE EXTENSION etl_exec.")));
+		name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		extension_schema = MemoryContextStrdup(TopMemoryContext, name);
+		SPI_finish();
+	}
+	return extension_schema;
+}
+
+/* schema-qualified, quoted name of one of the extension's objects */
+const char *
+etl_qualified(const char *relname)
+{
+	return quote_qualified_identifier(etl_extension_schema(), relname);
+}
+
+/*
+ * Run one statement with text arguments ($1::type casts in the SQL).  NULL
+ * argument pointers are SQL NULLs.  Returns SPI_processed; the result stays
+ * in SPI_tuptable until the caller's SPI_finish().
+ */
+static uint64
+spi_run(const char *sql, int nargs, const char **args, int expect)
+{
+	Oid			types[ETL_MAX_ARGS];
+	Datum		values[ETL_MAX_ARGS];
+	char		nulls[ETL_MAX_ARGS];
+	int			rc;
+
+	Assert(nargs <= ETL_MAX_ARGS);
+	for (int i = 0; i < nargs; i++)
+	{
+		types[i] = TEXTOID;
+		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
+		nulls[i] = args[i] ? ' ' : 'n';
+	}
+	rc = SPI_execute_with_args(sql, nargs, nargs ? types : NULL, nargs ? values : NULL,
+							   nargs ? nulls : NULL, false, 0);
+	if (rc != expect)
+		elog(ERROR, "etl_exec: unexpected SPI result %s for: %s",
+			 SPI_result_code_string(rc), sql);
+	return SPI_processed;
+}
+
+/* column "col" of result row 0, copied into cxt (NULL for SQL NULL) */
+static char *
+spi_value(MemoryContext cxt, int col)
+{
+	char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
+
+	return v ? MemoryContextStrdup(cxt, v) : NULL;
+}
+
+static char *
+int64_str(int64 v)
+{
+	return psprintf(INT64_FORMAT, v);
+}
+
+static Jsonb *
+jsonb_from_cstring(MemoryContext cxt, const char *s)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Jsonb	   *jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+
+	MemoryContextSwitchTo(old);
+	return jb;
+}
+
+static void
+raise_refusal(int sqlerrcode, const char *msg, const char *hint)
+{
+	ereport(ERROR, (errcode(sqlerrcode), errmsg("%s", msg),
+					hint ? errhint("%s", hint) : 0));
+}
+
+/*
+ * Checks a run has to pass inside the worker, which sees only committed
+ * rows: the job exists and is enabled, its target table exists, and no
+ * other live run of the job is active unless the job allows that.
+ */
+static void
+check_job_startable(int32 job_id, int64 own_run_id, bool dry_run)
+{
+	char	   *job_str = psprintf("%d", job_id);
+	const char *args[2];
+	char	   *sql;
+	char	   *enabled;
+	char	   *target;
+	char	   *concurrent;
+	char	   *target_oid;
+
+	args[0] = job_str;
+	sql = psprintf("SELECT enabled, target_table, allow_concurrent_runs "
+				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
+	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+		raise_refusal(ERRCODE_UNDEFINED_OBJECT,
+					  psprintf("etl_exec job %d does not exist (or is not committed yet)", job_id),
+					  "A run's worker sees only committed rows: commit the job before starting it.");
+	enabled = spi_value(CurrentMemoryContext, 1);
+	target = spi_value(CurrentMemoryContext, 2);
+	concurrent = spi_value(CurrentMemoryContext, 3);
+	if (strcmp(enabled, "t") != 0)
+		raise_refusal(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+					  psprintf("etl_exec job %d is disabled", job_id),
+					  psprintf("Enable it with UPDATE dw_etl_jobs SET enabled = true WHERE job_id = %d.", job_id));
+
+	args[0] = target;
+	if (spi_run("SELECT to_regclass($1)::oid", 1, args, SPI_OK_SELECT) != 1 ||
+		(target_oid = spi_value(CurrentMemoryContext, 1)) == NULL)
+		raise_refusal(ERRCODE_UNDEFINED_TABLE,
+					  psprintf("target table \"%s\" of etl_exec job %d does not exist (or is not committed yet)",
+							   target, job_id),
+					  "Create the table (and commit) before starting the job, or fix dw_etl_jobs.target_table.");
+
+	if (dry_run || strcmp(concurrent, "t") == 0)
+		return;
+
+	/* record dead workers' runs as interrupted before counting live ones */
+	args[0] = job_str;
+	sql = psprintf("SELECT %s._etl_reap($1::int)", quote_identifier(etl_extension_schema()));
+	spi_run(sql, 1, args, SPI_OK_SELECT);
+
+	args[1] = int64_str(own_run_id);
+	sql = psprintf("SELECT run_id FROM %s WHERE job_id = $1::int AND run_id <> $2::bigint "
+				   "AND status IN ('queued', 'running') AND NOT dry_run ORDER BY run_id LIMIT 1",
+				   etl_qualified("dw_etl_runs"));
+	if (spi_run(sql, 2, args, SPI_OK_SELECT) > 0)
+	{
+		char	   *active = spi_value(CurrentMemoryContext, 1);
+
+		raise_refusal(ERRCODE_OBJECT_IN_USE,
+					  psprintf("etl_exec job %d already has an active run %s", job_id, active),
+					  psprintf("Wait for it with SELECT etl_wait_run(%s), cancel it with SELECT etl_cancel_run(%s), "
+							   "or set allow_concurrent_runs on the job.", active, active));
+	}
+}
+
+/*
+ * Create a new run for a launch request: runs in the worker's first
+ * transaction, which also takes the run's lock before the row is visible.
+ */
+int64
+etl_create_run(EtlLaunchShared *req, const char *settings_json,
+			   const char *parameters_json)
+{
+	int64		run_id;
+	const char *args[8];
+	char	   *sql;
+
+	SPI_connect();
+	etl_job_claim_lock(req->job_id);
+	check_job_startable(req->job_id, 0, req->dry_run);
+
+	sql = psprintf("SELECT nextval('%s')",
+				   quote_qualified_identifier(etl_extension_schema(), "dw_etl_runs_run_id_seq"));
+	spi_run(sql, 0, NULL, SPI_OK_SELECT);
+	run_id = pg_strtoint64(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+
+	if (!etl_run_lock_try_acquire(run_id))
+		elog(ERROR, "etl_exec: new run " INT64_FORMAT " is locked by another process", run_id);
+
+	args[0] = int64_str(run_id);
+	args[1] = psprintf("%d", req->job_id);
+	args[2] = parameters_json;
+	args[3] = req->dry_run ? "true" : "false";
+	args[4] = psprintf("%d", req->timeout_seconds);
+	args[5] = psprintf("%d", MyProcPid);
+	args[6] = psprintf("%u", req->role_oid);
+	args[7] = settings_json;
+	sql = psprintf("INSERT INTO %s (run_id, job_id, status, parameters, dry_run, timeout_seconds, "
+				   "  started_at, segment_started_at, worker_pid, started_by, settings, run_context) "
+				   "SELECT $1::bigint, $2::int, 'running', $3::jsonb, $4::bool, $5::int, "
+				   "  now(), now(), $6::int, $7::oid, $8::jsonb, "
+				   "  jsonb_build_object('paging', p, "
+				   "    'fingerprint', jsonb_build_object('parameters', md5($3::jsonb::text), 'paging', md5(p::text)), "
+				   "    'resume_count', 0, 'retries', 0, 'segments', '[]'::jsonb) "
+				   "FROM (SELECT %s._etl_paging_of($2::int) AS p) s",
+				   etl_qualified("dw_etl_runs"), quote_identifier(etl_extension_schema()));
+	spi_run(sql, 8, args, SPI_OK_INSERT);
+	SPI_finish();
+	return run_id;
+}
+
+/*
+ * Claim an existing run for a resume: the run's lock first (two workers
+ * never run one run), then its row, whose status must still allow it.
+ */
+void
+etl_claim_run(int64 run_id, int32 timeout_seconds, const char *settings_json)
+{
+	const char *args[4];
+	char	   *sql;
+	char	   *status;
+	char	   *has_checkpoint;
+	char	   *dry_run;
+	int32		job_id;
+
+	if (!etl_run_lock_try_acquire(run_id))
+		raise_refusal(ERRCODE_OBJECT_IN_USE,
+					  psprintf("etl_exec run " INT64_FORMAT " is already being run by another worker", run_id),
+					  psprintf("Wait for it with SELECT etl_wait_run(" INT64_FORMAT ").", run_id));
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	sql = psprintf("SELECT status, run_context ? 'checkpoint', dry_run, job_id FROM %s "
+				   "WHERE run_id = $1::bigint FOR UPDATE", etl_qualified("dw_etl_runs"));
+	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+		raise_refusal(ERRCODE_UNDEFINED_OBJECT,
+					  psprintf("etl_exec run " INT64_FORMAT " does not exist", run_id), NULL);
+	status = spi_value(CurrentMemoryContext, 1);
+	has_checkpoint = spi_value(CurrentMemoryContext, 2);
+	dry_run = spi_value(CurrentMemoryContext, 3);
+	job_id = pg_strtoint32(spi_value(CurrentMemoryContext, 4));
+
+	if (strcmp(dry_run, "t") == 0)
+		raise_refusal(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+					  psprintf("etl_exec run " INT64_FORMAT " is a dry run and cannot be resumed", run_id),
+					  "Start a real run with etl_execute_job().");
+	if (strcmp(status, "succeeded") == 0 ||
+		(strcmp(status, "failed") == 0 && strcmp(has_checkpoint, "t") != 0))
+		raise_refusal(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+					  psprintf("etl_exec run " INT64_FORMAT " is %s and cannot be resumed", run_id, status),
+					  "Start a new run with etl_execute_job() or etl_retry_run().");
+
+	etl_job_claim_lock(job_id);
+	check_job_startable(job_id, run_id, false);
+
+	/* queued/running with our lock held: its previous worker is gone */
+	args[1] = psprintf("%d", MyProcPid);
+	args[2] = psprintf("%d", timeout_seconds);
+	args[3] = settings_json;
+	sql = psprintf("UPDATE %s SET status = 'running', worker_pid = $2::int, timeout_seconds = $3::int, "
+				   "  settings = $4::jsonb, "
+				   "  segment_started_at = now(), finished_at = NULL, error_message = NULL, sqlstate = NULL, "
+				   "  resume_count = resume_count + 1, "
+				   "  run_context = jsonb_set(run_context, '{resume_count}', to_jsonb(resume_count + 1)) "
+				   "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
+	spi_run(sql, 4, args, SPI_OK_UPDATE);
+	SPI_finish();
+}
+
+static int
+json_int(Jsonb *jb, const char *key, int dflt)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, key, strlen(key), NULL);
+
+	if (v == NULL || v->type != jbvNumeric)
+		return dflt;
+	return DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v->val.numeric)));
+}
+
+static char *
+json_str(Jsonb *jb, const char *key)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, key, strlen(key), NULL);
+
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* Read the run's bookkeeping and checkpoint into *row (current context). */
+void
+etl_read_run(int64 run_id, EtlRunRow *row)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	const char *args[1];
+	char	   *sql;
+	char	   *v;
+	Jsonb	   *settings;
+
+	memset(row, 0, sizeof(*row));
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	sql = psprintf("SELECT job_id, started_by::oid, status, dry_run, timeout_seconds, "
+				   "  records_loaded, pages_fetched, resume_count, run_context ? 'checkpoint', "
+				   "  run_context #>> '{checkpoint,skip}', run_context #>> '{checkpoint,page_index}', "
+				   "  run_context #>> '{checkpoint,total_records}', run_context #>> '{checkpoint,next_url}', "
+				   "  run_context #>> '{checkpoint,cursor}', parameters, settings, "
+				   "  coalesce((run_context ->> 'retries')::int, 0) "
+				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
+	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
+
+	row->run_id = run_id;
+	row->job_id = pg_strtoint32(spi_value(cxt, 1));
+	row->role_oid = (Oid) strtoul(spi_value(cxt, 2), NULL, 10);
+	row->status = spi_value(cxt, 3);
+	row->dry_run = strcmp(spi_value(cxt, 4), "t") == 0;
+	row->timeout_seconds = pg_strtoint32(spi_value(cxt, 5));
+	row->records_loaded = pg_strtoint64(spi_value(cxt, 6));
+	row->pages_fetched = pg_strtoint64(spi_value(cxt, 7));
+	row->resume_count = pg_strtoint32(spi_value(cxt, 8));
+	row->has_checkpoint = strcmp(spi_value(cxt, 9), "t") == 0;
+	if (row->has_checkpoint)
+	{
+		if ((v = spi_value(cxt, 10)) != NULL)
+			row->checkpoint.skip = pg_strtoint64(v);
+		if ((v = spi_value(cxt, 11)) != NULL)
+			row->checkpoint.page_index = pg_strtoint32(v);
+		if ((v = spi_value(cxt, 12)) != NULL)
+			row->checkpoint.total_records = pg_strtoint64(v);
+		row->checkpoint.next_url = spi_value(cxt, 13);
+		row->checkpoint.cursor = spi_value(cxt, 14);
+	}
+	row->parameters = jsonb_from_cstring(cxt, spi_value(cxt, 15));
+	settings = jsonb_from_cstring(cxt, spi_value(cxt, 16));
+	row->retries = pg_strtoint32(spi_value(cxt, 17));
+	SPI_finish();
+
+	row->settings.checkpoint_interval_seconds = json_int(settings, "checkpoint_interval_seconds", 60);
+	row->settings.request_timeout_ms = json_int(settings, "request_timeout_ms", 60000);
+	row->settings.connect_timeout_ms = json_int(settings, "connect_timeout_ms", 10000);
+	row->settings.max_retries = json_int(settings, "max_retries", 3);
+	row->settings.retry_base_delay_ms = json_int(settings, "retry_base_delay_ms", 500);
+	row->settings.max_response_bytes = json_int(settings, "max_response_bytes", 256 * 1024 * 1024);
+	row->settings.low_speed_time_seconds = json_int(settings, "low_speed_time_seconds", 30);
+	row->settings.allowed_hosts = json_str(settings, "allowed_hosts");
+	row->settings.user_agent = json_str(settings, "user_agent");
+	row->settings.ca_file = json_str(settings, "ca_file");
+	row->settings.search_path = json_str(settings, "search_path");
+}
+
+/*
+ * Fill the {name} placeholders of a URL from the run's parameters, each
+ * value URL-encoded.  A placeholder without a value is an error.
+ */
+static char *
+render_url(const char *template, Jsonb *parameters)
+{
+	StringInfoData buf;
+	const char *p = template;
+
+	initStringInfo(&buf);
+	while (*p)
+	{
+		const char *close;
+
+		if (*p != '{' || (close = strchr(p + 1, '}')) == NULL)
+		{
+			appendStringInfoChar(&buf, *p++);
+			continue;
+		}
+		{
+			char	   *name = pnstrdup(p + 1, close - p - 1);
+			JsonbValue *v = getKeyJsonValueFromContainer(&parameters->root, name,
+														 strlen(name), NULL);
+			char	   *text;
+
+			if (v == NULL || v->type == jbvNull)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("URL placeholder {%s} has no value", name),
+						 errhint("Pass it with parameters := '{\"%s\": ...}', or set it in the job's parameters.",
+								 name)));
+			if (v->type == jbvString)
+				text = pnstrdup(v->val.string.val, v->val.string.len);
+			else if (v->type == jbvNumeric)
+				text = DatumGetCString(DirectFunctionCall1(numeric_out,
+														   NumericGetDatum(v->val.numeric)));
+			else if (v->type == jbvBool)
+				text = v->val.boolean ? "true" : "false";
+			else
+				text = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+			appendStringInfoString(&buf, etl_url_encode(text));
+			p = close + 1;
+		}
+	}
+	return buf.data;
+}
+
+static char *
+opt_str(Jsonb *opts, const char *key, const char *dflt)
+{
+	char	   *v = json_str(opts, key);
+
+	return v ? v : (dflt ? pstrdup(dflt) : NULL);
+}
+
+/* Read the job definition the worker runs (current memory context). */
+void
+etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	const char *args[1];
+	char	   *sql;
+	char	   *v;
+	Jsonb	   *opts;
+	Jsonb	   *merged;
+
+	memset(job, 0, sizeof(*job));
+	SPI_connect();
+	args[0] = psprintf("%d", job_id);
+	sql = psprintf("SELECT name, url, pagination, page_size, pagination_options, records_path, "
+				   "  headers, target_table, column_map, load_mode, array_to_json(key_columns), "
+				   "  coalesce(checkpoint_interval_seconds, -1), coalesce(max_retries, -1), "
+				   "  coalesce(request_timeout_ms, -1) "
+				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
+	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+		elog(ERROR, "etl_exec job %d does not exist", job_id);
+
+	job->job_id = job_id;
+	job->name = spi_value(cxt, 1);
+	job->url = spi_value(cxt, 2);
+	job->pagination = etl_pagination_from_name(spi_value(cxt, 3));
+	job->page_size = pg_strtoint32(spi_value(cxt, 4));
+	opts = jsonb_from_cstring(cxt, spi_value(cxt, 5));
+	job->records_path = spi_value(cxt, 6);
+	job->headers = jsonb_from_cstring(cxt, spi_value(cxt, 7));
+	job->target_table = spi_value(cxt, 8);
+	if ((v = spi_value(cxt, 9)) != NULL)
+		job->column_map = jsonb_from_cstring(cxt, v);
+	job->load_mode = spi_value(cxt, 10);
+	if ((v = spi_value(cxt, 11)) != NULL)
+	{
+		Jsonb	   *keys = jsonb_from_cstring(cxt, v);
+		JsonbIterator *it = JsonbIteratorInit(&keys->root);
+		JsonbValue	jv;
+		JsonbIteratorToken tok;
+
+		while ((tok = JsonbIteratorNext(&it, &jv, true)) != WJB_DONE)
+			if (tok == WJB_ELEM && jv.type == jbvString)
+				job->key_columns = lappend(job->key_columns,
+										   pnstrdup(jv.val.string.val, jv.val.string.len));
+	}
+	job->checkpoint_interval_seconds = pg_strtoint32(spi_value(cxt, 12));
+	job->max_retries = pg_strtoint32(spi_value(cxt, 13));
+	job->request_timeout_ms = pg_strtoint32(spi_value(cxt, 14));
+	SPI_finish();
+
+	job->skip_param = opt_str(opts, "skip_param", "$skip");
+	job->limit_param = opt_str(opts, "limit_param", "$top");
+	job->page_param = opt_str(opts, "page_param", "page");
+	job->first_page = json_int(opts, "first_page", 1);
+	job->next_path = opt_str(opts, "next_path",
+							 job->pagination == ETL_PAGINATION_NEXT_LINK ? "$.\"@odata.nextLink\"" : NULL);
+	job->cursor_param = opt_str(opts, "cursor_param", "cursor");
+	job->total_path = opt_str(opts, "total_path", NULL);
+	{
+		JsonbValue *sv = getKeyJsonValueFromContainer(&opts->root, "stop_on_short_page",
+													  strlen("stop_on_short_page"), NULL);
+
+		job->stop_on_short_page = sv && sv->type == jbvBool && sv->val.boolean;
+	}
+
+	/* the run's parameters already include the job's defaults */
+	merged = parameters;
+	job->url = render_url(job->url, merged);
+}
+
+/* Record the checkpoint of everything loaded so far (same transaction). */
+void
+etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
+					int64 expected_total, int retries)
+{
+	const char *args[9];
+	char	   *sql;
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	args[1] = int64_str(cp->total_records);
+	args[2] = int64_str(pages_fetched);
+	args[3] = int64_str(cp->skip);
+	args[4] = psprintf("%d", cp->page_index);
+	args[5] = cp->next_url;
+	args[6] = cp->cursor;
+	args[7] = expected_total >= 0 ? int64_str(expected_total) : NULL;
+	args[8] = psprintf("%d", retries);
+	sql = psprintf("UPDATE %s SET records_loaded = $2::bigint, pages_fetched = $3::bigint, "
+				   "  run_context = run_context "
+				   "    || jsonb_build_object('checkpoint', jsonb_strip_nulls(jsonb_build_object("
+				   "         'skip', $4::bigint, 'page_index', $5::int, 'total_records', $2::bigint, "
+				   "         'saved_at', clock_timestamp(), 'next_url', $6::text, 'cursor', $7::text)), "
+				   "       'retries', $9::int) "
+				   "    || CASE WHEN $8 IS NULL THEN '{}'::jsonb "
+				   "       ELSE jsonb_build_object('expected_total', $8::bigint) END "
+				   "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
+	spi_run(sql, 9, args, SPI_OK_UPDATE);
+	SPI_finish();
+}
+
+/*
+ * Record how the run (segment) ended, in the transaction that commits its
+ * last rows and checkpoint, and NOTIFY etl_exec_run listeners on commit.
+ */
+void
+etl_finish_run(int64 run_id, const char *status, int64 pages_fetched, int64 segment_ms,
+			   const char *error_message, const char *sqlstate,
+			   const char *dry_run_report)
+{
+	const char *args[7];
+	char	   *sql;
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	args[1] = status;
+	args[2] = int64_str(segment_ms);
+	args[3] = error_message;
+	args[4] = sqlstate;
+	args[5] = dry_run_report;
+	args[6] = int64_str(pages_fetched);
+	sql = psprintf("WITH u AS ("
+				   " UPDATE %s SET status = $2, finished_at = clock_timestamp(), "
+				   "   duration_ms = coalesce(duration_ms, 0) + $3::bigint, "
+				   "   error_message = $4, sqlstate = $5, pages_fetched = $7::bigint, "
+				   "   run_context = %s._etl_add_segment(run_context, jsonb_build_object("
+				   "       'started_at', segment_started_at, 'ended_at', clock_timestamp(), 'status', $2, "
+				   "       'records_loaded', records_loaded, 'pages_fetched', $7::bigint)) "
+				   "     || CASE WHEN $6 IS NULL THEN '{}'::jsonb "
+				   "        ELSE jsonb_build_object('dry_run', $6::jsonb) END "
+				   " WHERE run_id = $1::bigint "
+				   " RETURNING run_id, job_id, status, records_loaded) "
+				   "SELECT pg_notify('etl_exec_run', row_to_json(u)::text) FROM u",
+				   etl_qualified("dw_etl_runs"), quote_identifier(etl_extension_schema()));
+	spi_run(sql, 7, args, SPI_OK_SELECT);
+	SPI_finish();
+}
+
+/* What pg_stat_activity shows for the worker. */
+void
+etl_report_activity(int64 run_id, const EtlCheckpoint *cp)
+{
+	char		activity[256];
+
+	snprintf(activity, sizeof(activity),
+			 "etl_exec run " INT64_FORMAT ": %d pages, " INT64_FORMAT " records loaded",
+			 run_id, cp->page_index, cp->total_records);
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/* ---------- secrets in request headers ---------- */
+
+typedef struct SecretEntry
+{
+	char	   *name;
+	char	   *value;
+	List	   *hosts;			/* NIL: the host of the job's first URL */
+} SecretEntry;
+
+static List *secret_cache = NIL;
+
+static SecretEntry *
+lookup_secret(const EtlJob *job, const char *name, const char *header)
+{
+	ListCell   *lc;
+	SecretEntry *entry;
+	const char *args[1];
+	char	   *sql;
+	MemoryContext top = TopMemoryContext;
+	char	   *hosts;
+
+	foreach(lc, secret_cache)
+	{
+		entry = (SecretEntry *) lfirst(lc);
+		if (strcmp(entry->name, name) == 0)
+			return entry;
+	}
+
+	SPI_connect();
+	args[0] = name;
+	sql = psprintf("SELECT value, array_to_string(allowed_hosts, ',') FROM %s WHERE name = $1",
+				   etl_qualified("dw_etl_secrets"));
+	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("secret \"%s\" used in header \"%s\" of job %d does not exist",
+						name, header, job->job_id),
+				 errhint("A superuser adds it with INSERT INTO dw_etl_secrets (name, value) VALUES ('%s', '...').",
+						 name)));
+	entry = MemoryContextAllocZero(top, sizeof(SecretEntry));
+	entry->name = MemoryContextStrdup(top, name);
+	entry->value = spi_value(top, 1);
+	hosts = spi_value(CurrentMemoryContext, 2);
+	SPI_finish();
+
+	if (entry->value == NULL)
+		entry->value = MemoryContextStrdup(top, "");
+	if (hosts)
+	{
+		char	   *save = NULL;
+		MemoryContext old = MemoryContextSwitchTo(top);
+
+		for (char *tok = strtok_r(hosts, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+			entry->hosts = lappend(entry->hosts, pstrdup(tok));
+		MemoryContextSwitchTo(old);
+	}
+	{
+		MemoryContext old = MemoryContextSwitchTo(top);
+
+		secret_cache = lappend(secret_cache, entry);
+		MemoryContextSwitchTo(old);
+	}
+	return entry;
+}
+
+static bool
+secret_allowed_for(const EtlJob *job, SecretEntry *entry, const char *host)
+{
+	ListCell   *lc;
+
+	if (entry->hosts == NIL)
+		return pg_strcasecmp(host, etl_url_host(job->url)) == 0;
+	foreach(lc, entry->hosts)
+		if (pg_strcasecmp((char *) lfirst(lc), host) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The job's headers for a request to url, as "Name: value" strings, with
+ * {secret:NAME} filled in.  A header whose secret is not meant for the
+ * url's host is left out entirely, so a next link or redirect to another
+ * host never receives it.
+ */
+List *
+etl_request_headers(const EtlJob *job, const char *url)
+{
+	List	   *result = NIL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+	char	   *host = etl_url_host(url);
+
+	if (job->headers == NULL || !JB_ROOT_IS_OBJECT(job->headers))
+		return NIL;
+	it = JsonbIteratorInit(&job->headers->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		StringInfoData line;
+		const char *p;
+		bool		send = true;
+
+		if (tok == WJB_KEY)
+		{
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+			continue;
+		}
+		if (tok != WJB_VALUE || v.type != jbvString)
+			continue;
+		initStringInfo(&line);
+		appendStringInfo(&line, "%s: ", key);
+		p = pnstrdup(v.val.string.val, v.val.string.len);
+		while (*p)
+		{
+			const char *close;
+
+			if (strncmp(p, "{secret:", 8) == 0 && (close = strchr(p, '}')) != NULL)
+			{
+				char	   *name = pnstrdup(p + 8, close - p - 8);
+				SecretEntry *entry = lookup_secret(job, name, key);
+
+				if (!secret_allowed_for(job, entry, host))
+					send = false;
+				appendStringInfoString(&line, entry->value);
+				p = close + 1;
+			}
+			else
+				appendStringInfoChar(&line, *p++);
+		}
+		if (send)
+			result = lappend(result, line.data);
+	}
+	return result;
+}

@@ -1,0 +1,259 @@
+/*-------------------------------------------------------------------------
+ *
+ * etl_exec.h
+ *	  Declarations shared by the etl_exec modules: settings, run locks, the
+ *	  launch hand-shake between a SQL caller and its worker, the HTTP client,
+ *	  pagination, loading and the checkpoint store.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ETL_EXEC_H
+#define ETL_EXEC_H
+
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "storage/spin.h"
+#include "utils/jsonb.h"
+
+/* ---------- settings.c ---------- */
+
+extern int	etl_default_timeout_seconds;
+extern int	etl_checkpoint_interval_seconds;
+extern int	etl_request_timeout_ms;
+extern int	etl_connect_timeout_ms;
+extern int	etl_max_retries;
+extern int	etl_retry_base_delay_ms;
+extern int	etl_max_response_bytes;
+extern int	etl_low_speed_time_seconds;
+extern char *etl_allowed_hosts;
+extern char *etl_user_agent;
+extern char *etl_ca_file;
+
+extern void etl_define_settings(void);
+
+/*
+ * Settings of one run, read in the SQL caller and stored with the run (the
+ * worker never reads its own GUCs: a session's SET must apply).
+ */
+typedef struct EtlRunSettings
+{
+	int			checkpoint_interval_seconds;
+	int			request_timeout_ms;
+	int			connect_timeout_ms;
+	int			max_retries;
+	int			retry_base_delay_ms;
+	int64		max_response_bytes;
+	int			low_speed_time_seconds;
+	char	   *allowed_hosts;
+	char	   *user_agent;
+	char	   *ca_file;
+	char	   *search_path;
+} EtlRunSettings;
+
+/* ---------- run_lock.c ---------- */
+
+/* Lock held by a worker for as long as it lives; free lock = dead worker. */
+extern bool etl_run_lock_try_acquire(int64 run_id);
+extern bool etl_run_is_live(int64 run_id);
+extern void etl_job_claim_lock(int32 job_id);
+
+/* ---------- launcher.c: hand-shake between caller and worker ---------- */
+
+typedef enum EtlLaunchMode
+{
+	ETL_LAUNCH_NEW = 1,
+	ETL_LAUNCH_RESUME = 2
+} EtlLaunchMode;
+
+typedef enum EtlLaunchState
+{
+	ETL_LAUNCH_PENDING = 0,
+	ETL_LAUNCH_STARTED,			/* run row committed, run_id valid */
+	ETL_LAUNCH_REFUSED			/* worker refused: sqlstate/message set */
+} EtlLaunchState;
+
+#define ETL_LAUNCH_MESSAGE_LEN 1024
+
+typedef struct EtlLaunchShared
+{
+	slock_t		mutex;
+	pid_t		caller_pid;
+	EtlLaunchMode mode;
+	Oid			database_oid;
+	Oid			role_oid;
+	int32		job_id;
+	int64		run_id;			/* given for resume, set by worker for new */
+	int32		timeout_seconds;
+	bool		dry_run;
+	EtlLaunchState state;
+	int			sqlerrcode;
+	char		message[ETL_LAUNCH_MESSAGE_LEN];
+	char		detail[ETL_LAUNCH_MESSAGE_LEN];
+	char		hint[ETL_LAUNCH_MESSAGE_LEN];
+	Size		settings_len;	/* settings JSON, then parameters JSON */
+	Size		parameters_len;
+	char		payload[FLEXIBLE_ARRAY_MEMBER];
+} EtlLaunchShared;
+
+/* ---------- worker.c ---------- */
+
+extern PGDLLEXPORT void etl_worker_main(Datum main_arg);
+
+/* Why a run stopped short of succeeding, as far as the worker can tell. */
+typedef enum EtlStopReason
+{
+	ETL_STOP_NONE = 0,
+	ETL_STOP_DONE,				/* no more pages */
+	ETL_STOP_TIMED_OUT,
+	ETL_STOP_CANCELLED,
+	ETL_STOP_INTERRUPTED		/* SIGTERM: pg_terminate_backend, shutdown */
+} EtlStopReason;
+
+extern EtlStopReason etl_pending_stop(void);
+extern int64 etl_ms_until_deadline(void);
+extern void etl_wait_ms(int64 ms);
+
+/* ---------- http_client.c ---------- */
+
+typedef struct EtlHttpResponse
+{
+	long		status;
+	char	   *body;			/* NUL-terminated; owned by the client */
+	size_t		body_len;
+	List	   *link_headers;	/* char * values of Link: headers */
+	char	   *retry_after;	/* value of Retry-After, or NULL */
+	char	   *effective_url;
+	int			retries;		/* retries this fetch needed */
+} EtlHttpResponse;
+
+extern void etl_http_init(const EtlRunSettings *settings);
+extern void etl_http_cleanup(void);
+extern EtlStopReason etl_http_get(const char *url, List *headers,
+								  EtlHttpResponse *resp);
+extern char *etl_url_encode(const char *s);
+extern char *etl_url_resolve(const char *base, const char *relative);
+extern char *etl_url_host(const char *url);
+extern char *etl_url_redact(const char *url);
+
+/* ---------- pagination.c ---------- */
+
+typedef enum EtlPaginationStyle
+{
+	ETL_PAGINATION_NONE,
+	ETL_PAGINATION_OFFSET,
+	ETL_PAGINATION_PAGE,
+	ETL_PAGINATION_NEXT_LINK,
+	ETL_PAGINATION_LINK_HEADER,
+	ETL_PAGINATION_CURSOR
+} EtlPaginationStyle;
+
+/* A job definition as the worker uses it. */
+typedef struct EtlJob
+{
+	int32		job_id;
+	char	   *name;
+	char	   *url;			/* first-page URL, placeholders filled */
+	EtlPaginationStyle pagination;
+	int32		page_size;
+	char	   *skip_param;
+	char	   *limit_param;
+	char	   *page_param;
+	int64		first_page;
+	char	   *next_path;
+	char	   *cursor_param;
+	char	   *total_path;
+	bool		stop_on_short_page;
+	char	   *records_path;
+	Jsonb	   *headers;
+	char	   *target_table;
+	Jsonb	   *column_map;		/* NULL: map by name */
+	char	   *load_mode;
+	List	   *key_columns;	/* of char * */
+	int			checkpoint_interval_seconds;	/* -1: the setting */
+	int			max_retries;	/* -1: the setting */
+	int			request_timeout_ms; /* -1: the setting */
+} EtlJob;
+
+/* Pagination state: exactly what the checkpoint stores. */
+typedef struct EtlCheckpoint
+{
+	int64		skip;			/* records consumed so far (offset) */
+	int32		page_index;		/* pages consumed so far */
+	int64		total_records;	/* records loaded so far */
+	char	   *next_url;		/* next_link / link_header: next request */
+	char	   *cursor;			/* cursor: token for the next request */
+} EtlCheckpoint;
+
+/* What one response says about the pages after it. */
+typedef struct EtlPageOutcome
+{
+	int			record_count;
+	bool		last_page;
+	int64		expected_total; /* -1 when the API does not say */
+	char	   *next_url;
+	char	   *cursor;
+} EtlPageOutcome;
+
+extern EtlPaginationStyle etl_pagination_from_name(const char *name);
+extern char *etl_pagination_request_url(const EtlJob *job,
+										const EtlCheckpoint *cp);
+extern void etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
+								   const char *request_url,
+								   Jsonb *body, const EtlHttpResponse *resp,
+								   EtlPageOutcome *outcome);
+extern Datum etl_jsonpath_compile(const char *path);
+extern Jsonb *etl_jsonpath_query_array(Jsonb *doc, Datum path);
+extern JsonbValue *etl_jsonpath_query_first(Jsonb *doc, Datum path);
+extern char *etl_jsonb_top_keys(Jsonb *doc);
+
+/* ---------- loader.c ---------- */
+
+typedef struct EtlLoader EtlLoader;
+
+extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
+									MemoryContext cxt);
+extern int	etl_loader_load_page(EtlLoader *loader, Jsonb *records,
+								 int32 page_index, bool dry_run);
+extern char *etl_loader_describe_mapping(EtlLoader *loader, Jsonb *records);
+
+/* ---------- checkpoint.c ---------- */
+
+typedef struct EtlRunRow
+{
+	int64		run_id;
+	int32		job_id;
+	Oid			role_oid;
+	char	   *status;
+	bool		dry_run;
+	int32		timeout_seconds;
+	int64		records_loaded;
+	int64		pages_fetched;
+	int32		resume_count;
+	int32		retries;
+	bool		has_checkpoint;
+	EtlCheckpoint checkpoint;
+	Jsonb	   *parameters;
+	EtlRunSettings settings;
+} EtlRunRow;
+
+extern char *etl_extension_schema(void);
+extern const char *etl_qualified(const char *relname);
+extern int64 etl_create_run(EtlLaunchShared *req, const char *settings_json,
+							const char *parameters_json);
+extern void etl_claim_run(int64 run_id, int32 timeout_seconds,
+						  const char *settings_json);
+extern void etl_read_run(int64 run_id, EtlRunRow *row);
+extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
+extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,
+								int64 pages_fetched, int64 expected_total,
+								int retries);
+extern void etl_finish_run(int64 run_id, const char *status,
+						   int64 pages_fetched, int64 segment_ms,
+						   const char *error_message, const char *sqlstate,
+						   const char *dry_run_report);
+extern void etl_report_activity(int64 run_id, const EtlCheckpoint *cp);
+extern List *etl_request_headers(const EtlJob *job, const char *url);
+
+#endif							/* ETL_EXEC_H */

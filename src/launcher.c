@@ -1,0 +1,275 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  SQL-callable internals that start, watch and signal run workers.
+ *
+ * A run must not belong to the transaction that asked for it: once
+ * etl_execute_job() returns, the run exists even if the caller rolls back.
+ * So the caller never writes the run row.  It hands its request to a new
+ * dynamic background worker through a small dynamic shared memory segment;
+ * the worker creates (or claims) the run row in a transaction of its own,
+ * takes the run's lock, commits, and reports the run_id back through the
+ * segment.  A worker that refuses (a job that is not committed, a second
+ * active run, ...) reports the error instead, and the caller raises it, so
+ * no half-made run is ever left behind.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "etl_exec.h"
+
+static char *
+jsonb_arg_to_cstring(Jsonb *jb)
+{
+	if (jb == NULL)
+		return pstrdup("{}");
+	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+}
+
+/*
+ * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
+ *					 parameters, settings) RETURNS bigint
+ *
+ * Validation the caller can do has been done by the SQL wrapper; this
+ * starts the worker and waits until it has committed the run row.
+ */
+PG_FUNCTION_INFO_V1(etl_start_worker);
+Datum
+etl_start_worker(PG_FUNCTION_ARGS)
+{
+	char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *parameters_json;
+	char	   *settings_json;
+	Size		settings_len;
+	Size		parameters_len;
+	dsm_segment *seg;
+	EtlLaunchShared *shared;
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	EtlLaunchState state;
+	int64		run_id;
+
+	parameters_json = jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
+	settings_json = jsonb_arg_to_cstring(PG_ARGISNULL(6) ? NULL : PG_GETARG_JSONB_P(6));
+	settings_len = strlen(settings_json);
+	parameters_len = strlen(parameters_json);
+
+	seg = dsm_create(offsetof(EtlLaunchShared, payload) +
+					 settings_len + 1 + parameters_len + 1, 0);
+	shared = dsm_segment_address(seg);
+	memset(shared, 0, offsetof(EtlLaunchShared, payload));
+	SpinLockInit(&shared->mutex);
+	shared->caller_pid = MyProcPid;
+	shared->mode = strcmp(mode, "resume") == 0 ? ETL_LAUNCH_RESUME : ETL_LAUNCH_NEW;
+	shared->database_oid = MyDatabaseId;
+	shared->role_oid = PG_ARGISNULL(7) ? GetUserId() : PG_GETARG_OID(7);
+	if (shared->role_oid != GetUserId() &&
+		!is_member_of_role(GetUserId(), shared->role_oid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to run as role %u", shared->role_oid),
+				 errhint("Only the role that started a run, its members and superusers may resume it.")));
+	shared->job_id = PG_GETARG_INT32(1);
+	shared->run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
+	shared->timeout_seconds = PG_GETARG_INT32(3);
+	shared->dry_run = PG_GETARG_BOOL(4);
+	shared->state = ETL_LAUNCH_PENDING;
+	shared->settings_len = settings_len;
+	shared->parameters_len = parameters_len;
+	memcpy(shared->payload, settings_json, settings_len + 1);
+	memcpy(shared->payload + settings_len + 1, parameters_json, parameters_len + 1);
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "etl_exec");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "etl_worker_main");
+	if (shared->mode == ETL_LAUNCH_RESUME)
+		snprintf(worker.bgw_name, BGW_MAXLEN, "etl_exec worker for run " INT64_FORMAT,
+				 shared->run_id);
+	else
+		snprintf(worker.bgw_name, BGW_MAXLEN, "etl_exec worker for job %d",
+				 shared->job_id);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "etl_exec worker");
+	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start an etl_exec worker: no background worker slot is free"),
+				 errdetail("All %d background worker slots (max_worker_processes) are in use.",
+						   max_worker_processes),
+				 errhint("Raise max_worker_processes (it needs a server restart), or wait for running jobs to finish. No run was created.")));
+
+	for (;;)
+	{
+		pid_t		pid;
+		BgwHandleStatus status;
+
+		SpinLockAcquire(&shared->mutex);
+		state = shared->state;
+		SpinLockRelease(&shared->mutex);
+		if (state != ETL_LAUNCH_PENDING)
+			break;
+
+		status = GetBackgroundWorkerPid(handle, &pid);
+		if (status == BGWH_STOPPED || status == BGWH_POSTMASTER_DIED)
+		{
+			SpinLockAcquire(&shared->mutex);
+			state = shared->state;
+			SpinLockRelease(&shared->mutex);
+			if (state != ETL_LAUNCH_PENDING)
+				break;
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("the etl_exec worker exited before it started the run"),
+					 errhint("The server log says why.")));
+		}
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	if (state == ETL_LAUNCH_REFUSED)
+		ereport(ERROR,
+				(errcode(shared->sqlerrcode),
+				 errmsg("%s", shared->message),
+				 shared->detail[0] ? errdetail("%s", shared->detail) : 0,
+				 shared->hint[0] ? errhint("%s", shared->hint) : 0));
+
+	run_id = shared->run_id;
+	dsm_detach(seg);
+	PG_RETURN_INT64(run_id);
+}
+
+/*
+ * _etl_wait_run_end(run_id, timeout_ms) RETURNS bool
+ *
+ * Waits until no worker holds the run's lock (true), or timeout_ms passes
+ * (false).  It sleeps on its latch between looks at the lock manager and
+ * reads no table; a cancel of the caller ends the wait, not the run.
+ */
+PG_FUNCTION_INFO_V1(etl_wait_run_end);
+Datum
+etl_wait_run_end(PG_FUNCTION_ARGS)
+{
+	int64		run_id = PG_GETARG_INT64(0);
+	bool		forever = PG_ARGISNULL(1);
+	int64		timeout_ms = forever ? 0 : PG_GETARG_INT32(1);
+	TimestampTz start = GetCurrentTimestamp();
+	long		delay_ms = 5;
+
+	for (;;)
+	{
+		long		left_ms = delay_ms;
+
+		if (!etl_run_is_live(run_id))
+			PG_RETURN_BOOL(true);
+		if (!forever)
+		{
+			long		secs;
+			int			usecs;
+			int64		waited_ms;
+
+			TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
+			waited_ms = (int64) secs * 1000 + usecs / 1000;
+			if (waited_ms >= timeout_ms)
+				PG_RETURN_BOOL(false);
+			left_ms = Min(delay_ms, timeout_ms - waited_ms);
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		delay_ms = Min(delay_ms * 2, 100);
+	}
+}
+
+/*
+ * _etl_fresh_run(run_id) RETURNS jsonb
+ *
+ * The run row as committed now, whatever the caller's snapshot: a waiting
+ * caller in a REPEATABLE READ transaction must still see how its run ended.
+ */
+PG_FUNCTION_INFO_V1(etl_fresh_run);
+Datum
+etl_fresh_run(PG_FUNCTION_ARGS)
+{
+	int64		run_id = PG_GETARG_INT64(0);
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1];
+	Datum		result = (Datum) 0;
+	bool		isnull = true;
+	StringInfoData sql;
+
+	values[0] = Int64GetDatum(run_id);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT to_jsonb(r) FROM %s r WHERE run_id = $1",
+					 etl_qualified("dw_etl_runs"));
+
+	SPI_connect();
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read run " INT64_FORMAT, run_id);
+	if (SPI_processed == 1)
+	{
+		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			result = SPI_datumTransfer(result, false, -1);
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * _etl_signal_run(run_id, pid) RETURNS bool
+ *
+ * Sends the run's worker a cancel (SIGINT, as pg_cancel_backend does); the
+ * worker aborts its transfer or load and ends the run "cancelled".  The pid
+ * is trusted only while the run's lock is held and it is a background
+ * worker of this server.
+ */
+PG_FUNCTION_INFO_V1(etl_signal_run);
+Datum
+etl_signal_run(PG_FUNCTION_ARGS)
+{
+	int64		run_id = PG_GETARG_INT64(0);
+	int			pid = PG_GETARG_INT32(1);
+	PGPROC	   *proc;
+
+	if (!etl_run_is_live(run_id))
+		PG_RETURN_BOOL(false);
+	proc = BackendPidGetProc(pid);
+	if (proc == NULL || !proc->isBackgroundWorker)
+		PG_RETURN_BOOL(false);
+	if (kill(pid, SIGINT) != 0)
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(true);
+}

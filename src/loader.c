@@ -1,0 +1,646 @@
+/*-------------------------------------------------------------------------
+ *
+ * loader.c
+ *	  Loads one page of JSON records into the job's target table.
+ *
+ * Each record's values are converted in C with the column type's own input
+ * function, so a value that does not fit fails with the page, record,
+ * column and value in the error context.  The converted values of a page
+ * go to the server as one array per column in a single prepared
+ *
+ *	   INSERT INTO target (cols) SELECT ... FROM unnest($1, $2, ...)
+ *
+ * so a page costs one executor run, not one per row, and triggers,
+ * defaults, constraints and partitions work as for any INSERT.  The INSERT
+ * runs as the run's role: its privileges, and its alone, decide what the
+ * run may write.  In upsert mode a key repeated within a page keeps its
+ * last record (DISTINCT ON over the array position).
+ *
+ * Without a column_map a target column takes the record key of the same
+ * name, compared case-insensitively; columns that no record of a page
+ * mentions are left out of that page's INSERT, so their defaults apply.
+ * Jsonb keys are stored sorted, so the key at each position usually repeats
+ * from record to record; a per-position cache makes the match a memcmp.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_attribute.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/bitmapset.h"
+#include "nodes/makefuncs.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+#include "etl_exec.h"
+
+#define KEY_CACHE_SIZE 256
+
+typedef struct LoaderColumn
+{
+	char	   *name;
+	Oid			typid;
+	int32		typmod;
+	bool		is_jsonb;
+	bool		is_json;
+	Oid			array_typid;	/* InvalidOid: sent as text[] and cast */
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	FmgrInfo	infunc;
+	Oid			ioparam;
+	Datum		map_path;		/* compiled jsonpath from column_map, or 0 */
+	bool		mapped;			/* named in column_map */
+	bool		is_key;
+} LoaderColumn;
+
+typedef struct KeySlot
+{
+	char	   *key;
+	int			len;
+	int			col;
+} KeySlot;
+
+typedef struct LoaderPlan
+{
+	Bitmapset  *columns;
+	SPIPlanPtr	plan;
+	Oid		   *argtypes;
+} LoaderPlan;
+
+struct EtlLoader
+{
+	MemoryContext cxt;
+	const EtlJob *job;
+	Oid			role_oid;
+	char	   *target;			/* quoted, schema-qualified */
+	int			ncols;
+	LoaderColumn *cols;
+	bool		use_map;
+	bool		upsert;
+	KeySlot		slots[KEY_CACHE_SIZE];
+	List	   *plans;			/* of LoaderPlan * */
+};
+
+/* where a conversion is, for the error context */
+typedef struct ConvertPosition
+{
+	int32		page_index;
+	int			record;
+	const char *column;
+	const char *value;
+} ConvertPosition;
+
+static void
+convert_error_context(void *arg)
+{
+	ConvertPosition *pos = (ConvertPosition *) arg;
+
+	if (pos->column == NULL)
+		return;
+	errcontext("page %d, record %d, column \"%s\", value \"%.200s\"",
+			   pos->page_index + 1, pos->record + 1, pos->column,
+			   pos->value ? pos->value : "null");
+}
+
+EtlLoader *
+etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "etl_exec loader", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	EtlLoader  *loader = palloc0(sizeof(EtlLoader));
+	RangeVar   *rv;
+	Oid			relid;
+	Relation	rel;
+	TupleDesc	desc;
+	ListCell   *lc;
+
+	loader->cxt = cxt;
+	loader->job = job;
+	loader->role_oid = role_oid;
+	loader->upsert = strcmp(job->load_mode, "upsert") == 0;
+
+	rv = makeRangeVarFromNameList(stringToQualifiedNameList(job->target_table));
+	relid = RangeVarGetRelid(rv, AccessShareLock, true);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("target table \"%s\" does not exist", job->target_table)));
+	rel = relation_open(relid, NoLock);
+	loader->target = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel));
+	desc = RelationGetDescr(rel);
+	loader->cols = palloc0(sizeof(LoaderColumn) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		LoaderColumn *col;
+		Oid			infunc;
+		HeapTuple	tup;
+		Form_pg_type typ;
+
+		if (att->attisdropped || att->attgenerated || att->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
+			continue;
+		col = &loader->cols[loader->ncols++];
+		col->name = pstrdup(NameStr(att->attname));
+		col->typid = att->atttypid;
+		col->typmod = att->atttypmod;
+		col->is_jsonb = att->atttypid == JSONBOID;
+		col->is_json = getBaseType(att->atttypid) == JSONOID;
+		getTypeInputInfo(att->atttypid, &infunc, &col->ioparam);
+		fmgr_info_cxt(infunc, &col->infunc, cxt);
+		tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(att->atttypid));
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for type %u", att->atttypid);
+		typ = (Form_pg_type) GETSTRUCT(tup);
+		/* array columns go as text and are cast: unnest() would flatten them */
+		col->array_typid = (typ->typcategory == TYPCATEGORY_ARRAY) ? InvalidOid : typ->typarray;
+		col->typlen = typ->typlen;
+		col->typbyval = typ->typbyval;
+		col->typalign = typ->typalign;
+		ReleaseSysCache(tup);
+	}
+	relation_close(rel, NoLock);
+
+	if (job->column_map)
+	{
+		JsonbIterator *it = JsonbIteratorInit(&job->column_map->root);
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+		char	   *key = NULL;
+
+		loader->use_map = true;
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+			else if (tok == WJB_VALUE && key)
+			{
+				int			found = -1;
+
+				for (int i = 0; i < loader->ncols; i++)
+					if (strcmp(loader->cols[i].name, key) == 0)
+						found = i;
+				if (found < 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_UNDEFINED_COLUMN),
+							 errmsg("column_map of job %d names column \"%s\", which target table %s does not have (or cannot be written)",
+									job->job_id, key, loader->target)));
+				loader->cols[found].mapped = true;
+				loader->cols[found].map_path =
+					etl_jsonpath_compile(pnstrdup(v.val.string.val, v.val.string.len));
+			}
+		}
+	}
+
+	foreach(lc, job->key_columns)
+	{
+		char	   *key = (char *) lfirst(lc);
+		bool		found = false;
+
+		for (int i = 0; i < loader->ncols; i++)
+			if (strcmp(loader->cols[i].name, key) == 0)
+				found = loader->cols[i].is_key = true;
+		if (!found)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("key column \"%s\" of job %d is not a column of target table %s",
+							key, job->job_id, loader->target)));
+	}
+
+	MemoryContextSwitchTo(old);
+	return loader;
+}
+
+/* the column for a record key: exact name first, then case-insensitive */
+static int
+column_for_key(EtlLoader *loader, const char *key, int len)
+{
+	int			ci = -1;
+
+	for (int i = 0; i < loader->ncols; i++)
+	{
+		const char *name = loader->cols[i].name;
+
+		if ((int) strlen(name) != len)
+			continue;
+		if (strncmp(name, key, len) == 0)
+			return i;
+		if (ci < 0 && pg_strncasecmp(name, key, len) == 0)
+			ci = i;
+	}
+	return ci;
+}
+
+static int
+cached_column_for_key(EtlLoader *loader, int position, const char *key, int len)
+{
+	KeySlot    *slot;
+
+	if (position >= KEY_CACHE_SIZE)
+		return column_for_key(loader, key, len);
+	slot = &loader->slots[position];
+	if (slot->key && slot->len == len && memcmp(slot->key, key, len) == 0)
+		return slot->col;
+	if (slot->key)
+		pfree(slot->key);
+	slot->key = MemoryContextAlloc(loader->cxt, len + 1);
+	memcpy(slot->key, key, len);
+	slot->key[len] = '\0';
+	slot->len = len;
+	slot->col = column_for_key(loader, key, len);
+	return slot->col;
+}
+
+/* the text form of a JSON value, as a column's input function takes it */
+static char *
+json_value_text(JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			return NULL;
+		case jbvString:
+			return pnstrdup(v->val.string.val, v->val.string.len);
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+		case jbvBool:
+			return pstrdup(v->val.boolean ? "true" : "false");
+		case jbvBinary:
+			return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+		default:
+			{
+				Jsonb	   *j = JsonbValueToJsonb(v);
+
+				return JsonbToCString(NULL, &j->root, VARSIZE(j));
+			}
+	}
+}
+
+static void
+convert_value(EtlLoader *loader, int c, JsonbValue *v, Datum *value, bool *isnull,
+			  ConvertPosition *pos)
+{
+	LoaderColumn *col = &loader->cols[c];
+	char	   *text;
+
+	if (v == NULL || v->type == jbvNull)
+	{
+		*isnull = true;
+		*value = (Datum) 0;
+		return;
+	}
+	if (col->is_jsonb)
+	{
+		/* straight from the parsed document: no text round trip */
+		*value = JsonbPGetDatum(JsonbValueToJsonb(v));
+		*isnull = false;
+		return;
+	}
+	if (col->is_json)
+	{
+		Jsonb	   *j = JsonbValueToJsonb(v);
+
+		text = JsonbToCString(NULL, &j->root, VARSIZE(j));
+	}
+	else
+		text = json_value_text(v);
+	pos->column = col->name;
+	pos->value = text;
+	*value = InputFunctionCall(&col->infunc, text, col->ioparam, col->typmod);
+	*isnull = false;
+	if (!OidIsValid(col->array_typid))
+		*value = CStringGetTextDatum(text);	/* cast again in SQL */
+	pos->column = NULL;
+}
+
+static LoaderPlan *
+plan_for_columns(EtlLoader *loader, Bitmapset *columns)
+{
+	ListCell   *lc;
+	LoaderPlan *cp;
+	StringInfoData sql;
+	StringInfoData insert_cols;
+	StringInfoData select_cols;
+	StringInfoData unnest_args;
+	StringInfoData aliases;
+	StringInfoData key_exprs;
+	StringInfoData key_cols;
+	StringInfoData updates;
+	int			nargs = 0;
+	int			c = -1;
+	MemoryContext old;
+
+	foreach(lc, loader->plans)
+	{
+		cp = (LoaderPlan *) lfirst(lc);
+		if (bms_equal(cp->columns, columns))
+			return cp;
+	}
+
+	old = MemoryContextSwitchTo(loader->cxt);
+	cp = palloc0(sizeof(LoaderPlan));
+	cp->columns = bms_copy(columns);
+	cp->argtypes = palloc(sizeof(Oid) * bms_num_members(columns));
+	initStringInfo(&sql);
+	initStringInfo(&insert_cols);
+	initStringInfo(&select_cols);
+	initStringInfo(&unnest_args);
+	initStringInfo(&aliases);
+	initStringInfo(&key_exprs);
+	initStringInfo(&key_cols);
+	initStringInfo(&updates);
+	while ((c = bms_next_member(columns, c)) >= 0)
+	{
+		LoaderColumn *col = &loader->cols[c];
+		const char *sep = nargs ? ", " : "";
+
+		nargs++;
+		appendStringInfo(&insert_cols, "%s%s", sep, quote_identifier(col->name));
+		if (OidIsValid(col->array_typid))
+		{
+			cp->argtypes[nargs - 1] = col->array_typid;
+			appendStringInfo(&select_cols, "%su.v%d", sep, nargs);
+		}
+		else
+		{
+			cp->argtypes[nargs - 1] = TEXTARRAYOID;
+			appendStringInfo(&select_cols, "%su.v%d::%s", sep, nargs,
+							 format_type_with_typemod(col->typid, col->typmod));
+		}
+		appendStringInfo(&unnest_args, "%s$%d", sep, nargs);
+		appendStringInfo(&aliases, "%sv%d", sep, nargs);
+		if (col->is_key)
+		{
+			appendStringInfo(&key_exprs, "%su.v%d", key_exprs.len ? ", " : "", nargs);
+			appendStringInfo(&key_cols, "%s%s", key_cols.len ? ", " : "", quote_identifier(col->name));
+		}
+		else
+			appendStringInfo(&updates, "%s%s = EXCLUDED.%s", updates.len ? ", " : "",
+							 quote_identifier(col->name), quote_identifier(col->name));
+	}
+
+	if (!loader->upsert)
+		appendStringInfo(&sql, "INSERT INTO %s (%s) SELECT %s FROM unnest(%s) AS u(%s)",
+						 loader->target, insert_cols.data, select_cols.data,
+						 unnest_args.data, aliases.data);
+	else
+		appendStringInfo(&sql,
+						 "INSERT INTO %s (%s) SELECT DISTINCT ON (%s) %s "
+						 "FROM unnest(%s) WITH ORDINALITY AS u(%s, ord) "
+						 "ORDER BY %s, u.ord DESC "
+						 "ON CONFLICT (%s) DO %s%s",
+						 loader->target, insert_cols.data, key_exprs.data, select_cols.data,
+						 unnest_args.data, aliases.data, key_exprs.data, key_cols.data,
+						 updates.len ? "UPDATE SET " : "NOTHING", updates.data);
+
+	cp->plan = SPI_prepare(sql.data, nargs, cp->argtypes);
+	if (cp->plan == NULL)
+		elog(ERROR, "etl_exec: could not prepare \"%s\": %s", sql.data,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(cp->plan);
+	/* SPI calls leave CurrentMemoryContext at SPI's own: switch back */
+	MemoryContextSwitchTo(loader->cxt);
+	loader->plans = lappend(loader->plans, cp);
+	MemoryContextSwitchTo(old);
+	return cp;
+}
+
+static Jsonb *
+container_to_jsonb(JsonbValue *v)
+{
+	return JsonbValueToJsonb(v);
+}
+
+/*
+ * Load one page's records (a jsonb array).  With dry_run the values are
+ * converted (so bad values are found) but nothing is written.  Returns the
+ * number of records.  Runs in the caller's memory context, which the
+ * caller resets per page.
+ */
+int
+etl_loader_load_page(EtlLoader *loader, Jsonb *records, int32 page_index, bool dry_run)
+{
+	int			nrec = JsonContainerSize(&records->root);
+	int			ncols = loader->ncols;
+	Datum	  **values = palloc(sizeof(Datum *) * ncols);
+	bool	  **nulls = palloc(sizeof(bool *) * ncols);
+	bool	   *present = palloc0(sizeof(bool) * ncols);
+	JsonbIterator *it;
+	JsonbValue	elem;
+	JsonbIteratorToken tok;
+	int			r = 0;
+	ConvertPosition pos = {0};
+	ErrorContextCallback errcb;
+	Bitmapset  *columns = NULL;
+
+	if (nrec == 0)
+		return 0;
+	for (int c = 0; c < ncols; c++)
+	{
+		values[c] = palloc0(sizeof(Datum) * nrec);
+		nulls[c] = palloc(sizeof(bool) * nrec);
+		memset(nulls[c], true, sizeof(bool) * nrec);
+		if (loader->use_map && loader->cols[c].mapped)
+			present[c] = true;
+	}
+
+	pos.page_index = page_index;
+	errcb.callback = convert_error_context;
+	errcb.arg = &pos;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	it = JsonbIteratorInit(&records->root);
+	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+	{
+		if (tok != WJB_ELEM)
+			continue;
+		pos.record = r;
+		if (elem.type != jbvBinary || !JsonContainerIsObject(elem.val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("record %d of page %d is not a JSON object", r + 1, page_index + 1),
+					 errhint("Check the job's records_path: it must lead to the records themselves.")));
+
+		if (loader->use_map)
+		{
+			Jsonb	   *rec = container_to_jsonb(&elem);
+
+			for (int c = 0; c < ncols; c++)
+				if (loader->cols[c].mapped)
+					convert_value(loader, c, etl_jsonpath_query_first(rec, loader->cols[c].map_path),
+								  &values[c][r], &nulls[c][r], &pos);
+		}
+		else
+		{
+			JsonbIterator *rit = JsonbIteratorInit(elem.val.binary.data);
+			JsonbValue	kv;
+			JsonbIteratorToken rtok;
+			int			position = 0;
+			int			col = -1;
+
+			while ((rtok = JsonbIteratorNext(&rit, &kv, true)) != WJB_DONE)
+			{
+				if (rtok == WJB_KEY)
+					col = cached_column_for_key(loader, position++, kv.val.string.val, kv.val.string.len);
+				else if (rtok == WJB_VALUE && col >= 0)
+				{
+					convert_value(loader, col, &kv, &values[col][r], &nulls[col][r], &pos);
+					present[col] = true;
+				}
+			}
+		}
+		r++;
+	}
+	pos.column = NULL;
+
+	for (int c = 0; c < ncols; c++)
+		if (present[c])
+			columns = bms_add_member(columns, c);
+	if (columns == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("no key of the records on page %d matches a column of %s",
+						page_index + 1, loader->target),
+				 errhint("Name the columns like the record keys (case does not matter), or set the job's column_map.")));
+	if (loader->upsert)
+		for (int c = 0; c < ncols; c++)
+			if (loader->cols[c].is_key && !present[c])
+				ereport(ERROR,
+						(errcode(ERRCODE_NOT_NULL_VIOLATION),
+						 errmsg("key column \"%s\" is missing from every record of page %d",
+								loader->cols[c].name, page_index + 1),
+						 errhint("An upsert needs the key in each record; check key_columns and column_map.")));
+
+	error_context_stack = errcb.previous;
+
+	if (!dry_run)
+	{
+		LoaderPlan *plan;
+		Datum	   *args = palloc(sizeof(Datum) * ncols);
+		int			nargs = 0;
+		int			c = -1;
+		int			dims[1] = {nrec};
+		int			lbs[1] = {1};
+		Oid			save_userid;
+		int			save_sec_context;
+		int64		ms_left = etl_ms_until_deadline();
+
+		SPI_connect();
+		plan = plan_for_columns(loader, columns);
+		while ((c = bms_next_member(columns, c)) >= 0)
+		{
+			LoaderColumn *col = &loader->cols[c];
+
+			if (OidIsValid(col->array_typid))
+				args[nargs++] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
+																   col->typid, col->typlen,
+																   col->typbyval, col->typalign));
+			else
+				args[nargs++] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
+																   TEXTOID, -1, false, TYPALIGN_INT));
+		}
+
+		/* a load blocked on a lock must not carry the run past its deadline */
+		SetConfigOption("lock_timeout", psprintf(INT64_FORMAT, Max(ms_left, (int64) 1)),
+						PGC_SUSET, PGC_S_SESSION);
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(loader->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		if (SPI_execute_plan(plan->plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		SPI_finish();
+	}
+	return nrec;
+}
+
+/*
+ * For a dry run: which column takes which key of the first record, as the
+ * JSON members "columns": {...}, "unmapped_keys": [...].
+ */
+char *
+etl_loader_describe_mapping(EtlLoader *loader, Jsonb *records)
+{
+	StringInfoData buf;
+	JsonbIterator *it;
+	JsonbValue	elem;
+	JsonbIteratorToken tok;
+	bool		first = true;
+	bool	   *used = palloc0(sizeof(bool) * loader->ncols);
+	StringInfoData unmapped;
+
+	initStringInfo(&buf);
+	initStringInfo(&unmapped);
+	appendStringInfoString(&buf, "\"columns\": {");
+	if (loader->use_map)
+	{
+		for (int c = 0; c < loader->ncols; c++)
+			if (loader->cols[c].mapped)
+			{
+				if (!first)
+					appendStringInfoChar(&buf, ',');
+				escape_json(&buf, loader->cols[c].name);
+				appendStringInfoString(&buf, ":\"(column_map)\"");
+				first = false;
+			}
+		appendStringInfoString(&buf, "}, \"unmapped_keys\": []");
+		return buf.data;
+	}
+
+	/* keys of the first record, in order */
+	it = JsonbIteratorInit(&records->root);
+	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+	{
+		JsonbIterator *rit;
+		JsonbValue	kv;
+		JsonbIteratorToken rtok;
+
+		if (tok != WJB_ELEM || elem.type != jbvBinary)
+			continue;
+		rit = JsonbIteratorInit(elem.val.binary.data);
+		while ((rtok = JsonbIteratorNext(&rit, &kv, true)) != WJB_DONE)
+		{
+			char	   *key;
+			int			c;
+
+			if (rtok != WJB_KEY)
+				continue;
+			key = pnstrdup(kv.val.string.val, kv.val.string.len);
+			c = column_for_key(loader, kv.val.string.val, kv.val.string.len);
+			if (c >= 0 && !used[c])
+			{
+				used[c] = true;
+				if (!first)
+					appendStringInfoChar(&buf, ',');
+				escape_json(&buf, loader->cols[c].name);
+				appendStringInfoChar(&buf, ':');
+				escape_json(&buf, key);
+				first = false;
+			}
+			else if (c < 0)
+			{
+				if (unmapped.len)
+					appendStringInfoChar(&unmapped, ',');
+				escape_json(&unmapped, key);
+			}
+		}
+		break;
+	}
+	appendStringInfo(&buf, "}, \"unmapped_keys\": [%s]", unmapped.data);
+	return buf.data;
+}

@@ -1,0 +1,356 @@
+/*-------------------------------------------------------------------------
+ *
+ * pagination.c
+ *	  The pagination styles: which URL the next request asks for, given the
+ *	  checkpoint, and what a response says about the pages after it.
+ *
+ * Styles: none (one request), offset ($skip/$top or any names), page
+ * (page number), next_link (a link in the body, found with a jsonpath),
+ * link_header (RFC 8288 Link: <...>; rel="next"), cursor (a token in the
+ * body sent back as a query parameter).  Offset and page styles stop on an
+ * empty page or when the reported total is reached (a short page only
+ * with stop_on_short_page); link and cursor styles stop when no next link
+ * or cursor is left, or on an empty page.  A next link or cursor that
+ * repeats is an error, never an endless loop.
+ *
+ * Also the small jsonpath helpers the worker uses on response bodies.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
+#include "utils/jsonpath.h"
+#include "utils/memutils.h"
+
+#include "etl_exec.h"
+
+EtlPaginationStyle
+etl_pagination_from_name(const char *name)
+{
+	if (strcmp(name, "none") == 0)
+		return ETL_PAGINATION_NONE;
+	if (strcmp(name, "offset") == 0)
+		return ETL_PAGINATION_OFFSET;
+	if (strcmp(name, "page") == 0)
+		return ETL_PAGINATION_PAGE;
+	if (strcmp(name, "next_link") == 0)
+		return ETL_PAGINATION_NEXT_LINK;
+	if (strcmp(name, "link_header") == 0)
+		return ETL_PAGINATION_LINK_HEADER;
+	if (strcmp(name, "cursor") == 0)
+		return ETL_PAGINATION_CURSOR;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown pagination style \"%s\"", name)));
+	return ETL_PAGINATION_NONE;	/* keep compiler quiet */
+}
+
+static void
+append_query_param(StringInfo url, const char *name, const char *value)
+{
+	appendStringInfoChar(url, strchr(url->data, '?') ? '&' : '?');
+	appendStringInfo(url, "%s=%s", etl_url_encode(name), etl_url_encode(value));
+}
+
+/* The URL of the request that continues from *cp. */
+char *
+etl_pagination_request_url(const EtlJob *job, const EtlCheckpoint *cp)
+{
+	StringInfoData url;
+
+	initStringInfo(&url);
+	switch (job->pagination)
+	{
+		case ETL_PAGINATION_NONE:
+			return pstrdup(job->url);
+		case ETL_PAGINATION_OFFSET:
+			appendStringInfoString(&url, job->url);
+			append_query_param(&url, job->skip_param, psprintf(INT64_FORMAT, cp->skip));
+			append_query_param(&url, job->limit_param, psprintf("%d", job->page_size));
+			return url.data;
+		case ETL_PAGINATION_PAGE:
+			appendStringInfoString(&url, job->url);
+			append_query_param(&url, job->page_param,
+							   psprintf(INT64_FORMAT, job->first_page + cp->page_index));
+			append_query_param(&url, job->limit_param, psprintf("%d", job->page_size));
+			return url.data;
+		case ETL_PAGINATION_NEXT_LINK:
+		case ETL_PAGINATION_LINK_HEADER:
+			if (cp->next_url)
+				return pstrdup(cp->next_url);
+			return pstrdup(job->url);
+		case ETL_PAGINATION_CURSOR:
+			appendStringInfoString(&url, job->url);
+			if (cp->cursor)
+				append_query_param(&url, job->cursor_param, cp->cursor);
+			return url.data;
+	}
+	return NULL;				/* keep compiler quiet */
+}
+
+/* ---------- jsonpath helpers ---------- */
+
+Datum
+etl_jsonpath_compile(const char *path)
+{
+	return DirectFunctionCall1(jsonpath_in, CStringGetDatum(path));
+}
+
+static Datum
+empty_vars(void)
+{
+	static Jsonb *vars = NULL;
+
+	if (vars == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		vars = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		MemoryContextSwitchTo(old);
+	}
+	return JsonbPGetDatum(vars);
+}
+
+/* jsonb_path_query_array(doc, path): every match, as one jsonb array */
+Jsonb *
+etl_jsonpath_query_array(Jsonb *doc, Datum path)
+{
+	return DatumGetJsonbP(DirectFunctionCall4(jsonb_path_query_array,
+											  JsonbPGetDatum(doc), path,
+											  empty_vars(), BoolGetDatum(true)));
+}
+
+/* The first match of path in doc, or NULL. */
+JsonbValue *
+etl_jsonpath_query_first(Jsonb *doc, Datum path)
+{
+	Jsonb	   *all = etl_jsonpath_query_array(doc, path);
+	JsonbValue *v;
+
+	if (JsonContainerSize(&all->root) == 0)
+		return NULL;
+	v = getIthJsonbValueFromContainer(&all->root, 0);
+	return v;
+}
+
+/* "a, b, c": the top-level keys of a document, for error messages */
+char *
+etl_jsonb_top_keys(Jsonb *doc)
+{
+	StringInfoData buf;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			n = 0;
+
+	if (!JB_ROOT_IS_OBJECT(doc))
+		return pstrdup(JB_ROOT_IS_SCALAR(doc) ? "(the body is a scalar, not an object)"
+					   : "(the body is an array, not an object)");
+	initStringInfo(&buf);
+	it = JsonbIteratorInit(&doc->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok != WJB_KEY)
+			continue;
+		if (n++ > 0)
+			appendStringInfoString(&buf, ", ");
+		if (n > 20)
+		{
+			appendStringInfoString(&buf, "...");
+			break;
+		}
+		appendBinaryStringInfo(&buf, v.val.string.val, v.val.string.len);
+	}
+	return n ? buf.data : pstrdup("(no keys)");
+}
+
+static char *
+jsonb_value_text(JsonbValue *v)
+{
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	if (v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	if (v->type == jbvBool)
+		return pstrdup(v->val.boolean ? "true" : "false");
+	return NULL;
+}
+
+/*
+ * RFC 8288: find the target of rel="next" in Link header values such as
+ * `<https://x/p?page=2>; rel="next", <https://x/p?page=9>; rel=last`.
+ */
+static char *
+link_header_next(List *link_headers)
+{
+	ListCell   *lc;
+
+	foreach(lc, link_headers)
+	{
+		const char *p = (const char *) lfirst(lc);
+
+		while ((p = strchr(p, '<')) != NULL)
+		{
+			const char *close = strchr(p, '>');
+			const char *end;
+			char	   *params;
+			char	   *target;
+			char	   *q;
+
+			if (close == NULL)
+				break;
+			target = pnstrdup(p + 1, close - p - 1);
+			/* parameters run to the next link: a ',' outside quotes */
+			end = close + 1;
+			{
+				bool		quoted = false;
+
+				for (; *end; end++)
+				{
+					if (*end == '"')
+						quoted = !quoted;
+					else if (*end == ',' && !quoted)
+						break;
+				}
+			}
+			params = pnstrdup(close + 1, end - close - 1);
+			for (q = params; *q; q++)
+				*q = pg_tolower((unsigned char) *q);
+			/* rel may list several relation types: rel="next last" */
+			q = params;
+			while ((q = strstr(q, "rel")) != NULL)
+			{
+				const char *v = q + 3;
+
+				while (*v == ' ')
+					v++;
+				if (*v == '=')
+				{
+					char		value[256];
+					int			n = 0;
+
+					v++;
+					while (*v == ' ')
+						v++;
+					if (*v == '"')
+					{
+						v++;
+						while (*v && *v != '"' && n < 255)
+							value[n++] = *v++;
+					}
+					else
+						while (*v && *v != ';' && *v != ' ' && n < 255)
+							value[n++] = *v++;
+					value[n] = '\0';
+					{
+						char	   *save = NULL;
+
+						for (char *tok = strtok_r(value, " ", &save); tok;
+							 tok = strtok_r(NULL, " ", &save))
+							if (strcmp(tok, "next") == 0)
+								return target;
+					}
+				}
+				q += 3;
+			}
+			p = end;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * What this response says about the next page.  The caller has loaded
+ * record_count records from it; outcome->record_count is set by the caller.
+ */
+void
+etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
+					   const char *request_url, Jsonb *body,
+					   const EtlHttpResponse *resp, EtlPageOutcome *outcome)
+{
+	int64		loaded_after = cp->skip + outcome->record_count;
+
+	outcome->expected_total = -1;
+	outcome->next_url = NULL;
+	outcome->cursor = NULL;
+	outcome->last_page = false;
+
+	if (job->total_path && body)
+	{
+		char	   *t = jsonb_value_text(etl_jsonpath_query_first(body, etl_jsonpath_compile(job->total_path)));
+
+		if (t)
+		{
+			char	   *end;
+			double		d = strtod(t, &end);
+
+			if (end != t && d >= 0)
+				outcome->expected_total = (int64) d;
+		}
+	}
+
+	switch (job->pagination)
+	{
+		case ETL_PAGINATION_NONE:
+			outcome->last_page = true;
+			break;
+		case ETL_PAGINATION_OFFSET:
+		case ETL_PAGINATION_PAGE:
+			if (outcome->record_count == 0)
+				outcome->last_page = true;
+			else if (outcome->expected_total >= 0 && loaded_after >= outcome->expected_total)
+				outcome->last_page = true;
+			else if (job->stop_on_short_page && outcome->record_count < job->page_size)
+				outcome->last_page = true;
+			break;
+		case ETL_PAGINATION_NEXT_LINK:
+		case ETL_PAGINATION_LINK_HEADER:
+			{
+				char	   *link;
+
+				if (job->pagination == ETL_PAGINATION_NEXT_LINK)
+					link = body ? jsonb_value_text(etl_jsonpath_query_first(body, etl_jsonpath_compile(job->next_path))) : NULL;
+				else
+					link = link_header_next(resp->link_headers);
+				if (outcome->record_count == 0 || link == NULL || link[0] == '\0')
+				{
+					outcome->last_page = true;
+					break;
+				}
+				link = etl_url_resolve(request_url, link);
+				if (strcmp(link, request_url) == 0 ||
+					(cp->next_url && strcmp(link, cp->next_url) == 0))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("the API returned the same next link again: %s", etl_url_redact(link)),
+							 errdetail("Following it would loop forever; page %d.", cp->page_index + 1),
+							 errhint("Check the job's next_path, or report the API's paging bug.")));
+				outcome->next_url = link;
+				break;
+			}
+		case ETL_PAGINATION_CURSOR:
+			{
+				char	   *cursor = body ? jsonb_value_text(etl_jsonpath_query_first(body, etl_jsonpath_compile(job->next_path))) : NULL;
+
+				if (outcome->record_count == 0 || cursor == NULL || cursor[0] == '\0')
+				{
+					outcome->last_page = true;
+					break;
+				}
+				if (cp->cursor && strcmp(cursor, cp->cursor) == 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("the API returned the same cursor again: %s", cursor),
+							 errdetail("Following it would loop forever; page %d.", cp->page_index + 1),
+							 errhint("Check the job's next_path (where the cursor is in the body).")));
+				outcome->cursor = cursor;
+				break;
+			}
+	}
+}

@@ -1,0 +1,81 @@
+/*-------------------------------------------------------------------------
+ *
+ * run_lock.c
+ *	  The lock a worker holds on its run for as long as it lives.
+ *
+ * Liveness of a run comes from this lock, never from a pid that may have
+ * been reused: a queued/running run whose lock is free has lost its worker
+ * (terminated, killed, or gone with a crash or shutdown) and is
+ * "interrupted".  The lock is a session-level advisory lock in a key space
+ * of our own (field4 = ETL_LOCK_RUN), so it cannot collide with the
+ * pg_advisory_lock() keys of applications, which use field4 1 and 2.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+
+#include "etl_exec.h"
+
+#define ETL_LOCK_RUN	0x4554		/* "ET" */
+#define ETL_LOCK_JOB	0x4555
+
+static void
+run_locktag(LOCKTAG *tag, int64 run_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 (uint32) ((uint64) run_id >> 32),
+						 (uint32) run_id,
+						 ETL_LOCK_RUN);
+}
+
+/*
+ * Take the run's lock for the rest of this process's life.  Returns false
+ * when another process holds it.
+ */
+bool
+etl_run_lock_try_acquire(int64 run_id)
+{
+	LOCKTAG		tag;
+
+	run_locktag(&tag, run_id);
+	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* Is a worker alive on this run?  (Never call it from that worker.) */
+bool
+etl_run_is_live(int64 run_id)
+{
+	LOCKTAG		tag;
+
+	run_locktag(&tag, run_id);
+	if (LockAcquire(&tag, ShareLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, ShareLock, true);
+	return false;
+}
+
+/*
+ * Serialise run creation for one job until the end of the transaction, so
+ * the "one active run per job" rule holds between workers that start at
+ * the same moment.  An advisory lock, not a row lock on the job: a caller
+ * that edits the job in an open transaction must not block its own worker.
+ */
+void
+etl_job_claim_lock(int32 job_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, (uint32) job_id, ETL_LOCK_JOB);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+PG_FUNCTION_INFO_V1(etl_run_is_live_sql);
+Datum
+etl_run_is_live_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(etl_run_is_live(PG_GETARG_INT64(0)));
+}

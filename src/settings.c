@@ -1,0 +1,154 @@
+/*-------------------------------------------------------------------------
+ *
+ * settings.c
+ *	  The etl_exec.* settings (GUCs), and the snapshot of them that a SQL
+ *	  caller stores with each run so that its worker obeys the caller's
+ *	  session (a SET etl_exec.... applies to the runs that session starts).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+
+#include "etl_exec.h"
+
+int			etl_default_timeout_seconds = 300;
+int			etl_checkpoint_interval_seconds = 60;
+int			etl_request_timeout_ms = 60000;
+int			etl_connect_timeout_ms = 10000;
+int			etl_max_retries = 3;
+int			etl_retry_base_delay_ms = 500;
+int			etl_max_response_bytes = 256 * 1024 * 1024;
+int			etl_low_speed_time_seconds = 30;
+char	   *etl_allowed_hosts = NULL;
+char	   *etl_user_agent = NULL;
+char	   *etl_ca_file = NULL;
+
+void
+etl_define_settings(void)
+{
+	DefineCustomIntVariable("etl_exec.default_timeout_seconds",
+							"Run timeout used when neither the call nor the job gives one.",
+							"A run that reaches its timeout stops with a checkpoint and can be resumed.",
+							&etl_default_timeout_seconds,
+							300, 1, INT_MAX,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.checkpoint_interval_seconds",
+							"Longest time between two commits of loaded rows and their checkpoint.",
+							"A job's checkpoint_interval_seconds overrides it. 0 commits every page.",
+							&etl_checkpoint_interval_seconds,
+							60, 0, 86400,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.request_timeout_ms",
+							"Time limit of one HTTP request (always capped by the time the run has left).",
+							NULL,
+							&etl_request_timeout_ms,
+							60000, 100, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.connect_timeout_ms",
+							"Time limit for connecting to an API server.",
+							NULL,
+							&etl_connect_timeout_ms,
+							10000, 100, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.max_retries",
+							"Retries of a request after a connection error, a timeout, 429 or 5xx.",
+							"A job's max_retries overrides it.",
+							&etl_max_retries,
+							3, 0, 100,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.retry_base_delay_ms",
+							"First retry delay; it doubles with each retry, with jitter.",
+							NULL,
+							&etl_retry_base_delay_ms,
+							500, 0, 600000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.max_response_bytes",
+							"Largest response body a run accepts; a larger one fails the run.",
+							NULL,
+							&etl_max_response_bytes,
+							256 * 1024 * 1024, 1024, INT_MAX,
+							PGC_USERSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.low_speed_time_seconds",
+							"A transfer that moves less than one byte a second for this long is cut.",
+							NULL,
+							&etl_low_speed_time_seconds,
+							30, 1, 3600,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomStringVariable("etl_exec.allowed_hosts",
+							   "Comma-separated host names runs may connect to; empty allows any.",
+							   "Checked for the first URL, every next link and every redirect.",
+							   &etl_allowed_hosts,
+							   "",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("etl_exec.user_agent",
+							   "User-Agent header sent with every request.",
+							   NULL,
+							   &etl_user_agent,
+							   "etl_exec/0.1",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("etl_exec.ca_file",
+							   "File of CA certificates to verify API servers with (empty: the system's).",
+							   NULL,
+							   &etl_ca_file,
+							   "",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("etl_exec");
+}
+
+static void
+append_json_string(StringInfo buf, const char *key, const char *value)
+{
+	escape_json(buf, key);
+	appendStringInfoChar(buf, ':');
+	escape_json(buf, value ? value : "");
+}
+
+/*
+ * _etl_settings() returns the settings in force in this session as jsonb,
+ * ready to be stored with a run.
+ */
+PG_FUNCTION_INFO_V1(etl_settings_snapshot);
+Datum
+etl_settings_snapshot(PG_FUNCTION_ARGS)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf,
+					 "{\"default_timeout_seconds\":%d,"
+					 "\"checkpoint_interval_seconds\":%d,"
+					 "\"request_timeout_ms\":%d,"
+					 "\"connect_timeout_ms\":%d,"
+					 "\"max_retries\":%d,"
+					 "\"retry_base_delay_ms\":%d,"
+					 "\"max_response_bytes\":%d,"
+					 "\"low_speed_time_seconds\":%d,",
+					 etl_default_timeout_seconds,
+					 etl_checkpoint_interval_seconds,
+					 etl_request_timeout_ms,
+					 etl_connect_timeout_ms,
+					 etl_max_retries,
+					 etl_retry_base_delay_ms,
+					 etl_max_response_bytes,
+					 etl_low_speed_time_seconds);
+	append_json_string(&buf, "allowed_hosts", etl_allowed_hosts);
+	appendStringInfoChar(&buf, ',');
+	append_json_string(&buf, "user_agent", etl_user_agent);
+	appendStringInfoChar(&buf, ',');
+	append_json_string(&buf, "ca_file", etl_ca_file);
+	appendStringInfoChar(&buf, ',');
+	append_json_string(&buf, "search_path",
+					   GetConfigOption("search_path", false, false));
+	appendStringInfoChar(&buf, '}');
+
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}

@@ -1,0 +1,618 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The run worker: its lifecycle, signals and page loop.
+ *
+ * Lifecycle: attach the launch segment, connect, create or claim the run
+ * (taking the run's lock, which this process then holds until it exits),
+ * report the run_id to the caller, then page through the API.  Each page
+ * is fetched, parsed and loaded inside a subtransaction; its checkpoint
+ * moves only when the page is in.  Rows and checkpoint commit together at
+ * least every checkpoint interval and at every stop, so after any crash
+ * the target holds exactly the records the committed checkpoint covers.
+ *
+ * Signals: SIGINT (pg_cancel_backend, etl_cancel_run) ends the run
+ * "cancelled"; SIGTERM (pg_terminate_backend, server shutdown) ends it
+ * "interrupted"; both keep the last page that was fully loaded.  The
+ * SIGTERM handler only sets flags and the latch, and raises a query cancel
+ * so that a statement in progress stops at once.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "etl_exec.h"
+
+static volatile sig_atomic_t got_sigterm = false;
+static TimestampTz run_deadline = 0;
+static EtlStopReason sticky_stop = ETL_STOP_NONE;
+
+static void
+etl_worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	got_sigterm = true;
+	/* abort a statement in progress, as a cancel would */
+	InterruptPending = true;
+	QueryCancelPending = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
+ * Must the run stop now?  Once a stop is seen it stays: the page loop and
+ * the HTTP client both ask, and must agree.
+ */
+EtlStopReason
+etl_pending_stop(void)
+{
+	if (sticky_stop != ETL_STOP_NONE)
+		return sticky_stop;
+	if (got_sigterm)
+	{
+		QueryCancelPending = false;
+		return sticky_stop = ETL_STOP_INTERRUPTED;
+	}
+	if (QueryCancelPending)
+	{
+		QueryCancelPending = false;
+		return sticky_stop = ETL_STOP_CANCELLED;
+	}
+	if (run_deadline != 0 && GetCurrentTimestamp() >= run_deadline)
+		return sticky_stop = ETL_STOP_TIMED_OUT;
+	CHECK_FOR_INTERRUPTS();
+	return ETL_STOP_NONE;
+}
+
+int64
+etl_ms_until_deadline(void)
+{
+	long		secs;
+	int			usecs;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (run_deadline == 0)
+		return INT64CONST(86400000);
+	if (now >= run_deadline)
+		return 0;
+	TimestampDifference(now, run_deadline, &secs, &usecs);
+	return (int64) secs * 1000 + usecs / 1000;
+}
+
+/* Sleep, but wake for any stop request. */
+void
+etl_wait_ms(int64 ms)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+
+	while (etl_pending_stop() == ETL_STOP_NONE)
+	{
+		long		secs;
+		int			usecs;
+		TimestampTz now = GetCurrentTimestamp();
+
+		if (now >= until)
+			break;
+		TimestampDifference(now, until, &secs, &usecs);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(secs * 1000L + usecs / 1000 + 1, 100L), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+static int64
+ms_since(TimestampTz start)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
+	return (int64) secs * 1000 + usecs / 1000;
+}
+
+/* Transactions of the worker: SPI needs an active snapshot to run in. */
+static void
+begin_transaction(void)
+{
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+commit_transaction(void)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* ---------- launch hand-shake ---------- */
+
+static void
+notify_caller(EtlLaunchShared *shared)
+{
+	PGPROC	   *proc = BackendPidGetProc(shared->caller_pid);
+
+	if (proc != NULL)
+		SetLatch(&proc->procLatch);
+}
+
+static void
+report_refusal(EtlLaunchShared *shared, ErrorData *edata)
+{
+	SpinLockAcquire(&shared->mutex);
+	shared->sqlerrcode = edata->sqlerrcode;
+	strlcpy(shared->message, edata->message ? edata->message : "etl_exec worker failed",
+			ETL_LAUNCH_MESSAGE_LEN);
+	strlcpy(shared->detail, edata->detail ? edata->detail : "", ETL_LAUNCH_MESSAGE_LEN);
+	strlcpy(shared->hint, edata->hint ? edata->hint : "", ETL_LAUNCH_MESSAGE_LEN);
+	shared->state = ETL_LAUNCH_REFUSED;
+	SpinLockRelease(&shared->mutex);
+	notify_caller(shared);
+}
+
+static char *
+settings_search_path(const char *settings_json)
+{
+	Jsonb	   *jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(settings_json)));
+	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, "search_path", strlen("search_path"), NULL);
+
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* ---------- the page loop ---------- */
+
+typedef struct RunState
+{
+	int64		run_id;
+	EtlRunRow	row;
+	EtlJob		job;
+	EtlRunSettings settings;
+	EtlLoader  *loader;
+	Datum		records_path;
+	EtlCheckpoint cp;			/* covers every page loaded so far */
+	int64		pages_fetched;
+	int64		expected_total;
+	int			retries;
+	EtlCheckpoint next;			/* after the page being processed */
+	bool		last_page;		/* that page was the last */
+	char	   *dry_run_report;
+	MemoryContext run_cxt;
+} RunState;
+
+static void
+parse_error_context(void *arg)
+{
+	errcontext("while parsing the response to %s", (const char *) arg);
+}
+
+/*
+ * A first page with nothing at records_path (as opposed to an empty array
+ * there) means the path is wrong for this API: say so, with the body's keys.
+ */
+static void
+check_records_present(RunState *st, Jsonb *body)
+{
+	const char *path = st->job.records_path;
+	const char *star = strstr(path, "[*]");
+	char	   *container = star ? pnstrdup(path, star - path) : pstrdup(path);
+	Jsonb	   *found = etl_jsonpath_query_array(body, etl_jsonpath_compile(container));
+
+	if (JsonContainerSize(&found->root) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the first page has nothing at records_path %s", path),
+				 errdetail("The response's top-level keys are: %s.", etl_jsonb_top_keys(body)),
+				 errhint("Set the job's records_path to where the records are, e.g. '$.value[*]' (OData), '$[*]' (a bare array) or '$.entry[*].resource' (FHIR).")));
+}
+
+/*
+ * Fetch, parse and load the page that follows st->cp.  On success *next is
+ * the checkpoint after it.  Returns a stop reason when the run must stop
+ * before the page was complete (the page is then not loaded).
+ */
+static EtlStopReason
+process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
+{
+	char	   *url = etl_pagination_request_url(&st->job, &st->cp);
+	EtlHttpResponse resp;
+	EtlStopReason stop;
+	Jsonb	   *body;
+	Jsonb	   *records;
+	EtlPageOutcome outcome;
+	ErrorContextCallback errcb;
+	char	   *redacted = etl_url_redact(url);
+
+	stop = etl_http_get(url, etl_request_headers(&st->job, url), &resp);
+	st->retries += resp.retries;
+	if (stop != ETL_STOP_NONE)
+		return stop;
+
+	errcb.callback = parse_error_context;
+	errcb.arg = redacted;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(resp.body)));
+	error_context_stack = errcb.previous;
+
+	records = etl_jsonpath_query_array(body, st->records_path);
+	memset(&outcome, 0, sizeof(outcome));
+	outcome.record_count = JsonContainerSize(&records->root);
+	if (outcome.record_count == 0 && st->cp.page_index == 0)
+		check_records_present(st, body);
+
+	etl_loader_load_page(st->loader, records, st->cp.page_index, dry_run);
+	if (dry_run)
+	{
+		MemoryContext old = MemoryContextSwitchTo(st->run_cxt);
+		StringInfoData report;
+
+		initStringInfo(&report);
+		appendStringInfo(&report, "{\"records\": %d, \"url\": ", outcome.record_count);
+		escape_json(&report, redacted);
+		appendStringInfo(&report, ", %s}", etl_loader_describe_mapping(st->loader, records));
+		st->dry_run_report = report.data;
+		MemoryContextSwitchTo(old);
+	}
+
+	etl_pagination_advance(&st->job, &st->cp, url, body, &resp, &outcome);
+	*next = st->cp;
+	next->skip += outcome.record_count;
+	next->page_index += 1;
+	next->total_records += dry_run ? 0 : outcome.record_count;
+	next->next_url = outcome.next_url;
+	next->cursor = outcome.cursor;
+	if (outcome.expected_total >= 0)
+		st->expected_total = outcome.expected_total;
+	*last_page = outcome.last_page;
+	return ETL_STOP_NONE;
+}
+
+static void
+adopt_checkpoint(RunState *st, const EtlCheckpoint *next)
+{
+	MemoryContext old = MemoryContextSwitchTo(st->run_cxt);
+
+	st->cp.skip = next->skip;
+	st->cp.page_index = next->page_index;
+	st->cp.total_records = next->total_records;
+	st->cp.next_url = next->next_url ? pstrdup(next->next_url) : NULL;
+	st->cp.cursor = next->cursor ? pstrdup(next->cursor) : NULL;
+	MemoryContextSwitchTo(old);
+}
+
+static char *
+format_error(ErrorData *edata)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, edata->message ? edata->message : "unknown error");
+	if (edata->detail)
+		appendStringInfo(&buf, "\nDETAIL: %s", edata->detail);
+	if (edata->hint)
+		appendStringInfo(&buf, "\nHINT: %s", edata->hint);
+	if (edata->context)
+		appendStringInfo(&buf, "\nCONTEXT: %s", edata->context);
+	return buf.data;
+}
+
+static EtlStopReason
+stop_for_error(ErrorData *edata)
+{
+	if (got_sigterm)
+		return ETL_STOP_INTERRUPTED;
+	if (run_deadline != 0 && GetCurrentTimestamp() >= run_deadline &&
+		(edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		 edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
+		return ETL_STOP_TIMED_OUT;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		return ETL_STOP_CANCELLED;
+	return ETL_STOP_NONE;
+}
+
+static const char *
+stop_status(EtlStopReason stop)
+{
+	switch (stop)
+	{
+		case ETL_STOP_DONE:
+			return "succeeded";
+		case ETL_STOP_TIMED_OUT:
+			return "timed_out";
+		case ETL_STOP_CANCELLED:
+			return "cancelled";
+		case ETL_STOP_INTERRUPTED:
+			return "interrupted";
+		default:
+			return "failed";
+	}
+}
+
+static char *
+stop_message(RunState *st, EtlStopReason stop, int64 segment_ms)
+{
+	const char *what;
+
+	switch (stop)
+	{
+		case ETL_STOP_TIMED_OUT:
+			what = psprintf("timed out after its timeout of %d s", st->row.timeout_seconds);
+			break;
+		case ETL_STOP_CANCELLED:
+			what = "was cancelled";
+			break;
+		case ETL_STOP_INTERRUPTED:
+			what = "was interrupted (its worker was terminated or the server shut down)";
+			break;
+		default:
+			return NULL;
+	}
+	return psprintf("etl_exec run " INT64_FORMAT " %s; " INT64_FORMAT " records on %d pages are loaded "
+					"and checkpointed (this segment ran " INT64_FORMAT " ms). "
+					"Resume it with: SELECT etl_resume_run(" INT64_FORMAT ");",
+					st->run_id, what, st->cp.total_records, st->cp.page_index,
+					segment_ms, st->run_id);
+}
+
+static void
+apply_job_overrides(RunState *st)
+{
+	st->settings = st->row.settings;
+	if (st->job.checkpoint_interval_seconds >= 0)
+		st->settings.checkpoint_interval_seconds = st->job.checkpoint_interval_seconds;
+	if (st->job.max_retries >= 0)
+		st->settings.max_retries = st->job.max_retries;
+	if (st->job.request_timeout_ms > 0)
+		st->settings.request_timeout_ms = st->job.request_timeout_ms;
+}
+
+/*
+ * Run the claimed run to its end (or stop) and record how it ended.
+ */
+static void
+run_pages(int64 run_id)
+{
+	RunState	st;
+	MemoryContext page_cxt;
+	TimestampTz segment_start = GetCurrentTimestamp();
+	TimestampTz last_commit = segment_start;
+	volatile EtlStopReason stop = ETL_STOP_NONE;
+	char	   *volatile error_message = NULL;
+	char	   *volatile error_sqlstate = NULL;
+	bool		had_checkpoint;
+	volatile bool setup_done = false;
+
+	memset(&st, 0, sizeof(st));
+	st.run_id = run_id;
+	st.expected_total = -1;
+	st.run_cxt = AllocSetContextCreate(TopMemoryContext, "etl_exec run", ALLOCSET_DEFAULT_SIZES);
+	page_cxt = AllocSetContextCreate(st.run_cxt, "etl_exec page", ALLOCSET_DEFAULT_SIZES);
+
+	begin_transaction();
+	MemoryContextSwitchTo(st.run_cxt);
+	etl_read_run(run_id, &st.row);
+	had_checkpoint = st.row.has_checkpoint;
+	st.cp = st.row.checkpoint;
+	st.pages_fetched = st.row.pages_fetched;
+	st.retries = st.row.retries;
+	run_deadline = TimestampTzPlusMilliseconds(segment_start,
+											   (int64) st.row.timeout_seconds * 1000);
+
+	PG_TRY();
+	{
+		etl_read_job(st.row.job_id, st.row.parameters, &st.job);
+		apply_job_overrides(&st);
+		st.records_path = etl_jsonpath_compile(st.job.records_path);
+		st.loader = etl_loader_create(&st.job, st.row.role_oid, st.run_cxt);
+		etl_http_init(&st.settings);
+		setup_done = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(st.run_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		error_message = format_error(edata);
+		error_sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
+		stop = stop_for_error(edata);
+		begin_transaction();
+		MemoryContextSwitchTo(st.run_cxt);
+	}
+	PG_END_TRY();
+
+	while (setup_done && stop == ETL_STOP_NONE)
+	{
+		volatile bool failed = false;
+		ResourceOwner owner = CurrentResourceOwner;
+
+		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
+			break;
+
+		MemoryContextReset(page_cxt);
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(page_cxt);
+		PG_TRY();
+		{
+			stop = process_page(&st, &st.next, &st.last_page, st.row.dry_run);
+			if (stop == ETL_STOP_NONE)
+				ReleaseCurrentSubTransaction();
+			else
+				RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(st.run_cxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(st.run_cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(st.run_cxt);
+			CurrentResourceOwner = owner;
+			stop = stop_for_error(edata);
+			if (stop == ETL_STOP_NONE)
+			{
+				failed = true;
+				error_message = format_error(edata);
+				error_sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
+			}
+			QueryCancelPending = false;
+		}
+		PG_END_TRY();
+
+		if (failed || stop != ETL_STOP_NONE)
+			break;
+
+		st.pages_fetched++;
+		adopt_checkpoint(&st, &st.next);
+		etl_report_activity(run_id, &st.cp);
+		if (st.last_page || st.row.dry_run)
+		{
+			stop = ETL_STOP_DONE;
+			break;
+		}
+		if (ms_since(last_commit) >= (int64) st.settings.checkpoint_interval_seconds * 1000)
+		{
+			etl_save_checkpoint(run_id, &st.cp, st.pages_fetched, st.expected_total, st.retries);
+			commit_transaction();
+			begin_transaction();
+			MemoryContextSwitchTo(st.run_cxt);
+			last_commit = GetCurrentTimestamp();
+		}
+	}
+
+	etl_http_cleanup();
+	MemoryContextSwitchTo(st.run_cxt);
+
+	/*
+	 * The last transaction: the pages loaded since the last commit, their
+	 * checkpoint, and the run's end.  A failure keeps the checkpoint of the
+	 * pages that did load, so the run stays resumable from there.
+	 */
+	QueryCancelPending = false;
+	if (st.row.dry_run)
+		;
+	else if (stop != ETL_STOP_NONE || st.cp.page_index > 0 || had_checkpoint)
+		etl_save_checkpoint(run_id, &st.cp, st.pages_fetched, st.expected_total, st.retries);
+	if (error_message == NULL)
+		error_message = stop_message(&st, stop, ms_since(segment_start));
+	etl_finish_run(run_id, stop_status(stop), st.pages_fetched, ms_since(segment_start),
+				   error_message, error_sqlstate, st.dry_run_report);
+	commit_transaction();
+
+	if (stop == ETL_STOP_DONE)
+		ereport(LOG,
+				(errmsg("etl_exec run " INT64_FORMAT " succeeded: " INT64_FORMAT " records, " INT64_FORMAT " pages",
+						run_id, st.cp.total_records, st.pages_fetched)));
+	else
+		ereport(LOG,
+				(errmsg("etl_exec run " INT64_FORMAT " ended %s", run_id, stop_status(stop))));
+}
+
+void
+etl_worker_main(Datum main_arg)
+{
+	dsm_segment *seg;
+	EtlLaunchShared *shared;
+	EtlLaunchShared request;
+	char	   *settings_json;
+	char	   *parameters_json;
+	char	   *search_path;
+	int64		run_id = 0;
+	char		appname[64];
+
+	pqsignal(SIGTERM, etl_worker_sigterm);
+	BackgroundWorkerUnblockSignals();
+
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, "etl_exec worker");
+	seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+	{
+		/* the caller gave up (cancelled) before we started: nothing to do */
+		ereport(LOG, (errmsg("etl_exec worker: launch request is gone; exiting")));
+		proc_exit(0);
+	}
+	dsm_pin_mapping(seg);
+	shared = dsm_segment_address(seg);
+	memcpy(&request, shared, offsetof(EtlLaunchShared, payload));
+	settings_json = MemoryContextStrdup(TopMemoryContext, shared->payload);
+	parameters_json = MemoryContextStrdup(TopMemoryContext,
+										  shared->payload + shared->settings_len + 1);
+
+	/*
+	 * Connect as the bootstrap superuser: the run's own role may be NOLOGIN.
+	 * Bookkeeping runs as the extension owner; the target is written as the
+	 * run's role (loader.c).
+	 */
+	BackgroundWorkerInitializeConnectionByOid(request.database_oid, InvalidOid, 0);
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	PG_TRY();
+	{
+		begin_transaction();
+		search_path = settings_search_path(settings_json);
+		if (search_path)
+			SetConfigOption("search_path", search_path, PGC_USERSET, PGC_S_SESSION);
+		if (request.mode == ETL_LAUNCH_NEW)
+			run_id = etl_create_run(&request, settings_json, parameters_json);
+		else
+		{
+			run_id = request.run_id;
+			etl_claim_run(run_id, request.timeout_seconds, settings_json);
+		}
+		commit_transaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		report_refusal(shared, edata);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	SpinLockAcquire(&shared->mutex);
+	shared->run_id = run_id;
+	shared->state = ETL_LAUNCH_STARTED;
+	SpinLockRelease(&shared->mutex);
+	notify_caller(shared);
+	dsm_detach(seg);
+
+	snprintf(appname, sizeof(appname), "etl_exec run " INT64_FORMAT, run_id);
+	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_appname(appname);
+
+	run_pages(run_id);
+	proc_exit(0);
+}

@@ -1,0 +1,901 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+"""
+mock_api.py -- a deterministic mock paginated JSON HTTP API for the etl_exec
+test suite.  Python 3 standard library only (tested with Debian 12's
+/usr/bin/python3, 3.11).
+
+RUNNING
+=======
+    /usr/bin/python3 test/mock_api.py [--port 18080] [--host 127.0.0.1]
+                                      [--pidfile FILE] [--verbose]
+                                      [--token-ttl SECONDS]
+    /usr/bin/python3 test/mock_api.py --dump N
+
+  --port P        TCP port (default 18080; 0 = let the OS choose; the real
+                  port is printed in the banner).
+  --host H        bind address (default 127.0.0.1).
+  --pidfile F     write the server's pid to F once bound; removed on exit.
+  --verbose       log every request to stderr (silent by default).
+  --token-ttl E   lifetime in seconds of tokens issued by /oauth/token
+                  (default 3600).
+  --dump N        print records 1..N as JSON lines (one
+                  json.dumps(record, ensure_ascii=False) per line, UTF-8)
+                  and exit without starting a server.
+
+Once listening, "mock_api listening on HOST:PORT" is printed (and flushed) on
+stdout -- after the pidfile has been written.  SIGTERM / SIGINT make the
+server exit cleanly (status 0, pidfile removed).
+
+The server is a ThreadingHTTPServer (daemon threads) speaking HTTP/1.1 with
+keep-alive; every response carries Content-Length.
+
+DATA SET
+========
+record(i), i = 1..n (n = query parameter "n", default 20000, 0..10000000):
+
+    {"PatientId": i,
+     "Name": "Patient <i>" + VARIETY[(i-1) % 9],
+     "BirthDate": date(1950,1,1) + (i*37 % 20000) days    -> "YYYY-MM-DD",
+     "Score": round((i*7919 % 100000) / 100, 2),
+     "Active": i % 3 != 0,
+     "CreatedAt": 2020-01-01T00:00:00Z + i*61 seconds     -> "YYYY-MM-DDTHH:MM:SSZ",
+     "Visits": i % 17,
+     "Notes": null if i % 5 == 0 else "note <i>",
+     "Meta": {"source": "mock", "bucket": i % 10}}
+
+VARIETY = "", " Müller", " O'Brien", ' "Quoted"', " line\\nbreak",
+          " tab\\there", " back\\\\slash", " 日本", " emoji 😀"
+(so record 1 is "Patient 1", record 2 "Patient 2 Müller", ..., record 10
+"Patient 10" again).
+
+All JSON responses: Content-Type "application/json; charset=utf-8", body =
+json.dumps(obj, ensure_ascii=False) encoded as UTF-8.  With the query switch
+gzip=1 AND a request header "Accept-Encoding" that lists gzip, the body is
+gzipped and "Content-Encoding: gzip" is sent (Content-Length is then the
+compressed length).  Without gzip=1 bodies are never compressed.
+
+"offset" below always means the 0-based index of the first record of a page
+(page starting at offset S holds records S+1 ..).  Fault switches *_at=K match
+on that offset.
+
+DATA ENDPOINTS (GET only; POST/other -> 405; unknown path -> 404 {"error":..})
+==============
+1. /odata/Patients?$skip=S&$top=T              (defaults S=0, T=100, T>=0)
+       -> {"@odata.count": n, "value": [records S+1 .. min(S+T, n)]}
+   skip_name=NAME / top_name=NAME  rename the $skip / $top parameters, e.g.
+       /odata/Patients?skip_name=offset&top_name=limit&offset=0&limit=100
+   no_count=1   omit "@odata.count".
+   Non-integer / negative skip or top -> 400 {"error": "..."}.
+
+2. /paged/Patients?page=P&per_page=T           (P 1-based, T>=1, default 100)
+       -> {"total": n, "page": P, "per_page": T, "items": [...]}
+   first_page=0 makes pages 0-based (any integer F >= 0 is accepted: page F
+   is the first page).  page < first page -> 400.  no_count=1 omits "total".
+
+3. /nextlink/Patients?$top=T                   (T>=1, default 100)
+       -> {"value": [...], "@odata.nextLink": URL}
+   URL = absolute "http://<Host header>/nextlink/Patients?$skiptoken=TOK&$top=T&
+   <all other switches of the current request>"; TOK is opaque (base64url of
+   the offset).  The last page has no "@odata.nextLink".
+   relative=1       the link is relative: "Patients?$skiptoken=TOK&$top=T&..."
+   trailing_empty=1 the last page holding data still gets a nextLink; it
+                    leads to a page with "value": [] and no nextLink.
+   repeat_link=1    the second page (the one reached through the first link)
+                    carries a nextLink identical to the link that led to it.
+   Bad/unknown $skiptoken -> 400 {"error": "invalid skiptoken"}.
+
+4. /fhir/Patient?_count=T[&_offset=O]          (T>=1, default 100; O default 0)
+       -> {"resourceType": "Bundle", "type": "searchset", "total": n,
+           "link": [{"relation": "self", "url": <this request, absolute>},
+                    {"relation": "next", "url": <same URL with _offset=O+T>}],
+           "entry": [{"fullUrl": "http://<host>/fhir/Patient/<i>",
+                      "resource": {"resourceType": "Patient", "id": "<i>",
+                                   ...all record(i) fields...}}, ...]}
+   The last page has no "next" link.  no_count=1 omits "total".
+
+5. /linked/Patients?page=P&per_page=T          (P>=1 default 1, T>=1 default 100)
+       -> bare JSON array of records, plus a header
+          Link: <http://host/linked/Patients?page=P+1&per_page=T&...>; rel="next",
+                <...page=LAST...>; rel="last", <...page=1...>; rel="first"
+                [, <...page=P-1...>; rel="prev"]
+   No rel="next" on (or beyond) the last page.  LAST = max(1, ceil(n/T)).
+   split_link=1   send each link as its own "Link:" header line.
+
+6. /cursor/Patients?limit=T[&cursor=C]         (T>=1, default 100)
+       -> {"data": [...], "meta": {"next_cursor": "<opaque token>" | null}}
+   A missing or empty cursor means the first page.  Unknown cursor -> 400
+   {"error": "unknown cursor"}.
+   repeat_cursor=1  any request that carries a cursor answers with that very
+                    cursor as next_cursor, forever (loop-detection test).
+
+7. /single/Patients                            -> {"value": [all n records]}
+
+8. /array/Patients?offset=S&limit=T            (defaults 0 / 100, T>=0)
+       -> bare JSON array of records S+1 .. min(S+T, n)
+
+   max_top=K (all endpoints except /single): the server caps the page size at
+   K records whatever was asked.  For page-number style endpoints (/paged,
+   /linked) the capped size is also used to compute the page's offset, as a
+   real server clamping per_page would do; links keep the requested size.
+
+FAULT SWITCHES (query parameters, valid on every data endpoint, per request)
+=============
+Processing order: count request -> delay_ms -> redirect -> auth (token,
+apikey, oauth) -> parameter validation (400) -> fail_every -> fail_at ->
+render (badjson_at / nokey_at / oversize_at) -> gzip -> send (stall, truncate).
+
+  delay_ms=D            sleep D ms before answering (any answer, incl. errors).
+  stall_after_bytes=B&stall_ms=D
+                        send headers + first B body bytes, flush, sleep D ms
+                        (default 1000), send the rest.  Content-Length is
+                        correct.  Applies to every response of the request.
+  fail_at=K&fail_status=S[&fail_times=M][&retry_after=R]
+                        the page whose offset == K answers S (default 500) with
+                        {"error": "injected failure"} -- the first M times it
+                        is asked (default: always).  Counted per (path, K) in a
+                        process-wide dict (cleared by /__reset).  429 and 503
+                        carry "Retry-After: R" (default "1").
+  fail_every=E&fail_status=S[&retry_after=R]
+                        per path, among requests carrying fail_every, every
+                        E-th fails once with S; the following request (the
+                        retry) always succeeds (so E=1 fails every other one).
+  truncate_at=K         page at offset K: full Content-Length sent, but the
+                        connection is closed after half of the body.
+  badjson_at=K          page at offset K: 200 with body
+                        '{"value": [ {"PatientId": 1,' (invalid JSON).
+  nokey_at=K            page at offset K: {"items_wrong_key": [], "other": 1}.
+  oversize_at=K&oversize_bytes=B
+                        page at offset K gets a "padding" string field ("xxx..")
+                        so the (uncompressed) body is >= B bytes.  For bare-array
+                        endpoints the field goes into the first record (or a
+                        {"padding": ...} element if the page is empty).
+  redirect=1            answer 302, Location = same path and query on
+                        http://localhost:PORT with redirect=1 removed.
+  token=XYZ             require "Authorization: Bearer XYZ", else 401
+                        {"error": "unauthorized", "detail": ...}.
+  apikey=XYZ            require "X-Api-Key: XYZ", else 401 (same body).
+  oauth=1               require "Authorization: Bearer <token>" with a token
+                        issued by /oauth/token and not yet expired, else 401.
+  n=N                   size of the data set (default 20000).
+  gzip=1                allow gzip (see above).
+
+  Every integer switch must be a non-negative integer, else 400.
+
+CONTROL ENDPOINTS (not counted as data requests)
+=================
+  GET /__health             -> {"ok": true}
+  GET|POST /__reset         -> {"ok": true}; clears request counters,
+                               headers_seen, fail_at and fail_every memory.
+                               Issued OAuth tokens stay valid.
+  GET /__stats              -> {"requests": <data requests since start/reset>,
+                                "by_path": {path: count},
+                                "headers_seen": [last 50 data requests:
+                                   {"path": ..., "query": ...,
+                                    "Authorization": value|null,
+                                    "X-Api-Key": value|null}],
+                                "token_requests": <POSTs to /oauth/token>,
+                                "fail_at": {"<path>@<K>": times asked}}
+  POST /oauth/token         form body grant_type=client_credentials&client_id=
+                            ID&client_secret=SECRET (or a JSON object with the
+                            same keys, or HTTP Basic auth ID:SECRET)
+                            -> {"access_token": "<random>",
+                                "token_type": "Bearer", "expires_in": E}
+                            E = --token-ttl, or the query switch ?ttl=E on the
+                            token URL.  Only etl / s3cret is accepted, else 401
+                            {"error": "invalid_client"}; another grant_type ->
+                            400 {"error": "unsupported_grant_type"}.
+"""
+
+import argparse
+import base64
+import binascii
+import collections
+import datetime
+import gzip
+import json
+import math
+import os
+import re
+import secrets
+import signal
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
+
+# ---------------------------------------------------------------------------
+# The data set
+# ---------------------------------------------------------------------------
+
+VARIETY = ["", " Müller", " O'Brien", ' "Quoted"', " line\nbreak",
+           " tab\there", " back\\slash", " 日本", " emoji 😀"]
+_BIRTH_EPOCH = datetime.date(1950, 1, 1)
+_CREATED_EPOCH = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+
+DEFAULT_N = 20000
+MAX_N = 10_000_000
+DEFAULT_PAGE = 100
+
+
+def record(i):
+    """Return record number i (1-based) of the deterministic data set."""
+    return {
+        "PatientId": i,
+        "Name": "Patient " + str(i) + VARIETY[(i - 1) % len(VARIETY)],
+        "BirthDate": (_BIRTH_EPOCH
+                      + datetime.timedelta(days=(i * 37) % 20000)).isoformat(),
+        "Score": round((i * 7919 % 100000) / 100, 2),
+        "Active": i % 3 != 0,
+        "CreatedAt": (_CREATED_EPOCH + datetime.timedelta(seconds=i * 61)
+                      ).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "Visits": i % 17,
+        "Notes": None if i % 5 == 0 else "note " + str(i),
+        "Meta": {"source": "mock", "bucket": i % 10},
+    }
+
+
+def records(offset, count, n):
+    """Records offset+1 .. min(offset+count, n): O(page size)."""
+    end = min(offset + count, n)
+    return [record(i) for i in range(offset + 1, end + 1)]
+
+
+# ---------------------------------------------------------------------------
+# Opaque tokens (skiptoken / cursor): base64url("<kind>:<offset>"), no '='
+# ---------------------------------------------------------------------------
+
+def encode_token(kind, offset):
+    raw = ("%s:%d" % (kind, offset)).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(kind, tok, n):
+    """Offset encoded in tok, or None if tok is not a valid token of kind."""
+    try:
+        raw = base64.urlsafe_b64decode(tok + "=" * (-len(tok) % 4)).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    m = re.fullmatch(re.escape(kind) + r":(\d+)", raw)
+    if not m:
+        return None
+    off = int(m.group(1))
+    return off if off <= n else None
+
+
+# ---------------------------------------------------------------------------
+# Process-wide mutable state (counters, fault memory, OAuth tokens)
+# ---------------------------------------------------------------------------
+
+class State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tokens = {}            # access_token -> expiry (time.monotonic())
+        self.reset()
+
+    def reset(self):
+        # Caller holds the lock (or we are in __init__).
+        self.requests = 0
+        self.by_path = {}
+        self.headers_seen = collections.deque(maxlen=50)
+        self.token_requests = 0
+        self.fail_at_counts = {}    # (path, K) -> times asked
+        self.fail_every_counts = {}  # path -> requests carrying fail_every
+        self.fail_every_last = {}   # path -> did the previous one fail?
+
+
+class BadRequest(Exception):
+    """Raised while parsing parameters -> 400 {"error": message}."""
+
+
+# ---------------------------------------------------------------------------
+# Query string helper
+# ---------------------------------------------------------------------------
+
+_INT_RE = re.compile(r"[0-9]+")
+
+
+class Query:
+    def __init__(self, raw):
+        self.raw = raw
+        self.d = {}
+        for k, v in parse_qsl(raw, keep_blank_values=True):
+            self.d.setdefault(k, v)      # first occurrence wins
+
+    def has(self, k):
+        return k in self.d
+
+    def get(self, k, default=None):
+        return self.d.get(k, default)
+
+    def flag(self, k):
+        """A boolean switch: on when given as 1/true/yes/on."""
+        return self.d.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+
+    def int(self, k, default=None, minimum=0, maximum=None):
+        """Non-negative integer parameter; BadRequest on anything else."""
+        v = self.d.get(k)
+        if v is None:
+            return default
+        v = v.strip()
+        if not _INT_RE.fullmatch(v):
+            raise BadRequest("invalid value for %s: %r (expected a "
+                             "non-negative integer)" % (k, v))
+        iv = int(v)
+        if iv < minimum or (maximum is not None and iv > maximum):
+            raise BadRequest("value for %s out of range: %d" % (k, iv))
+        return iv
+
+    def rebuilt(self, drop=(), add=(), add_first=True):
+        """The raw query with parameters named in drop removed (raw encoding
+        of the others preserved) and (name, value) pairs of add inserted."""
+        keep = [p for p in self.raw.split("&")
+                if p and unquote_plus(p.split("=", 1)[0]) not in drop]
+        new = ["%s=%s" % (quote(str(k), safe="$"), quote(str(v), safe=""))
+               for k, v in add]
+        return "&".join(new + keep if add_first else keep + new)
+
+
+# ---------------------------------------------------------------------------
+# Data endpoints.  Each parses its parameters (raising BadRequest) and returns
+# (offset, render, is_array) where render() -> (json_obj, [extra headers]).
+# ---------------------------------------------------------------------------
+
+def _cap(q, size):
+    """Apply the max_top=K switch."""
+    if q.has("max_top"):
+        return min(size, q.int("max_top", minimum=1))
+    return size
+
+
+def ep_odata(h, q, n):
+    skip_name = q.get("skip_name") or "$skip"
+    top_name = q.get("top_name") or "$top"
+    skip = q.int(skip_name, 0)
+    top = _cap(q, q.int(top_name, DEFAULT_PAGE))
+    no_count = q.flag("no_count")
+
+    def render():
+        obj = {}
+        if not no_count:
+            obj["@odata.count"] = n
+        obj["value"] = records(skip, top, n)
+        return obj, []
+    return skip, render, False
+
+
+def ep_paged(h, q, n):
+    first = q.int("first_page", 1)
+    page = q.int("page", first, minimum=first)
+    per = _cap(q, q.int("per_page", DEFAULT_PAGE, minimum=1))
+    offset = (page - first) * per
+    no_count = q.flag("no_count")
+
+    def render():
+        obj = {}
+        if not no_count:
+            obj["total"] = n
+        obj["page"] = page
+        obj["per_page"] = per
+        obj["items"] = records(offset, per, n)
+        return obj, []
+    return offset, render, False
+
+
+def ep_nextlink(h, q, n):
+    top = q.int("$top", DEFAULT_PAGE, minimum=1)
+    eff = _cap(q, top)
+    tok = q.get("$skiptoken")
+    if tok is None:
+        offset = 0
+    else:
+        offset = decode_token("skip", tok, n)
+        if offset is None:
+            raise BadRequest("invalid skiptoken")
+
+    def link(off):
+        qs = q.rebuilt(drop=("$skiptoken", "$top"),
+                       add=(("$skiptoken", encode_token("skip", off)),
+                            ("$top", top)))
+        if q.flag("relative"):
+            return h.path_only.rsplit("/", 1)[-1] + "?" + qs
+        return h.base_url() + h.path_only + "?" + qs
+
+    def render():
+        obj = {"value": records(offset, eff, n)}
+        end = min(offset + eff, n)
+        if q.flag("repeat_link") and tok is not None and offset == eff:
+            # second page: repeat the link that led here
+            obj["@odata.nextLink"] = link(offset)
+        elif end < n:
+            obj["@odata.nextLink"] = link(end)
+        elif q.flag("trailing_empty") and offset < n:
+            obj["@odata.nextLink"] = link(n)   # leads to an empty page
+        return obj, []
+    return offset, render, False
+
+
+def ep_fhir(h, q, n):
+    count = _cap(q, q.int("_count", DEFAULT_PAGE, minimum=1))
+    offset = q.int("_offset", 0)
+    no_count = q.flag("no_count")
+
+    def render():
+        base = h.base_url()
+        self_url = base + h.path_only + ("?" + q.raw if q.raw else "")
+        links = [{"relation": "self", "url": self_url}]
+        if offset + count < n:
+            qs = q.rebuilt(drop=("_offset",),
+                           add=(("_offset", offset + count),), add_first=False)
+            links.append({"relation": "next",
+                          "url": base + h.path_only + "?" + qs})
+        entries = []
+        for rec in records(offset, count, n):
+            res = {"resourceType": "Patient", "id": str(rec["PatientId"])}
+            res.update(rec)
+            entries.append({"fullUrl": "%s/fhir/Patient/%d"
+                            % (base, rec["PatientId"]),
+                            "resource": res})
+        obj = {"resourceType": "Bundle", "type": "searchset"}
+        if not no_count:
+            obj["total"] = n
+        obj["link"] = links
+        obj["entry"] = entries
+        return obj, []
+    return offset, render, False
+
+
+def ep_linked(h, q, n):
+    per_req = q.int("per_page", DEFAULT_PAGE, minimum=1)
+    per = _cap(q, per_req)
+    page = q.int("page", 1, minimum=1)
+    offset = (page - 1) * per
+    last = max(1, math.ceil(n / per))
+
+    def render():
+        def url(p):
+            qs = q.rebuilt(drop=("page", "per_page"),
+                           add=(("page", p), ("per_page", per_req)))
+            return h.base_url() + h.path_only + "?" + qs
+        links = []
+        if page < last:
+            links.append('<%s>; rel="next"' % url(page + 1))
+        links.append('<%s>; rel="last"' % url(last))
+        links.append('<%s>; rel="first"' % url(1))
+        if page > 1:
+            links.append('<%s>; rel="prev"' % url(min(page - 1, last)))
+        if q.flag("split_link"):
+            headers = [("Link", v) for v in links]
+        else:
+            headers = [("Link", ", ".join(links))]
+        return records(offset, per, n), headers
+    return offset, render, True
+
+
+def ep_cursor(h, q, n):
+    limit = _cap(q, q.int("limit", DEFAULT_PAGE, minimum=1))
+    cur = q.get("cursor") or None          # empty cursor = first page
+    if cur is None:
+        offset = 0
+    else:
+        offset = decode_token("cursor", cur, n)
+        if offset is None:
+            raise BadRequest("unknown cursor")
+
+    def render():
+        if q.flag("repeat_cursor") and cur is not None:
+            nxt = cur                       # the same cursor, forever
+        elif offset + limit < n:
+            nxt = encode_token("cursor", offset + limit)
+        else:
+            nxt = None
+        return {"data": records(offset, limit, n),
+                "meta": {"next_cursor": nxt}}, []
+    return offset, render, False
+
+
+def ep_single(h, q, n):
+    return 0, (lambda: ({"value": records(0, n, n)}, [])), False
+
+
+def ep_array(h, q, n):
+    offset = q.int("offset", 0)
+    limit = _cap(q, q.int("limit", DEFAULT_PAGE))
+    return offset, (lambda: (records(offset, limit, n), [])), True
+
+
+DATA_ENDPOINTS = {
+    "/odata/Patients": ep_odata,
+    "/paged/Patients": ep_paged,
+    "/nextlink/Patients": ep_nextlink,
+    "/fhir/Patient": ep_fhir,
+    "/linked/Patients": ep_linked,
+    "/cursor/Patients": ep_cursor,
+    "/single/Patients": ep_single,
+    "/array/Patients": ep_array,
+}
+
+BAD_JSON_BODY = b'{"value": [ {"PatientId": 1,'
+
+
+# ---------------------------------------------------------------------------
+# HTTP handler
+# ---------------------------------------------------------------------------
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"       # keep-alive
+    server_version = "mock_api/1.0"
+    timeout = 300                       # drop idle keep-alive connections
+
+    # -- logging ------------------------------------------------------------
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            sys.stderr.write("%s - [%s] %s\n" % (
+                self.address_string(), self.log_date_time_string(),
+                fmt % args))
+
+    # -- helpers ------------------------------------------------------------
+    def base_url(self):
+        """http://<Host header> (fallback: the bound address)."""
+        host = self.headers.get("Host")
+        if not host:
+            a = self.server.server_address
+            host = "%s:%d" % (a[0], a[1])
+        return "http://" + host
+
+    def _accepts_gzip(self):
+        ae = self.headers.get("Accept-Encoding", "")
+        return any(t.split(";")[0].strip().lower() == "gzip"
+                   for t in ae.split(","))
+
+    def send_raw(self, status, body, headers=(), stall=None, truncate=False):
+        """Send status/headers/body (bytes).  Gzip if allowed for this
+        request; stall=(bytes, ms) pauses mid-body; truncate closes the
+        connection after half of the body (Content-Length stays full)."""
+        hdrs = [("Content-Type", "application/json; charset=utf-8")]
+        if self.gzip_ok:
+            body = gzip.compress(body, mtime=0)
+            hdrs.append(("Content-Encoding", "gzip"))
+            hdrs.append(("Vary", "Accept-Encoding"))
+        hdrs.append(("Content-Length", str(len(body))))
+        hdrs.extend(headers)
+        self.send_response(status)
+        for k, v in hdrs:
+            self.send_header(k, v)
+        self.end_headers()
+        self.headers_sent = True
+        if self.command == "HEAD":
+            return
+        data = body
+        if truncate:
+            data = body[:len(body) // 2]
+            self.close_connection = True   # drop the connection afterwards
+        if stall is not None:
+            nbytes, ms = stall
+            self.wfile.write(data[:nbytes])
+            self.wfile.flush()
+            time.sleep(ms / 1000.0)
+            data = data[nbytes:]
+        if data:
+            self.wfile.write(data)
+        self.wfile.flush()
+
+    def send_json(self, status, obj, headers=(), **kw):
+        self.send_raw(status, json.dumps(obj, ensure_ascii=False).encode(),
+                      headers, **kw)
+
+    def _read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True   # not supported; don't reuse
+            return b""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        return self.rfile.read(length) if length > 0 else b""
+
+    # -- dispatch -----------------------------------------------------------
+    def do_GET(self):
+        self._dispatch()
+
+    def do_POST(self):
+        self._dispatch()
+
+    def do_HEAD(self):
+        self._dispatch()
+
+    def _dispatch(self):
+        self.headers_sent = False
+        self.gzip_ok = False
+        try:
+            url = urlsplit(self.path)
+            self.path_only = url.path
+            q = Query(url.query)
+            body = self._read_body() if self.command == "POST" else b""
+            path = url.path
+            if path == "/__health":
+                self.send_json(200, {"ok": True})
+            elif path == "/__reset":
+                with self.server.state.lock:
+                    self.server.state.reset()
+                self.send_json(200, {"ok": True})
+            elif path == "/__stats":
+                self._stats()
+            elif path == "/oauth/token":
+                if self.command != "POST":
+                    self.send_json(405, {"error": "use POST"},
+                                   [("Allow", "POST")])
+                else:
+                    self._oauth_token(q, body)
+            elif path in DATA_ENDPOINTS:
+                if self.command not in ("GET", "HEAD"):
+                    self.send_json(405, {"error": "method not allowed"},
+                                   [("Allow", "GET")])
+                else:
+                    self._data(path, q, DATA_ENDPOINTS[path])
+            else:
+                self.send_json(404, {"error": "not found: " + path})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as e:               # bug in the mock itself
+            traceback.print_exc(file=sys.stderr)
+            if not self.headers_sent:
+                try:
+                    self.send_json(500, {"error": "mock_api internal error: "
+                                                  + repr(e)})
+                except OSError:
+                    pass
+            self.close_connection = True
+
+    # -- control endpoints --------------------------------------------------
+    def _stats(self):
+        st = self.server.state
+        with st.lock:
+            obj = {"requests": st.requests,
+                   "by_path": dict(st.by_path),
+                   "headers_seen": list(st.headers_seen),
+                   "token_requests": st.token_requests,
+                   "fail_at": {"%s@%d" % k: v
+                               for k, v in st.fail_at_counts.items()}}
+        self.send_json(200, obj)
+
+    def _oauth_token(self, q, body):
+        st = self.server.state
+        with st.lock:
+            st.token_requests += 1
+        ctype = self.headers.get("Content-Type", "").lower()
+        params = {}
+        text = body.decode("utf-8", "replace")
+        if "json" in ctype:
+            try:
+                obj = json.loads(text or "{}")
+                if isinstance(obj, dict):
+                    params = {str(k): str(v) for k, v in obj.items()}
+            except ValueError:
+                return self.send_json(400, {"error": "invalid_request"})
+        else:
+            params = dict(parse_qsl(text, keep_blank_values=True))
+        cid = params.get("client_id")
+        secret = params.get("client_secret")
+        auth = self.headers.get("Authorization", "")
+        if cid is None and auth[:6].lower() == "basic ":
+            try:
+                dec = base64.b64decode(auth[6:].strip()).decode()
+                cid, _, secret = dec.partition(":")
+            except (binascii.Error, ValueError, UnicodeDecodeError):
+                cid = secret = None
+        if params.get("grant_type") != "client_credentials":
+            return self.send_json(400, {"error": "unsupported_grant_type"})
+        if cid != "etl" or secret != "s3cret":
+            return self.send_json(401, {"error": "invalid_client"},
+                                  [("WWW-Authenticate", 'Basic realm="mock"')])
+        try:
+            ttl = q.int("ttl", self.server.token_ttl)
+        except BadRequest as e:
+            return self.send_json(400, {"error": str(e)})
+        tok = secrets.token_urlsafe(24)
+        with st.lock:
+            st.tokens[tok] = time.monotonic() + ttl
+        self.send_json(200, {"access_token": tok, "token_type": "Bearer",
+                             "expires_in": ttl},
+                       [("Cache-Control", "no-store")])
+
+    # -- data endpoints -----------------------------------------------------
+    def _unauthorized(self, detail):
+        self.send_json(401, {"error": "unauthorized", "detail": detail},
+                       [("WWW-Authenticate", 'Bearer realm="mock"')])
+
+    def _bearer(self):
+        auth = self.headers.get("Authorization", "")
+        scheme, _, value = auth.strip().partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+
+    def _inject_failure(self, q, status):
+        hdrs = []
+        if status in (429, 503):
+            hdrs.append(("Retry-After", q.get("retry_after") or "1"))
+        self.send_json(status, {"error": "injected failure"}, hdrs)
+
+    def _data(self, path, q, endpoint):
+        st = self.server.state
+        with st.lock:
+            st.requests += 1
+            st.by_path[path] = st.by_path.get(path, 0) + 1
+            st.headers_seen.append({
+                "path": path, "query": q.raw,
+                "Authorization": self.headers.get("Authorization"),
+                "X-Api-Key": self.headers.get("X-Api-Key")})
+        self.gzip_ok = q.flag("gzip") and self._accepts_gzip()
+        try:
+            # delay_ms: before answering anything
+            delay = q.int("delay_ms", 0)
+            if delay:
+                time.sleep(delay / 1000.0)
+
+            # redirect=1: same URL on http://localhost:PORT without the switch
+            if q.flag("redirect"):
+                qs = q.rebuilt(drop=("redirect",))
+                loc = "http://localhost:%d%s%s" % (
+                    self.server.server_address[1], path,
+                    "?" + qs if qs else "")
+                return self.send_json(302, {"redirect": loc},
+                                      [("Location", loc)])
+
+            # authentication switches
+            if q.has("token") and self._bearer() != q.get("token"):
+                return self._unauthorized("bad or missing bearer token")
+            if q.has("apikey") and \
+                    self.headers.get("X-Api-Key") != q.get("apikey"):
+                return self._unauthorized("bad or missing X-Api-Key")
+            if q.flag("oauth"):
+                tok = self._bearer()
+                with st.lock:
+                    exp = st.tokens.get(tok) if tok else None
+                if exp is None:
+                    return self._unauthorized("unknown oauth token")
+                if time.monotonic() >= exp:
+                    return self._unauthorized("oauth token expired")
+
+            # parameters
+            n = q.int("n", DEFAULT_N, maximum=MAX_N)
+            offset, render, is_array = endpoint(self, q, n)
+            fail_status = q.int("fail_status", 500, minimum=100, maximum=599)
+            fail_at = q.int("fail_at")
+            fail_times = q.int("fail_times")
+            fail_every = q.int("fail_every", minimum=1)
+            truncate_at = q.int("truncate_at")
+            badjson_at = q.int("badjson_at")
+            nokey_at = q.int("nokey_at")
+            oversize_at = q.int("oversize_at")
+            oversize_bytes = q.int("oversize_bytes", 0)
+            stall_after = q.int("stall_after_bytes")
+            stall_ms = q.int("stall_ms", 1000)
+        except BadRequest as e:
+            return self.send_json(400, {"error": str(e)})
+
+        # fail_every=E: every E-th request (per path) fails once
+        if fail_every is not None:
+            with st.lock:
+                c = st.fail_every_counts.get(path, 0) + 1
+                st.fail_every_counts[path] = c
+                fail = c % fail_every == 0 and \
+                    not st.fail_every_last.get(path, False)
+                st.fail_every_last[path] = fail
+            if fail:
+                return self._inject_failure(q, fail_status)
+
+        # fail_at=K: the page at offset K fails (the first fail_times times)
+        if fail_at is not None and offset == fail_at:
+            with st.lock:
+                key = (path, fail_at)
+                c = st.fail_at_counts.get(key, 0) + 1
+                st.fail_at_counts[key] = c
+            if fail_times is None or c <= fail_times:
+                return self._inject_failure(q, fail_status)
+
+        # render the page (with content faults)
+        headers = []
+        if badjson_at is not None and offset == badjson_at:
+            body = BAD_JSON_BODY
+        elif nokey_at is not None and offset == nokey_at:
+            body = json.dumps({"items_wrong_key": [], "other": 1}).encode()
+        else:
+            obj, headers = render()
+            if oversize_at is not None and offset == oversize_at:
+                if is_array:
+                    if not obj:
+                        obj.append({})
+                    target = obj[0]
+                else:
+                    target = obj
+                target["padding"] = ""
+                base = len(json.dumps(obj, ensure_ascii=False).encode())
+                target["padding"] = "x" * max(0, oversize_bytes - base)
+            body = json.dumps(obj, ensure_ascii=False).encode()
+
+        stall = (stall_after, stall_ms) if stall_after is not None else None
+        truncate = truncate_at is not None and offset == truncate_at
+        self.send_raw(200, body, headers, stall=stall, truncate=truncate)
+
+
+class MockServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr, handler, verbose=False, token_ttl=3600):
+        super().__init__(addr, handler)
+        self.verbose = verbose
+        self.token_ttl = token_ttl
+        self.state = State()
+
+    def handle_error(self, request, client_address):
+        # Client went away etc.: only report when verbose.
+        if self.verbose:
+            super().handle_error(request, client_address)
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum, frame):
+    raise _Stop()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Mock paginated JSON API for the etl_exec tests "
+                    "(see the module docstring for endpoints and switches).")
+    ap.add_argument("--port", type=int, default=18080)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--pidfile")
+    ap.add_argument("--verbose", action="store_true",
+                    help="log requests to stderr")
+    ap.add_argument("--token-ttl", type=int, default=3600,
+                    help="expires_in of /oauth/token tokens (seconds)")
+    ap.add_argument("--dump", type=int, metavar="N",
+                    help="print records 1..N as JSON lines and exit")
+    args = ap.parse_args(argv)
+
+    if args.dump is not None:
+        out = sys.stdout.buffer
+        try:
+            for i in range(1, args.dump + 1):
+                out.write(json.dumps(record(i), ensure_ascii=False)
+                          .encode("utf-8") + b"\n")
+            out.flush()
+        except BrokenPipeError:
+            pass
+        return 0
+
+    server = MockServer((args.host, args.port), Handler,
+                        verbose=args.verbose, token_ttl=args.token_ttl)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write("%d\n" % os.getpid())
+    host, port = server.server_address[:2]
+    print("mock_api listening on %s:%d" % (host, port), flush=True)
+    try:
+        server.serve_forever()
+    except _Stop:
+        pass
+    finally:
+        server.server_close()
+        if args.pidfile:
+            try:
+                os.unlink(args.pidfile)
+            except OSError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
