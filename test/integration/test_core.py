@@ -1,0 +1,409 @@
+"""Core run engine: full runs, timeouts and resume, exactly-once contents,
+wait semantics, run independence from the caller's transaction, dry runs,
+and the failures only a worker can see."""
+import json
+import os
+import signal
+import time
+
+import psycopg2
+import pytest
+
+from conftest import MOCK_API, connect, wait_for_server
+
+TOTAL = '{"total_path": "$.\\"@odata.count\\""}'
+
+
+def test_full_offset_run_loads_every_record_exactly(db):
+    db.patients_table("p_full")
+    job = db.job("full", "/odata/Patients?n=20000", "p_full", page_size=1000, pagination_options=TOTAL)
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert row["status"] == "succeeded"
+    assert row["records_loaded"] == 20000
+    assert row["pages_fetched"] == 20          # total reached: no empty extra page
+    assert row["error_message"] is None
+    assert row["duration_ms"] > 0
+    db.assert_patients_exact("p_full", 20000)
+    cp = db.q("SELECT skip, page_index, total_records, next_url, cursor FROM etl_get_checkpoint(%s)", (run_id,))
+    assert cp == [(20000, 20, 20000, None, None)]
+
+
+def test_empty_page_stops_offset_paging_without_total(db):
+    db.patients_table("p_nototal")
+    job = db.job("nototal", "/odata/Patients?n=2500&no_count=1", "p_nototal", page_size=1000)
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert (row["status"], row["records_loaded"], row["pages_fetched"]) == ("succeeded", 2500, 4)
+    db.assert_patients_exact("p_nototal", 2500)
+
+
+def test_timeouts_then_resume_until_succeeded_is_exact(db):
+    db.patients_table("p_resume")
+    # 40 pages of 500 at >= 60 ms each: a 1 s timeout hits several times
+    job = db.job("resume", "/odata/Patients?n=20000&delay_ms=60", "p_resume", page_size=500,
+                 pagination_options=TOTAL)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
+    statuses = db.resume_until_done(run_id, timeout=1)
+    assert statuses.count("timed_out") >= 2, statuses
+    assert statuses[-1] == "succeeded"
+    row = db.run_row(run_id)
+    assert row["records_loaded"] == 20000
+    assert row["pages_fetched"] == 40
+    assert row["resume_count"] == len(statuses) - 1
+    segments = row["run_context"]["segments"]
+    assert len(segments) == min(20, len(statuses))
+    assert sum(1 for s in segments if s["status"] == "timed_out") == min(20, len(statuses)) - 1
+    assert row["duration_ms"] >= 1000 * (len(statuses) - 1)
+    db.assert_patients_exact("p_resume", 20000)
+
+
+def test_timed_out_run_message_and_checkpoint(db):
+    db.patients_table("p_tmsg")
+    job = db.job("tmsg", "/odata/Patients?n=5000&delay_ms=300", "p_tmsg", page_size=500, pagination_options=TOTAL)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
+    assert db.wait(run_id) == "timed_out"
+    row = db.run_row(run_id)
+    assert f"SELECT etl_resume_run({run_id});" in row["error_message"]
+    assert "timed out" in row["error_message"]
+    loaded = row["records_loaded"]
+    assert 0 < loaded < 5000 and loaded % 500 == 0
+    assert f"{loaded} records" in row["error_message"]
+    skip, page_index, total = db.one("SELECT skip, page_index, total_records FROM etl_get_checkpoint(%s)", (run_id,))
+    assert (skip, page_index, total) == (loaded, loaded // 500, loaded)
+    assert db.one("SELECT count(*) FROM p_tmsg") == loaded    # rows and checkpoint agree
+
+
+def test_wait_true_raises_timeout_with_own_sqlstate(db):
+    db.patients_table("p_wait")
+    job = db.job("waitto", "/odata/Patients?n=5000&delay_ms=300", "p_wait", page_size=500, pagination_options=TOTAL)
+    with pytest.raises(psycopg2.Error) as exc:
+        db.q("SELECT etl_execute_job(%s, timeout := 1, wait := true)", (job,))
+    assert exc.value.pgcode == "ET002"
+    assert "timed_out" in exc.value.pgerror and "etl_resume_run(" in exc.value.pgerror
+    run_id = db.one("SELECT max(run_id) FROM dw_etl_runs WHERE job_id = %s", (job,))
+    assert db.run_row(run_id)["status"] == "timed_out"
+    # and succeeds on resume with wait, returning the run_id
+    while True:
+        try:
+            assert db.one("SELECT etl_resume_run(%s, timeout := 30, wait := true)", (run_id,)) == run_id
+            break
+        except psycopg2.Error as e:
+            assert e.pgcode == "ET002"
+    db.assert_patients_exact("p_wait", 5000)
+
+
+def test_wait_true_returns_run_id_on_success(db):
+    db.patients_table("p_wok")
+    job = db.job("wok", "/odata/Patients?n=300", "p_wok", page_size=100)
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert isinstance(run_id, int)
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.one("SELECT count(*) FROM p_wok") == 300
+
+
+def test_run_outlives_the_callers_rollback(db):
+    db.patients_table("p_rb")
+    job = db.job("rb", "/odata/Patients?n=1000&delay_ms=100", "p_rb", page_size=250)
+    conn = connect(db.dbname)
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("SELECT etl_execute_job(%s)", (job,))
+    run_id = cur.fetchone()[0]
+    conn.rollback()
+    conn.close()
+    assert db.wait(run_id) == "succeeded"
+    assert db.one("SELECT count(*) FROM p_rb") == 1000
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+def test_wait_inside_a_transaction_block(db, isolation):
+    db.patients_table("p_txn")
+    job = db.job("txn", "/odata/Patients?n=1000", "p_txn", page_size=250)
+    conn = connect(db.dbname)
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+    cur.execute("SELECT count(*) FROM dw_etl_runs")     # takes the snapshot first
+    cur.execute("SELECT etl_execute_job(%s, wait := true)", (job,))
+    run_id = cur.fetchone()[0]
+    conn.commit()
+    conn.close()
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.one("SELECT count(*) FROM p_txn") == 1000
+
+
+def test_uncommitted_job_is_refused_by_the_worker(db):
+    db.patients_table("p_unc")
+    conn = connect(db.dbname)
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("INSERT INTO dw_etl_jobs (name, url, target_table) VALUES ('unc', %s, 'p_unc') RETURNING job_id",
+                (MOCK_API + "/odata/Patients?n=10",))
+    job = cur.fetchone()[0]
+    with pytest.raises(psycopg2.Error) as exc:
+        cur.execute("SELECT etl_execute_job(%s)", (job,))
+    assert "not committed" in exc.value.pgerror
+    conn.rollback()
+    conn.close()
+    assert db.one("SELECT count(*) FROM dw_etl_runs WHERE job_id = %s", (job,)) == 0
+
+
+def test_upsert_twice_gives_no_duplicates(db):
+    db.patients_table("p_up")
+    job = db.job("up", "/odata/Patients?n=3000", "p_up", page_size=1000, load_mode="upsert",
+                 key_columns="{patientid}")
+    for _ in range(2):
+        run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+        assert db.run_row(run_id)["records_loaded"] == 3000
+    db.assert_patients_exact("p_up", 3000)
+
+
+def test_upsert_last_record_wins_within_a_page(db):
+    db.q("DROP TABLE IF EXISTS by_visits")
+    db.q("CREATE TABLE by_visits (visits int PRIMARY KEY, patientid int, name text)")
+    job = db.job("lastwins", "/odata/Patients?n=34", "by_visits", page_size=100, load_mode="upsert",
+                 key_columns="{visits}")
+    db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    rows = dict(db.q("SELECT visits, patientid FROM by_visits"))
+    # visits = i % 17: the last record with each value is i = v + 17 (v = 0: i = 34)
+    assert rows == {v: (v + 17 if v else 34) for v in range(17)}
+
+
+def test_column_map_and_type_coverage(db):
+    db.q("DROP TABLE IF EXISTS mapped")
+    db.q("""CREATE TABLE mapped (id bigint, label varchar(40), born date, score numeric, flag boolean,
+            at timestamptz, bucket int, src text, doc json, note text DEFAULT 'dflt', extra text)""")
+    job = db.job("mapped", "/odata/Patients?n=50", "mapped", page_size=20,
+                 column_map={"id": "$.PatientId", "label": "$.Name", "born": "$.BirthDate", "score": "$.Score",
+                             "flag": "$.Active", "at": "$.CreatedAt", "bucket": "$.Meta.bucket",
+                             "src": "$.Meta.source", "doc": "$.Meta"})
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["records_loaded"] == 50
+    row = db.q("SELECT id, label, born::text, score::text, flag, bucket, src, doc::text, note, extra FROM mapped WHERE id = 4")
+    assert row == [(4, 'Patient 4 "Quoted"', "1950-05-29", "316.76", True, 4, "mock",
+                    '{"bucket": 4, "source": "mock"}', "dflt", None)]
+    names = [r[0] for r in db.q("SELECT label FROM mapped ORDER BY id")]
+    assert names[4] == "Patient 5 line\nbreak" and names[7] == "Patient 8 日本" and names[8] == "Patient 9 emoji 😀"
+
+
+def test_value_that_does_not_fit_fails_with_its_position(db):
+    db.q("DROP TABLE IF EXISTS badtype")
+    db.q("CREATE TABLE badtype (patientid int, name int)")
+    job = db.job("badtype", "/odata/Patients?n=30", "badtype", page_size=10)
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    assert db.wait(run_id) == "failed"
+    msg = db.run_row(run_id)["error_message"]
+    assert 'invalid input syntax for type integer: "Patient 1"' in msg
+    assert 'page 1, record 1, column "name", value "Patient 1"' in msg
+    assert db.one("SELECT count(*) FROM badtype") == 0
+
+
+def test_failure_keeps_pages_loaded_before_it(db):
+    db.q("DROP TABLE IF EXISTS failmid")
+    db.q("CREATE TABLE failmid (patientid int CHECK (patientid <= 15), name text)")
+    # record 16, on page 2, breaks the constraint: page 1 stays loaded
+    job = db.job("failmid", "/odata/Patients?n=30", "failmid", page_size=10)
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    assert db.wait(run_id) == "failed"
+    row = db.run_row(run_id)
+    assert 'violates check constraint "failmid_patientid_check"' in row["error_message"]
+    assert db.one("SELECT count(*) FROM failmid") == 10
+    assert db.one("SELECT skip FROM etl_get_checkpoint(%s)", (run_id,)) == 10
+
+
+def test_dry_run_reports_and_writes_nothing(db):
+    db.patients_table("p_dry")
+    job = db.job("dry", "/odata/Patients?n=5000", "p_dry", page_size=1000)
+    run_id = db.one("SELECT etl_execute_job(%s, dry_run := true, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert row["status"] == "succeeded" and row["dry_run"] is True
+    report = row["run_context"]["dry_run"]
+    assert report["records"] == 1000
+    assert report["columns"]["patientid"] == "PatientId"
+    assert report["columns"]["birthdate"] == "BirthDate"
+    assert "loaded_at" not in report["columns"]
+    assert row["records_loaded"] == 0
+    assert db.one("SELECT count(*) FROM p_dry") == 0
+    assert db.q("SELECT * FROM etl_get_checkpoint(%s)", (run_id,)) == []
+    with pytest.raises(psycopg2.Error, match="is a dry run and cannot be resumed"):
+        db.q("SELECT etl_resume_run(%s)", (run_id,))
+
+
+@pytest.mark.parametrize("fault,expect", [
+    ("fail_at=0&fail_status=404", "HTTP 404 from http://127.0.0.1"),
+    ("badjson_at=0", "invalid input syntax for type json"),
+    ("nokey_at=0", "the first page has nothing at records_path $.\"value\"[*]"),
+])
+def test_worker_side_failures(db, fault, expect):
+    db.patients_table("p_fault")
+    job = db.job("fault", f"/odata/Patients?n=100&{fault}", "p_fault", page_size=50)
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    assert db.wait(run_id) == "failed"
+    row = db.run_row(run_id)
+    assert expect in row["error_message"], row["error_message"]
+    assert db.one("SELECT count(*) FROM p_fault") == 0
+    if fault == "nokey_at=0":
+        assert "top-level keys are: other, items_wrong_key" in row["error_message"]
+    with pytest.raises(psycopg2.Error) as exc:
+        db.q("SELECT etl_retry_run(%s, wait := true)", (run_id,))
+    assert exc.value.pgcode == "ET001"
+
+
+def test_parameters_fill_the_url_and_guard_resume(db):
+    db.patients_table("p_par")
+    job = db.job("par", "/odata/Patients?n={count}&delay_ms={delay}", "p_par", page_size=100,
+                 parameters={"delay": 200}, pagination_options=TOTAL)
+    with pytest.raises(psycopg2.Error, match=r"placeholders without a value: \{count\}"):
+        db.q("SELECT etl_execute_job(%s)", (job,))
+    run_id = db.one("""SELECT etl_execute_job(%s, timeout := 1, parameters := '{"count": 1500}')""", (job,))
+    assert db.wait(run_id) == "timed_out"
+    assert db.run_row(run_id)["parameters"] == {"count": 1500, "delay": 200}
+    with pytest.raises(psycopg2.Error) as exc:
+        db.q("""SELECT etl_execute_job(%s, resume_from_checkpoint := true, parameters := '{"count": 900}')""", (job,))
+    assert "different parameters" in exc.value.pgerror
+    assert 'count: run has 1500, this call has 900' in exc.value.pgerror
+    resumed = db.one("""SELECT etl_execute_job(%s, resume_from_checkpoint := true, parameters := '{"count": 1500}',
+                        timeout := 60)""", (job,))
+    assert resumed == run_id
+    assert db.wait(run_id) == "succeeded"
+    assert db.one("SELECT count(*) FROM p_par") == 1500
+
+
+def test_changed_paging_settings_refuse_resume(db):
+    db.patients_table("p_chg")
+    job = db.job("chg", "/odata/Patients?n=3000&delay_ms=300", "p_chg", page_size=500)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
+    assert db.wait(run_id) == "timed_out"
+    db.q("UPDATE dw_etl_jobs SET page_size = 250 WHERE job_id = %s", (job,))
+    with pytest.raises(psycopg2.Error) as exc:
+        db.q("SELECT etl_resume_run(%s)", (run_id,))
+    assert "paging settings changed" in exc.value.pgerror
+    assert "page_size: checkpoint has 500, job now has 250" in exc.value.pgerror
+
+
+def test_resume_from_checkpoint_without_one_starts_new_run_with_notice(db):
+    db.patients_table("p_nocp")
+    job = db.job("nocp", "/odata/Patients?n=100", "p_nocp", page_size=100)
+    db.conn.notices.clear()
+    run_id = db.one("SELECT etl_execute_job(%s, resume_from_checkpoint := true, wait := true)", (job,))
+    assert any("no resumable run with a checkpoint; starting a new run" in n for n in db.conn.notices)
+    assert db.run_row(run_id)["status"] == "succeeded"
+
+
+def test_settings_come_from_the_callers_session(db):
+    db.patients_table("p_set")
+    job = db.job("set", "/odata/Patients?n=100", "p_set", page_size=100)
+    conn = connect(db.dbname)
+    cur = conn.cursor()
+    cur.execute("SET etl_exec.default_timeout_seconds = 17")
+    cur.execute("SET etl_exec.checkpoint_interval_seconds = 5")
+    cur.execute("SELECT etl_execute_job(%s, wait := true)", (job,))
+    run_id = cur.fetchone()[0]
+    conn.close()
+    row = db.run_row(run_id)
+    assert row["timeout_seconds"] == 17
+    assert row["settings"]["checkpoint_interval_seconds"] == 5
+
+
+def test_checkpoint_is_never_older_than_the_interval(db):
+    db.patients_table("p_int")
+    job = db.job("int", "/odata/Patients?n=3000&delay_ms=100", "p_int", page_size=100,
+                 checkpoint_interval_seconds=1)
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    seen = []
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        row = db.q("""SELECT status, (run_context->'checkpoint'->>'total_records')::bigint,
+                             extract(epoch FROM clock_timestamp() - (run_context->'checkpoint'->>'saved_at')::timestamptz)
+                      FROM dw_etl_runs WHERE run_id = %s""", (run_id,))[0]
+        if row[0] != "running":
+            break
+        if row[1] is not None:
+            seen.append((row[1], float(row[2])))
+            assert float(row[2]) < 1.0 + 0.5, seen        # interval plus one slow page
+            assert db.one("SELECT count(*) FROM p_int") >= row[1]
+        time.sleep(0.2)
+    assert db.wait(run_id) == "succeeded"
+    assert len({s[0] for s in seen}) >= 3, seen           # it moved while pages flowed
+
+
+def test_short_run_still_leaves_a_checkpoint(db):
+    db.patients_table("p_short")
+    job = db.job("short", "/odata/Patients?n=250", "p_short", page_size=100)
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.q("SELECT skip, page_index, total_records FROM etl_get_checkpoint(%s)", (run_id,)) == [(250, 4, 250)]  # 3 pages and the empty one
+
+
+def test_no_free_worker_slot_is_a_clear_error_and_leaves_no_run(db):
+    db.patients_table("p_slots")
+    job = db.job("slots", "/odata/Patients?n=100000&delay_ms=2000", "p_slots", page_size=10,
+                 allow_concurrent_runs=True)
+    started = []
+    try:
+        with pytest.raises(psycopg2.Error) as exc:
+            for _ in range(40):
+                started.append(db.one("SELECT etl_execute_job(%s, timeout := 60)", (job,)))
+        assert "no background worker slot is free" in exc.value.pgerror
+        assert "max_worker_processes" in exc.value.pgerror
+        assert db.one("SELECT count(*) FROM dw_etl_runs WHERE job_id = %s", (job,)) == len(started)
+    finally:
+        for run_id in started:
+            db.q("SELECT etl_cancel_run(%s)", (run_id,))
+        for run_id in started:
+            assert db.wait(run_id) == "cancelled"
+
+
+def _worker_pid(db, run_id):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        row = db.run_row(run_id)
+        if row["status"] == "running" and row["records_loaded"] > 0:
+            return row["worker_pid"]
+        time.sleep(0.05)
+    raise AssertionError(db.run_row(run_id))
+
+
+def test_sigkill_of_the_worker_then_resume_is_exact(db):
+    db.patients_table("p_kill")
+    job = db.job("kill", "/odata/Patients?n=20000&delay_ms=40", "p_kill", page_size=500,
+                 checkpoint_interval_seconds=0, pagination_options=TOTAL)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
+    pid = _worker_pid(db, run_id)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)       # the postmaster restarts the whole cluster
+    time.sleep(1)
+    db.reconnect()
+    assert db.one("SELECT etl_wait_run(%s, 0)", (run_id,)) == "interrupted"
+    row = db.run_row(run_id)
+    assert "was interrupted" in row["error_message"]
+    loaded = row["records_loaded"]
+    assert 0 < loaded < 20000
+    assert db.one("SELECT count(*) FROM p_kill") == loaded
+    db.q("SELECT etl_resume_run(%s)", (run_id,))
+    assert db.resume_until_done(run_id)[-1] == "succeeded"
+    db.assert_patients_exact("p_kill", 20000)
+
+
+@pytest.mark.parametrize("how,status", [
+    ("SELECT etl_cancel_run(%(run)s)", "cancelled"),
+    ("SELECT pg_cancel_backend(%(pid)s)", "cancelled"),
+    ("SELECT pg_terminate_backend(%(pid)s)", "interrupted"),
+])
+def test_stop_mid_run_keeps_checkpoint_and_resumes_exactly(db, how, status):
+    db.patients_table("p_stop")
+    job = db.job("stop", "/odata/Patients?n=6000&delay_ms=100", "p_stop", page_size=500, pagination_options=TOTAL,
+                 checkpoint_interval_seconds=0)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
+    pid = _worker_pid(db, run_id)
+    t0 = time.time()
+    db.q(how, {"run": run_id, "pid": pid})
+    assert db.wait(run_id, timeout_s=5) == status
+    assert time.time() - t0 < 1.5
+    row = db.run_row(run_id)
+    assert f"SELECT etl_resume_run({run_id})" in row["error_message"]
+    assert db.one("SELECT count(*) FROM p_stop") == row["records_loaded"]
+    assert db.one("SELECT total_records FROM etl_get_checkpoint(%s)", (run_id,)) == row["records_loaded"]
+    db.q("SELECT etl_resume_run(%s)", (run_id,))
+    assert db.resume_until_done(run_id)[-1] == "succeeded"
+    db.assert_patients_exact("p_stop", 6000)
