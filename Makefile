@@ -9,7 +9,8 @@ OBJS = \
 	src/http_client.o \
 	src/pagination.o \
 	src/loader.o \
-	src/checkpoint.o
+	src/checkpoint.o \
+	src/secrets.o
 
 EXTENSION = etl_exec
 DATA = $(wildcard sql/etl_exec--*.sql)

@@ -716,6 +716,108 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- Views: live progress and timeout analysis
+------------------------------------------------------------------------------
+
+-- Live runs with the progress their workers report in pg_stat_activity
+-- (between commits the table lags behind).  SECURITY DEFINER: workers run
+-- as a superuser session, whose activity other roles cannot see.
+CREATE FUNCTION _etl_live_runs()
+RETURNS TABLE (run_id bigint, pages bigint, records bigint, rows_per_second numeric,
+               expected_total bigint, retries int, backend_start timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM @extschema@._etl_reap();
+    RETURN QUERY
+    SELECT r.run_id, m[1]::bigint, m[2]::bigint, m[3]::numeric, nullif(m[4]::bigint, -1), m[5]::int,
+           a.backend_start
+    FROM @extschema@.dw_etl_runs r
+    LEFT JOIN pg_stat_activity a
+           ON a.pid = r.worker_pid AND a.application_name = 'etl_exec run ' || r.run_id
+    LEFT JOIN LATERAL regexp_match(a.query,
+           ': (\d+) pages, (\d+) records, (\d+) rows/s, expected (-?\d+), (\d+) retries') AS m ON true
+    WHERE r.status IN ('queued', 'running');
+END
+$$;
+
+CREATE VIEW etl_run_progress AS
+SELECT r.run_id,
+       r.job_id,
+       j.name AS job_name,
+       r.status,
+       r.started_by,
+       greatest(coalesce(l.records, 0), r.records_loaded) AS records_loaded,
+       greatest(coalesce(l.pages, 0), r.pages_fetched) AS pages_fetched,
+       coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint) AS expected_total,
+       round(100.0 * greatest(coalesce(l.records, 0), r.records_loaded)
+             / nullif(coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint), 0), 1) AS percent_done,
+       l.rows_per_second,
+       clock_timestamp() - r.started_at AS elapsed,
+       clock_timestamp() - r.segment_started_at AS segment_elapsed,
+       CASE WHEN l.rows_per_second > 0 AND coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint) IS NOT NULL
+            THEN make_interval(secs => greatest(0, coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint)
+                                                   - greatest(coalesce(l.records, 0), r.records_loaded))
+                                              / l.rows_per_second)
+       END AS eta,
+       clock_timestamp() - (r.run_context #>> '{checkpoint,saved_at}')::timestamptz AS checkpoint_age,
+       (r.segment_started_at + make_interval(secs => r.timeout_seconds)) AS deadline,
+       coalesce(l.retries, (r.run_context ->> 'retries')::int, 0) AS retries,
+       r.resume_count,
+       r.worker_pid
+FROM @extschema@._etl_live_runs() l
+JOIN @extschema@.dw_etl_runs r ON r.run_id = l.run_id
+JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id;
+
+COMMENT ON VIEW etl_run_progress IS 'etl_exec: live runs with records, pages, expected total, percent, rows/s, elapsed, ETA and checkpoint age';
+
+CREATE VIEW etl_job_timeout_report AS
+WITH runs AS (
+    SELECT r.*, row_number() OVER (PARTITION BY r.job_id ORDER BY r.run_id DESC) AS recency
+    FROM @extschema@.dw_etl_runs r WHERE NOT r.dry_run
+), stats AS (
+    SELECT r.job_id,
+           count(*) AS runs,
+           count(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE r.status = 'failed') AS failed,
+           sum((SELECT count(*) FROM jsonb_array_elements(r.run_context -> 'segments') s
+                WHERE s ->> 'status' = 'timed_out')) AS timeouts,
+           count(*) FILTER (WHERE r.status = 'timed_out') AS timed_out_now,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY r.duration_ms) FILTER (WHERE r.status = 'succeeded' AND r.recency <= 20) AS p50_ms,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY r.duration_ms) FILTER (WHERE r.status = 'succeeded' AND r.recency <= 20) AS p95_ms,
+           max(r.duration_ms) FILTER (WHERE r.status = 'succeeded') AS max_ms,
+           max(r.timeout_seconds) FILTER (WHERE r.recency = 1) AS last_timeout_seconds
+    FROM runs r GROUP BY r.job_id
+)
+SELECT j.job_id,
+       j.name,
+       coalesce(s.runs, 0) AS runs,
+       coalesce(s.succeeded, 0) AS succeeded,
+       coalesce(s.failed, 0) AS failed,
+       coalesce(s.timeouts, 0) AS timeouts,
+       round((s.p50_ms / 1000.0)::numeric, 1) AS p50_seconds,
+       round((s.p95_ms / 1000.0)::numeric, 1) AS p95_seconds,
+       round((s.max_ms / 1000.0)::numeric, 1) AS max_seconds,
+       CASE WHEN j.timeout_seconds = 0 THEN coalesce(@extschema@.etl_recommended_timeout(j.job_id),
+                                                   d.default_timeout)
+            ELSE coalesce(j.timeout_seconds, d.default_timeout)
+       END AS current_timeout_seconds,
+       @extschema@.etl_recommended_timeout(j.job_id) AS recommended_timeout_seconds,
+       CASE
+           WHEN coalesce(s.timed_out_now, 0) > 0 THEN 'timed out: runs are waiting to be resumed'
+           WHEN s.p95_ms IS NOT NULL
+                AND s.p95_ms / 1000.0 > 0.8 * coalesce(nullif(j.timeout_seconds, 0),
+                                                       d.default_timeout)
+               THEN 'at risk: p95 duration is over 80% of the timeout'
+           WHEN coalesce(s.timeouts, 0) > 0 THEN 'has timed out before'
+           ELSE 'ok'
+       END AS risk
+FROM @extschema@.dw_etl_jobs j
+CROSS JOIN (SELECT (@extschema@._etl_settings() ->> 'default_timeout_seconds')::int AS default_timeout) d
+LEFT JOIN stats s ON s.job_id = j.job_id;
+
+COMMENT ON VIEW etl_job_timeout_report IS 'etl_exec: per job, run counts, p50/p95/max durations, timeouts, current and recommended timeout';
+
+------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC; etl_operator runs and watches jobs
 ------------------------------------------------------------------------------
 
@@ -730,7 +832,7 @@ REVOKE EXECUTE ON FUNCTION
     etl_resume_run(bigint, int, boolean),
     etl_execute_job(int, int, boolean, boolean, jsonb, boolean),
     etl_retry_run(bigint, boolean, boolean), etl_get_checkpoint(bigint), etl_cancel_run(bigint),
-    etl_wait_run(bigint, int), etl_resume_pending(int, boolean, boolean)
+    etl_wait_run(bigint, int), etl_resume_pending(int, boolean, boolean), _etl_live_runs()
 FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
@@ -744,8 +846,10 @@ GRANT EXECUTE ON FUNCTION
     etl_resume_run(bigint, int, boolean),
     etl_execute_job(int, int, boolean, boolean, jsonb, boolean),
     etl_retry_run(bigint, boolean, boolean), etl_get_checkpoint(bigint), etl_cancel_run(bigint),
-    etl_wait_run(bigint, int), etl_resume_pending(int, boolean, boolean)
+    etl_wait_run(bigint, int), etl_resume_pending(int, boolean, boolean), _etl_live_runs()
 TO etl_operator;
+
+GRANT SELECT ON etl_run_progress, etl_job_timeout_report TO etl_operator;
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON dw_etl_jobs TO etl_operator;
 GRANT USAGE ON SEQUENCE dw_etl_jobs_job_id_seq TO etl_operator;

@@ -564,150 +564,19 @@ etl_finish_run(int64 run_id, const char *status, int64 pages_fetched, int64 segm
 	SPI_finish();
 }
 
-/* What pg_stat_activity shows for the worker. */
+/*
+ * What pg_stat_activity shows for the worker: live progress between
+ * commits, which the etl_run_progress view reads.
+ */
 void
-etl_report_activity(int64 run_id, const EtlCheckpoint *cp)
+etl_report_activity(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
+					double rows_per_second, int64 expected_total, int retries)
 {
 	char		activity[256];
 
 	snprintf(activity, sizeof(activity),
-			 "etl_exec run " INT64_FORMAT ": %d pages, " INT64_FORMAT " records loaded",
-			 run_id, cp->page_index, cp->total_records);
+			 "etl_exec run " INT64_FORMAT ": " INT64_FORMAT " pages, " INT64_FORMAT " records, "
+			 "%.0f rows/s, expected " INT64_FORMAT ", %d retries",
+			 run_id, pages_fetched, cp->total_records, rows_per_second, expected_total, retries);
 	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-/* ---------- secrets in request headers ---------- */
-
-typedef struct SecretEntry
-{
-	char	   *name;
-	char	   *value;
-	List	   *hosts;			/* NIL: the host of the job's first URL */
-} SecretEntry;
-
-static List *secret_cache = NIL;
-
-static SecretEntry *
-lookup_secret(const EtlJob *job, const char *name, const char *header)
-{
-	ListCell   *lc;
-	SecretEntry *entry;
-	const char *args[1];
-	char	   *sql;
-	MemoryContext top = TopMemoryContext;
-	char	   *hosts;
-
-	foreach(lc, secret_cache)
-	{
-		entry = (SecretEntry *) lfirst(lc);
-		if (strcmp(entry->name, name) == 0)
-			return entry;
-	}
-
-	SPI_connect();
-	args[0] = name;
-	sql = psprintf("SELECT value, array_to_string(allowed_hosts, ',') FROM %s WHERE name = $1",
-				   etl_qualified("dw_etl_secrets"));
-	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("secret \"%s\" used in header \"%s\" of job %d does not exist",
-						name, header, job->job_id),
-				 errhint("A superuser adds it with INSERT INTO dw_etl_secrets (name, value) VALUES ('%s', '...').",
-						 name)));
-	entry = MemoryContextAllocZero(top, sizeof(SecretEntry));
-	entry->name = MemoryContextStrdup(top, name);
-	entry->value = spi_value(top, 1);
-	hosts = spi_value(CurrentMemoryContext, 2);
-	SPI_finish();
-
-	if (entry->value == NULL)
-		entry->value = MemoryContextStrdup(top, "");
-	if (hosts)
-	{
-		char	   *save = NULL;
-		MemoryContext old = MemoryContextSwitchTo(top);
-
-		for (char *tok = strtok_r(hosts, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-			entry->hosts = lappend(entry->hosts, pstrdup(tok));
-		MemoryContextSwitchTo(old);
-	}
-	{
-		MemoryContext old = MemoryContextSwitchTo(top);
-
-		secret_cache = lappend(secret_cache, entry);
-		MemoryContextSwitchTo(old);
-	}
-	return entry;
-}
-
-static bool
-secret_allowed_for(const EtlJob *job, SecretEntry *entry, const char *host)
-{
-	ListCell   *lc;
-
-	if (entry->hosts == NIL)
-		return pg_strcasecmp(host, etl_url_host(job->url)) == 0;
-	foreach(lc, entry->hosts)
-		if (pg_strcasecmp((char *) lfirst(lc), host) == 0)
-			return true;
-	return false;
-}
-
-/*
- * The job's headers for a request to url, as "Name: value" strings, with
- * {secret:NAME} filled in.  A header whose secret is not meant for the
- * url's host is left out entirely, so a next link or redirect to another
- * host never receives it.
- */
-List *
-etl_request_headers(const EtlJob *job, const char *url)
-{
-	List	   *result = NIL;
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	char	   *key = NULL;
-	char	   *host = etl_url_host(url);
-
-	if (job->headers == NULL || !JB_ROOT_IS_OBJECT(job->headers))
-		return NIL;
-	it = JsonbIteratorInit(&job->headers->root);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		StringInfoData line;
-		const char *p;
-		bool		send = true;
-
-		if (tok == WJB_KEY)
-		{
-			key = pnstrdup(v.val.string.val, v.val.string.len);
-			continue;
-		}
-		if (tok != WJB_VALUE || v.type != jbvString)
-			continue;
-		initStringInfo(&line);
-		appendStringInfo(&line, "%s: ", key);
-		p = pnstrdup(v.val.string.val, v.val.string.len);
-		while (*p)
-		{
-			const char *close;
-
-			if (strncmp(p, "{secret:", 8) == 0 && (close = strchr(p, '}')) != NULL)
-			{
-				char	   *name = pnstrdup(p + 8, close - p - 8);
-				SecretEntry *entry = lookup_secret(job, name, key);
-
-				if (!secret_allowed_for(job, entry, host))
-					send = false;
-				appendStringInfoString(&line, entry->value);
-				p = close + 1;
-			}
-			else
-				appendStringInfoChar(&line, *p++);
-		}
-		if (send)
-			result = lappend(result, line.data);
-	}
-	return result;
 }

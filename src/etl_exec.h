@@ -130,8 +130,12 @@ typedef struct EtlHttpResponse
 
 extern void etl_http_init(const EtlRunSettings *settings);
 extern void etl_http_cleanup(void);
-extern EtlStopReason etl_http_get(const char *url, List *headers,
-								  EtlHttpResponse *resp);
+/* the request headers ("Name: value" strings) for a URL */
+typedef List *(*EtlHeaderBuilder) (void *arg, const char *url);
+
+extern EtlStopReason etl_http_get(const char *url, EtlHeaderBuilder build_headers,
+								  void *arg, EtlHttpResponse *resp);
+extern char *etl_http_post_form(const char *url, const char *form, const char *what);
 extern char *etl_url_encode(const char *s);
 extern char *etl_url_resolve(const char *base, const char *relative);
 extern char *etl_url_host(const char *url);
@@ -213,7 +217,8 @@ extern char *etl_jsonb_top_keys(Jsonb *doc);
 typedef struct EtlLoader EtlLoader;
 
 extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
-									MemoryContext cxt);
+									MemoryContext cxt, int64 run_id, bool dry_run);
+extern void etl_loader_finish(EtlLoader *loader);
 extern int	etl_loader_load_page(EtlLoader *loader, Jsonb *records,
 								 int32 page_index, bool dry_run);
 extern char *etl_loader_describe_mapping(EtlLoader *loader, Jsonb *records);
@@ -253,7 +258,10 @@ extern void etl_finish_run(int64 run_id, const char *status,
 						   int64 pages_fetched, int64 segment_ms,
 						   const char *error_message, const char *sqlstate,
 						   const char *dry_run_report);
-extern void etl_report_activity(int64 run_id, const EtlCheckpoint *cp);
-extern List *etl_request_headers(const EtlJob *job, const char *url);
+extern void etl_report_activity(int64 run_id, const EtlCheckpoint *cp,
+								int64 pages_fetched, double rows_per_second,
+								int64 expected_total, int retries);
+extern List *etl_request_headers(void *job, const char *url);
+extern bool etl_oauth_forget_tokens(void);
 
 #endif							/* ETL_EXEC_H */

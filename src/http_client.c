@@ -16,6 +16,10 @@
  */
 #include "postgres.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <curl/curl.h>
 
 #include "common/pg_prng.h"
@@ -43,6 +47,9 @@ static CurlBuffer link_buf;		/* Link header values, '\n'-separated */
 static char retry_after_buf[128];
 static char location_buf[4096];
 static const EtlRunSettings *run_settings;
+
+static curl_socket_t open_checked_socket(void *clientp, curlsocktype purpose,
+										 struct curl_sockaddr *address);
 
 static bool
 buffer_append(CurlBuffer *buf, const char *data, size_t n)
@@ -144,6 +151,7 @@ etl_http_init(const EtlRunSettings *settings)
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) settings->connect_timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, (long) settings->low_speed_time_seconds);
+	curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, open_checked_socket);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (settings->ca_file && settings->ca_file[0])
@@ -285,26 +293,99 @@ body_snippet(void)
 }
 
 /*
- * GET a URL with the given "Name: value" headers.  On success fills *resp
- * (its body stays valid until the next call) and returns ETL_STOP_NONE.
- * Returns a stop reason when the run must stop (deadline, cancel,
- * terminate) before a complete response was had; raises an error for an
- * HTTP error that retries cannot fix.
+ * Refuse link-local and cloud-metadata addresses (169.254.0.0/16,
+ * fe80::/10, fd00:ec2::254) on the address curl is about to connect to,
+ * whatever name led there, unless etl_exec.allowed_hosts names that
+ * address itself.  Runs inside a curl callback: only sets a flag.
+ */
+static char blocked_address[INET6_ADDRSTRLEN + 1];
+
+static bool
+address_listed(const char *addr)
+{
+	char	   *list;
+	char	   *tok;
+	char	   *save = NULL;
+
+	if (run_settings->allowed_hosts == NULL)
+		return false;
+	list = strdup(run_settings->allowed_hosts);
+	if (list == NULL)
+		return false;
+	for (tok = strtok_r(list, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+		if (strcmp(tok, addr) == 0)
+		{
+			free(list);
+			return true;
+		}
+	free(list);
+	return false;
+}
+
+static curl_socket_t
+open_checked_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	char		text[INET6_ADDRSTRLEN + 1] = "";
+	bool		blocked = false;
+
+	if (address->family == AF_INET)
+	{
+		struct sockaddr_in *in = (struct sockaddr_in *) &address->addr;
+		uint32		a = ntohl(in->sin_addr.s_addr);
+
+		inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+		blocked = (a >> 16) == ((169 << 8) | 254);
+	}
+	else if (address->family == AF_INET6)
+	{
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &address->addr;
+		const unsigned char *b = in6->sin6_addr.s6_addr;
+		static const unsigned char metadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
+		blocked = (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||
+			memcmp(b, metadata, 16) == 0 ||
+		/* IPv4-mapped link-local */
+			(memcmp(b, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0 && b[12] == 169 && b[13] == 254);
+	}
+	if (blocked && !address_listed(text))
+	{
+		strlcpy(blocked_address, text, sizeof(blocked_address));
+		return CURL_SOCKET_BAD;
+	}
+	return socket(address->family, address->socktype, address->protocol);
+}
+
+static struct curl_slist *
+header_slist(List *headers)
+{
+	struct curl_slist *list = NULL;
+	ListCell   *lc;
+
+	foreach(lc, headers)
+		list = curl_slist_append(list, (char *) lfirst(lc));
+	return list;
+}
+
+/*
+ * GET a URL.  The request headers come from build_headers(arg, url) for
+ * every hop, so a redirect to another host gets only what is meant for
+ * that host.  On success fills *resp (its body stays valid until the next
+ * call) and returns ETL_STOP_NONE.  Returns a stop reason when the run
+ * must stop (deadline, cancel, terminate) before a complete response was
+ * had; raises an error for an HTTP error that retries cannot fix.
  */
 EtlStopReason
-etl_http_get(const char *url, List *headers, EtlHttpResponse *resp)
+etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
+			 EtlHttpResponse *resp)
 {
-	struct curl_slist *header_list = NULL;
-	ListCell   *lc;
 	char	   *current_url = pstrdup(url);
 	int			redirects = 0;
 	int			attempt = 0;
+	bool		reauthorized = false;
 	char		problem[512];
 
 	memset(resp, 0, sizeof(*resp));
-	foreach(lc, headers)
-		header_list = curl_slist_append(header_list, (char *) lfirst(lc));
-
 	for (;;)
 	{
 		EtlStopReason stop;
@@ -312,12 +393,10 @@ etl_http_get(const char *url, List *headers, EtlHttpResponse *resp)
 		int64		ms_left;
 		long		status = 0;
 		char		curl_error[CURL_ERROR_SIZE];
+		struct curl_slist *header_list;
 
 		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
-		{
-			curl_slist_free_all(header_list);
 			return stop;
-		}
 		check_host_allowed(current_url);
 		ms_left = etl_ms_until_deadline();
 
@@ -329,7 +408,9 @@ etl_http_get(const char *url, List *headers, EtlHttpResponse *resp)
 		retry_after_buf[0] = '\0';
 		location_buf[0] = '\0';
 		curl_error[0] = '\0';
+		blocked_address[0] = '\0';
 
+		header_list = header_slist(build_headers ? build_headers(arg, current_url) : NIL);
 		curl_easy_setopt(easy, CURLOPT_URL, current_url);
 		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, header_list);
 		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, curl_error);
@@ -338,11 +419,17 @@ etl_http_get(const char *url, List *headers, EtlHttpResponse *resp)
 
 		stop = perform_transfer(&res);
 		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
+		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
+		curl_slist_free_all(header_list);
 		if (stop != ETL_STOP_NONE)
-		{
-			curl_slist_free_all(header_list);
 			return stop;
-		}
+
+		if (blocked_address[0])
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("refused to connect to %s for %s: link-local and cloud-metadata addresses are blocked",
+							blocked_address, etl_url_redact(current_url)),
+					 errhint("A superuser can allow the address by listing it in etl_exec.allowed_hosts.")));
 
 		if (res == CURLE_OK)
 		{
@@ -359,58 +446,47 @@ etl_http_get(const char *url, List *headers, EtlHttpResponse *resp)
 				current_url = etl_url_resolve(current_url, location_buf);
 				continue;
 			}
-			if (!retryable_status(status))
+			if (status == 401 && !reauthorized && etl_oauth_forget_tokens())
 			{
-				curl_slist_free_all(header_list);
+				/* an OAuth2 token the server no longer takes: fetch anew, once */
+				reauthorized = true;
+				continue;
+			}
+			if (!retryable_status(status))
 				ereport(ERROR,
 						(errcode(ERRCODE_CONNECTION_FAILURE),
 						 errmsg("HTTP %ld from %s: %s", status,
 								etl_url_redact(current_url), body_snippet())));
-			}
 			snprintf(problem, sizeof(problem), "HTTP %ld: %s", status, body_snippet());
 		}
 		else if (res == CURLE_WRITE_ERROR && body_buf.too_big)
-		{
-			curl_slist_free_all(header_list);
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("response from %s is larger than etl_exec.max_response_bytes (%zu bytes)",
 							etl_url_redact(current_url), body_buf.max),
 					 errhint("Lower the job's page_size, or raise etl_exec.max_response_bytes.")));
-		}
 		else if (res == CURLE_UNSUPPORTED_PROTOCOL)
-		{
-			curl_slist_free_all(header_list);
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("URL %s does not use http or https", etl_url_redact(current_url)),
 					 errhint("etl_exec only fetches http:// and https:// URLs.")));
-		}
 		else if (res == CURLE_OPERATION_TIMEDOUT && etl_ms_until_deadline() <= 0)
-		{
-			curl_slist_free_all(header_list);
 			return ETL_STOP_TIMED_OUT;
-		}
 		else
 			snprintf(problem, sizeof(problem), "%s", curl_error[0] ? curl_error : curl_easy_strerror(res));
 
 		/* retryable: a connection problem, a timeout, 408/429/5xx */
 		if (attempt >= run_settings->max_retries)
-		{
-			curl_slist_free_all(header_list);
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("request to %s failed after %d retries: %s",
 							etl_url_redact(current_url), attempt, problem)));
-		}
 		{
 			int64		delay = retry_delay_ms(attempt);
 
+			/* a wait that would pass the deadline: stop now, resumable */
 			if (delay >= etl_ms_until_deadline())
-			{
-				curl_slist_free_all(header_list);
 				return ETL_STOP_TIMED_OUT;
-			}
 			elog(DEBUG1, "etl_exec: retrying %s in " INT64_FORMAT " ms: %s",
 				 etl_url_redact(current_url), delay, problem);
 			etl_wait_ms(delay);
@@ -419,7 +495,6 @@ etl_http_get(const char *url, List *headers, EtlHttpResponse *resp)
 		resp->retries++;
 	}
 
-	curl_slist_free_all(header_list);
 	resp->status = 200;
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &resp->status);
 	resp->body = body_buf.data ? body_buf.data : "";
@@ -435,6 +510,59 @@ etl_http_get(const char *url, List *headers, EtlHttpResponse *resp)
 			resp->link_headers = lappend(resp->link_headers, line);
 	}
 	return ETL_STOP_NONE;
+}
+
+/*
+ * POST a form (OAuth2 token requests) and return the body; raises an error
+ * on anything but a 2xx.  Its own handle and buffer: it may run while a
+ * GET is being prepared.  Bounded by the run's time left.
+ */
+char *
+etl_http_post_form(const char *url, const char *form, const char *what)
+{
+	CURL	   *h = curl_easy_init();
+	CurlBuffer	saved = body_buf;
+	CURLcode	res;
+	long		status = 0;
+	char		curl_error[CURL_ERROR_SIZE] = "";
+	char	   *result;
+
+	check_host_allowed(url);
+	if (h == NULL)
+		elog(ERROR, "etl_exec: could not create a libcurl handle");
+	memset(&body_buf, 0, sizeof(body_buf));
+	body_buf.max = 1024 * 1024;
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDS, form);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_body);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_error);
+	curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_checked_socket);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (run_settings->ca_file && run_settings->ca_file[0])
+		curl_easy_setopt(h, CURLOPT_CAINFO, run_settings->ca_file);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long) run_settings->connect_timeout_ms);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
+					 (long) Max(Min((int64) run_settings->request_timeout_ms, etl_ms_until_deadline()), 1));
+	res = curl_easy_perform(h);
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_cleanup(h);
+	result = pnstrdup(body_buf.data ? body_buf.data : "", body_buf.len);
+	free(body_buf.data);
+	body_buf = saved;
+
+	if (res != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("%s: request to %s failed: %s", what, etl_url_redact(url),
+						curl_error[0] ? curl_error : curl_easy_strerror(res))));
+	if (status < 200 || status >= 300)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("%s: HTTP %ld from %s: %.300s", what, status, etl_url_redact(url), result)));
+	return result;
 }
 
 char *

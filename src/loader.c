@@ -92,6 +92,8 @@ struct EtlLoader
 	LoaderColumn *cols;
 	bool		use_map;
 	bool		upsert;
+	char	   *final_target;	/* replace mode: the target swapped into */
+	char	   *staging;		/* replace mode: where pages load, or NULL */
 	KeySlot		slots[KEY_CACHE_SIZE];
 	List	   *plans;			/* of LoaderPlan * */
 };
@@ -117,8 +119,67 @@ convert_error_context(void *arg)
 			   pos->value ? pos->value : "null");
 }
 
+/*
+ * Replace mode: pages load into a staging table that lives as long as the
+ * run (resumes reuse it); the run's last page swaps it into the target in
+ * one transaction.  The staging table belongs to the run's role, so the
+ * loads and the swap need nothing the role does not already have on the
+ * target.
+ */
+static void
+create_staging(EtlLoader *loader, const char *nspname, int64 run_id)
+{
+	char	   *name = psprintf("_etl_stage_" INT64_FORMAT, run_id);
+	char	   *role = GetUserNameFromId(loader->role_oid, false);
+
+	loader->staging = quote_qualified_identifier(nspname, name);
+	loader->final_target = loader->target;
+	SPI_connect();
+	if (SPI_execute(psprintf("CREATE TABLE IF NOT EXISTS %s (LIKE %s INCLUDING DEFAULTS "
+							 "INCLUDING CONSTRAINTS INCLUDING GENERATED)",
+							 loader->staging, loader->final_target), false, 0) != SPI_OK_UTILITY ||
+		SPI_execute(psprintf("ALTER TABLE %s OWNER TO %s", loader->staging, quote_identifier(role)),
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "etl_exec: could not create staging table %s", loader->staging);
+	SPI_finish();
+	MemoryContextSwitchTo(loader->cxt);
+	loader->target = loader->staging;
+}
+
+/*
+ * The last page of a replace run is in: swap the staged rows into the
+ * target (its indexes, constraints, triggers and grants stay as they are),
+ * as the run's role, and drop the staging table.
+ */
+void
+etl_loader_finish(EtlLoader *loader)
+{
+	StringInfoData cols;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (loader->staging == NULL)
+		return;
+	initStringInfo(&cols);
+	for (int i = 0; i < loader->ncols; i++)
+		appendStringInfo(&cols, "%s%s", i ? ", " : "", quote_identifier(loader->cols[i].name));
+
+	SPI_connect();
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(loader->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	if (SPI_execute(psprintf("DELETE FROM %s", loader->final_target), false, 0) != SPI_OK_DELETE ||
+		SPI_execute(psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", loader->final_target,
+							 cols.data, cols.data, loader->staging), false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "etl_exec: could not swap %s into %s", loader->staging, loader->final_target);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (SPI_execute(psprintf("DROP TABLE %s", loader->staging), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "etl_exec: could not drop staging table %s", loader->staging);
+	SPI_finish();
+}
+
 EtlLoader *
-etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent)
+etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
+				  int64 run_id, bool dry_run)
 {
 	MemoryContext cxt = AllocSetContextCreate(parent, "etl_exec loader", ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -221,6 +282,10 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent)
 					 errmsg("key column \"%s\" of job %d is not a column of target table %s",
 							key, job->job_id, loader->target)));
 	}
+
+	if (strcmp(job->load_mode, "replace") == 0 && !dry_run)
+		create_staging(loader, get_namespace_name(get_rel_namespace(relid)),
+					   run_id);
 
 	MemoryContextSwitchTo(old);
 	return loader;

@@ -185,6 +185,8 @@ settings_search_path(const char *settings_json)
 
 /* ---------- the page loop ---------- */
 
+#define RATE_WINDOW 10
+
 typedef struct RunState
 {
 	int64		run_id;
@@ -201,7 +203,42 @@ typedef struct RunState
 	bool		last_page;		/* that page was the last */
 	char	   *dry_run_report;
 	MemoryContext run_cxt;
+	/* records loaded at the last RATE_WINDOW pages, for rows/s */
+	TimestampTz rate_at[RATE_WINDOW];
+	int64		rate_records[RATE_WINDOW];
+	int			rate_pages;
+	bool		from_stored_link;	/* next request uses a checkpointed link/cursor */
 } RunState;
+
+/* rows per second over the recent pages */
+static double
+recent_rate(RunState *st)
+{
+	int			newest = (st->rate_pages - 1) % RATE_WINDOW;
+	int			oldest = st->rate_pages > RATE_WINDOW ? st->rate_pages % RATE_WINDOW : 0;
+	long		secs;
+	int			usecs;
+	double		elapsed;
+
+	st->rate_at[newest] = GetCurrentTimestamp();
+	st->rate_records[newest] = st->cp.total_records;
+	if (newest == oldest)
+		return 0;
+	TimestampDifference(st->rate_at[oldest], st->rate_at[newest], &secs, &usecs);
+	elapsed = secs + usecs / 1000000.0;
+	return elapsed > 0 ? (st->rate_records[newest] - st->rate_records[oldest]) / elapsed : 0;
+}
+
+static void
+stored_link_error_context(void *arg)
+{
+	RunState   *st = (RunState *) arg;
+
+	errcontext("the request continued from the %s stored in the run's checkpoint, and the API "
+			   "rejected it (next links and cursors may expire); to start over, run "
+			   "SELECT etl_execute_job(%d)",
+			   st->cp.cursor ? "cursor" : "next link", st->job.job_id);
+}
 
 static void
 parse_error_context(void *arg)
@@ -246,7 +283,16 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 	ErrorContextCallback errcb;
 	char	   *redacted = etl_url_redact(url);
 
-	stop = etl_http_get(url, etl_request_headers(&st->job, url), &resp);
+	if (st->from_stored_link)
+	{
+		errcb.callback = stored_link_error_context;
+		errcb.arg = st;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+	}
+	stop = etl_http_get(url, etl_request_headers, &st->job, &resp);
+	if (st->from_stored_link)
+		error_context_stack = errcb.previous;
 	st->retries += resp.retries;
 	if (stop != ETL_STOP_NONE)
 		return stop;
@@ -279,6 +325,8 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 	}
 
 	etl_pagination_advance(&st->job, &st->cp, url, body, &resp, &outcome);
+	if (outcome.last_page && !dry_run)
+		etl_loader_finish(st->loader);
 	*next = st->cp;
 	next->skip += outcome.record_count;
 	next->page_index += 1;
@@ -419,6 +467,7 @@ run_pages(int64 run_id)
 	st.cp = st.row.checkpoint;
 	st.pages_fetched = st.row.pages_fetched;
 	st.retries = st.row.retries;
+	st.from_stored_link = st.cp.next_url != NULL || st.cp.cursor != NULL;
 	run_deadline = TimestampTzPlusMilliseconds(segment_start,
 											   (int64) st.row.timeout_seconds * 1000);
 
@@ -427,7 +476,7 @@ run_pages(int64 run_id)
 		etl_read_job(st.row.job_id, st.row.parameters, &st.job);
 		apply_job_overrides(&st);
 		st.records_path = etl_jsonpath_compile(st.job.records_path);
-		st.loader = etl_loader_create(&st.job, st.row.role_oid, st.run_cxt);
+		st.loader = etl_loader_create(&st.job, st.row.role_oid, st.run_cxt, run_id, st.row.dry_run);
 		etl_http_init(&st.settings);
 		setup_done = true;
 	}
@@ -493,8 +542,11 @@ run_pages(int64 run_id)
 			break;
 
 		st.pages_fetched++;
+		st.from_stored_link = false;
 		adopt_checkpoint(&st, &st.next);
-		etl_report_activity(run_id, &st.cp);
+		st.rate_pages++;
+		etl_report_activity(run_id, &st.cp, st.pages_fetched, recent_rate(&st),
+							st.expected_total, st.retries);
 		if (st.last_page || st.row.dry_run)
 		{
 			stop = ETL_STOP_DONE;

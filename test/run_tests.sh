@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (as root): installs
+# what is missing, builds and installs etl_exec, starts a throwaway cluster
+# and the mock API, runs pg_regress, the integration tests (real workers),
+# the TAP tests (server kills and restarts) and a benchmark smoke run, then
+# prints one line of totals.  Exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+
+bash test/setup.sh || { echo "setup failed"; exit 1; }
+bash test/cluster.sh start || { echo "could not start the test cluster"; exit 1; }
+trap 'bash "$ROOT/test/cluster.sh" stop' EXIT
+. test/env.sh
+
+LOG="$ETL_TEST_ROOT/logs"
+mkdir -p "$LOG"
+passed=0
+failed=0
+suites_failed=()
+
+count() {	# count <suite> <passed> <failed>
+    passed=$((passed + $2))
+    failed=$((failed + $3))
+    [ "$3" -gt 0 ] && suites_failed+=("$1")
+    return 0
+}
+
+echo "== pg_regress: the SQL surface"
+if make -s installcheck PG_CONFIG="$PGBIN/pg_config" >"$LOG/regress.log" 2>&1; then :; fi
+cat "$LOG/regress.log"
+ok=$(grep -cE '^(ok [0-9]+ +- |test +[a-z_]+ +\.\.\. ok)' "$LOG/regress.log" || true)
+bad=$(grep -cE '^(not ok|test +[a-z_]+ +\.\.\. FAILED)' "$LOG/regress.log" || true)
+if ! grep -qE 'All [0-9]+ tests passed' "$LOG/regress.log" && [ "$bad" -eq 0 ]; then bad=1; fi
+[ "$bad" -gt 0 ] && [ -f regression.diffs ] && cat regression.diffs
+count pg_regress "$ok" "$bad"
+
+echo "== integration tests: real workers against the mock API"
+"$PYTHON" -m pytest -p no:cacheprovider -q test/integration 2>&1 | tee "$LOG/pytest.log"
+line=$(grep -E '[0-9]+ (passed|failed)' "$LOG/pytest.log" | tail -1)
+p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+f=0
+for n in $(echo "$line" | grep -oE '[0-9]+ (failed|error|errors)' | grep -oE '[0-9]+'); do f=$((f + n)); done
+[ -z "$line" ] && f=1
+count pytest "${p:-0}" "${f:-0}"
+
+if ls test/tap/*.pl >/dev/null 2>&1; then
+    echo "== TAP tests: crashes, immediate shutdowns, restarts"
+    bash test/tap/run.sh 2>&1 | tee "$LOG/tap.log"
+    p=$(grep -oE '^ok [0-9]+' "$LOG/tap.log" | wc -l)
+    f=$(grep -cE '^not ok [0-9]+' "$LOG/tap.log" || true)
+    grep -q '^Result: PASS' "$LOG/tap.log" || [ "$f" -gt 0 ] || f=1
+    count tap "$p" "$f"
+fi
+
+if [ -x test/bench/smoke.sh ]; then
+    echo "== benchmark smoke run"
+    if bash test/bench/smoke.sh 2>&1 | tee "$LOG/bench.log"; then count bench 1 0; else count bench 0 1; fi
+fi
+
+[ ${#suites_failed[@]} -gt 0 ] && echo "failing suites: ${suites_failed[*]} (logs in $LOG, server log $ETL_TEST_ROOT/server.log)"
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
