@@ -93,8 +93,10 @@ CREATE FUNCTION _etl_settings() RETURNS jsonb
 CREATE FUNCTION _etl_run_is_live(run_id bigint) RETURNS boolean
     AS 'MODULE_PATHNAME', 'etl_run_is_live_sql' LANGUAGE C VOLATILE STRICT;
 
+-- Starts the worker; the session's settings go with the run (read in C, so
+-- no caller can hand a worker settings a superuser did not allow).
 CREATE FUNCTION _etl_start_worker(mode text, job_id int, run_id bigint, timeout_seconds int,
-                                  dry_run boolean, parameters jsonb, settings jsonb, run_as oid)
+                                  dry_run boolean, parameters jsonb, run_as oid)
     RETURNS bigint
     AS 'MODULE_PATHNAME', 'etl_start_worker' LANGUAGE C VOLATILE;
 
@@ -161,9 +163,12 @@ BEGIN
                finished_at = now(),
                worker_pid = NULL,
                error_message = format('etl_exec run %s was interrupted: its worker is gone (terminated, killed, '
-                                      'or lost in a crash or shutdown); %s records are loaded and checkpointed. '
-                                      'Resume it with: SELECT etl_resume_run(%s);',
-                                      x.run_id, x.records_loaded, x.run_id),
+                                      'or lost in a crash or shutdown); %s. Resume it with: SELECT etl_resume_run(%s);',
+                                      x.run_id,
+                                      CASE WHEN x.run_context ? 'checkpoint'
+                                           THEN format('%s records are loaded and checkpointed', x.records_loaded)
+                                           ELSE 'nothing was checkpointed yet, so a resume starts from the first page' END,
+                                      x.run_id),
                run_context = @extschema@._etl_add_segment(x.run_context, jsonb_build_object(
                    'started_at', x.segment_started_at, 'ended_at', now(), 'status', 'interrupted',
                    'records_loaded', x.records_loaded, 'pages_fetched', x.pages_fetched))
@@ -276,6 +281,7 @@ DECLARE
     msg text;
     detail text;
     hint text;
+    lines text[];
 BEGIN
     PERFORM @extschema@._etl_wait_run_end(p_run_id, NULL);
     run := @extschema@._etl_fresh_run(p_run_id);
@@ -295,13 +301,22 @@ BEGIN
         END IF;
         RETURN;
     END IF;
-    msg := format('etl_exec run %s %s: %s', p_run_id, run ->> 'status',
-                  split_part(coalesce(run ->> 'error_message', 'no message'), E'\n', 1));
-    detail := coalesce(nullif(substr(run ->> 'error_message',
-                                     length(split_part(run ->> 'error_message', E'\n', 1)) + 2), ''),
-                       format('%s records loaded on %s pages.', run ->> 'records_loaded', run ->> 'pages_fetched'));
-    hint := CASE WHEN run ->> 'status' = 'failed' AND NOT (run -> 'run_context') ? 'checkpoint'
-                 THEN format('Fix the cause, then start it again with SELECT etl_retry_run(%s);', p_run_id)
+    -- error_message is "message\nDETAIL: ...\nHINT: ...\nCONTEXT: ..."
+    lines := string_to_array(coalesce(run ->> 'error_message', 'no message'), E'\n');
+    msg := format('etl_exec run %s %s: %s', p_run_id, run ->> 'status', lines[1]);
+    SELECT string_agg(CASE WHEN l LIKE 'DETAIL: %' THEN substr(l, 9)
+                           WHEN l LIKE 'CONTEXT: %' THEN 'While: ' || substr(l, 10)
+                           ELSE l END, E'\n' ORDER BY n)
+      INTO detail
+      FROM unnest(lines[2:]) WITH ORDINALITY AS t(l, n) WHERE l NOT LIKE 'HINT: %';
+    SELECT substr(l, 7) INTO hint FROM unnest(lines[2:]) AS t(l) WHERE l LIKE 'HINT: %' LIMIT 1;
+    detail := coalesce(detail || E'\n', '')
+              || format('%s records are loaded, on %s pages.', run ->> 'records_loaded', run ->> 'pages_fetched');
+    hint := coalesce(hint || ' ', '') ||
+            CASE WHEN run ->> 'status' = 'failed' AND NOT (run -> 'run_context') ? 'checkpoint'
+                 THEN format('Then start it again with SELECT etl_retry_run(%s);', p_run_id)
+                 WHEN run ->> 'status' = 'failed'
+                 THEN format('Then resume it with SELECT etl_resume_run(%s);', p_run_id)
                  ELSE format('Resume it with SELECT etl_resume_run(%s);', p_run_id) END;
     RAISE EXCEPTION USING ERRCODE = code, MESSAGE = msg, DETAIL = detail, HINT = hint;
 END
@@ -336,8 +351,7 @@ BEGIN
         END IF;
     END IF;
     rid := @extschema@._etl_start_worker('new', j.job_id, NULL, t, p_dry_run,
-                                         j.parameters || coalesce(p_parameters, '{}'),
-                                         @extschema@._etl_settings(), NULL);
+                                         j.parameters || coalesce(p_parameters, '{}'), NULL);
     IF p_wait THEN
         PERFORM @extschema@._etl_raise_outcome(rid);
     END IF;
@@ -365,11 +379,13 @@ BEGIN
     END IF;
     IF NEW.page_size <= 0 THEN
         RAISE EXCEPTION 'job "%": page_size must be positive, not %', NEW.name, NEW.page_size
-            USING ERRCODE = 'invalid_parameter_value';
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The number of records asked for per page, e.g. 1000.';
     END IF;
     IF NEW.url !~* '^https?://[^/?#]+' THEN
         RAISE EXCEPTION 'job "%": url must be an http:// or https:// URL, not "%"', NEW.name, NEW.url
-            USING ERRCODE = 'invalid_parameter_value';
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: https://api.example.com/odata/Patients (placeholders such as {day} are allowed).';
     END IF;
     IF NEW.load_mode NOT IN ('append', 'upsert', 'replace') THEN
         RAISE EXCEPTION 'job "%": unknown load_mode "%"', NEW.name, NEW.load_mode
@@ -381,6 +397,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Set key_columns to the columns of a unique index of the target, e.g. ARRAY[''id''].';
     END IF;
+    IF NEW.load_mode = 'upsert' AND EXISTS (SELECT 1 FROM unnest(NEW.key_columns) AS kc(name) WHERE kc.name IS NULL OR kc.name = '') THEN
+        RAISE EXCEPTION 'job "%": key_columns must not hold NULL or empty names', NEW.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Set key_columns to column names of the target, e.g. ARRAY[''id''].';
+    END IF;
     IF jsonb_typeof(opts) <> 'object' THEN
         RAISE EXCEPTION 'job "%": pagination_options must be a JSON object', NEW.name
             USING ERRCODE = 'invalid_parameter_value';
@@ -391,9 +412,10 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Known options: ' || array_to_string(known_options, ', ') || '.';
         END IF;
-        IF k = 'first_page' AND jsonb_typeof(v) <> 'number' THEN
-            RAISE EXCEPTION 'job "%": pagination option first_page must be a number', NEW.name
-                USING ERRCODE = 'invalid_parameter_value';
+        IF k = 'first_page' AND (jsonb_typeof(v) <> 'number' OR v::numeric < 0 OR v::numeric <> trunc(v::numeric)) THEN
+            RAISE EXCEPTION 'job "%": pagination option first_page must be a whole number, 0 or more, not %', NEW.name, v
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The number of the API''s first page: usually 1, sometimes 0.';
         ELSIF k = 'stop_on_short_page' AND jsonb_typeof(v) <> 'boolean' THEN
             RAISE EXCEPTION 'job "%": pagination option stop_on_short_page must be true or false', NEW.name
                 USING ERRCODE = 'invalid_parameter_value';
@@ -440,6 +462,13 @@ BEGIN
         RAISE EXCEPTION 'job "%": headers must be a JSON object of strings', NEW.name
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'For example: {"Authorization": "Bearer {secret:api_token}"}';
+    END IF;
+    SELECT e.key INTO k FROM jsonb_each_text(NEW.headers) e
+    WHERE e.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' OR e.value ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'job "%": header "%" has an invalid name or a control character (such as a line break) in its value', NEW.name, k
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Header names are HTTP tokens (letters, digits, -); values are one line of text.';
     END IF;
     IF jsonb_typeof(NEW.parameters) <> 'object' THEN
         RAISE EXCEPTION 'job "%": parameters must be a JSON object', NEW.name
@@ -531,7 +560,7 @@ BEGIN
     END IF;
     rid := @extschema@._etl_start_worker('resume', r.job_id, r.run_id,
                                          @extschema@._etl_effective_timeout(j, etl_resume_run.timeout),
-                                         false, r.parameters, @extschema@._etl_settings(), r.started_by::oid);
+                                         false, r.parameters, r.started_by::oid);
     IF etl_resume_run.wait THEN
         PERFORM @extschema@._etl_raise_outcome(rid);
     END IF;
@@ -595,7 +624,8 @@ BEGIN
     SELECT * INTO r FROM @extschema@.dw_etl_runs x WHERE x.run_id = etl_retry_run.run_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_retry_run.run_id::text, 'NULL')
-            USING ERRCODE = 'undefined_object';
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
     END IF;
     IF NOT pg_has_role(current_user, r.started_by::oid, 'MEMBER') THEN
         RAISE EXCEPTION 'permission denied to retry etl_exec run %: it belongs to role %', r.run_id, r.started_by
@@ -627,7 +657,8 @@ BEGIN
     WHERE x.run_id = etl_get_checkpoint.run_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_get_checkpoint.run_id::text, 'NULL')
-            USING ERRCODE = 'undefined_object';
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
     END IF;
     IF c IS NOT NULL THEN
         RETURN QUERY SELECT (c ->> 'skip')::bigint, (c ->> 'page_index')::int, (c ->> 'total_records')::bigint,
@@ -645,7 +676,8 @@ BEGIN
     SELECT * INTO r FROM @extschema@.dw_etl_runs x WHERE x.run_id = etl_cancel_run.run_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_cancel_run.run_id::text, 'NULL')
-            USING ERRCODE = 'undefined_object';
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
     END IF;
     IF NOT pg_has_role(current_user, r.started_by::oid, 'MEMBER') THEN
         RAISE EXCEPTION 'permission denied to cancel etl_exec run %: it belongs to role %', r.run_id, r.started_by
@@ -672,7 +704,8 @@ BEGIN
     END IF;
     IF @extschema@._etl_fresh_run(etl_wait_run.run_id) IS NULL THEN
         RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_wait_run.run_id::text, 'NULL')
-            USING ERRCODE = 'undefined_object';
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
     END IF;
     ended := @extschema@._etl_wait_run_end(etl_wait_run.run_id, etl_wait_run.timeout_ms);
     run := @extschema@._etl_fresh_run(etl_wait_run.run_id);
@@ -694,11 +727,11 @@ BEGIN
     PERFORM @extschema@._etl_reap();
     FOR r IN
         SELECT x.run_id FROM @extschema@.dw_etl_runs x
-        WHERE NOT x.dry_run AND x.run_context ? 'checkpoint'
+        WHERE NOT x.dry_run
           AND x.resume_count < etl_resume_pending.max_resumes
           AND (x.status IN ('timed_out', 'interrupted')
                OR (etl_resume_pending.include_cancelled AND x.status = 'cancelled')
-               OR (etl_resume_pending.include_failed AND x.status = 'failed'))
+               OR (etl_resume_pending.include_failed AND x.status = 'failed' AND x.run_context ? 'checkpoint'))
           -- a newer run of the same job and parameters supersedes it
           AND NOT EXISTS (SELECT 1 FROM @extschema@.dw_etl_runs y
                           WHERE y.job_id = x.job_id AND y.run_id > x.run_id AND NOT y.dry_run
@@ -823,7 +856,7 @@ COMMENT ON VIEW etl_job_timeout_report IS 'etl_exec: per job, run counts, p50/p9
 
 REVOKE EXECUTE ON FUNCTION
     _etl_settings(), _etl_run_is_live(bigint),
-    _etl_start_worker(text, int, bigint, int, boolean, jsonb, jsonb, oid),
+    _etl_start_worker(text, int, bigint, int, boolean, jsonb, oid),
     _etl_wait_run_end(bigint, int), _etl_fresh_run(bigint), _etl_signal_run(bigint, int),
     _etl_paging_of(int), _etl_add_segment(jsonb, jsonb), _etl_json_differences(jsonb, jsonb, text, text),
     _etl_reap(int, bigint), _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
@@ -837,7 +870,7 @@ FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
     _etl_settings(), _etl_run_is_live(bigint),
-    _etl_start_worker(text, int, bigint, int, boolean, jsonb, jsonb, oid),
+    _etl_start_worker(text, int, bigint, int, boolean, jsonb, oid),
     _etl_wait_run_end(bigint, int), _etl_fresh_run(bigint), _etl_signal_run(bigint, int),
     _etl_paging_of(int), _etl_add_segment(jsonb, jsonb), _etl_json_differences(jsonb, jsonb, text, text),
     _etl_reap(int, bigint), _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),

@@ -231,6 +231,28 @@ VALUES (1000, 'explicit_id_again', 'http://127.0.0.1:18080/odata/Patients', 'pat
 SELECT count(*) AS jobs FROM dw_etl_jobs;
 
 --
+-- Key columns must be names; first_page a whole number >= 0; headers one
+-- line each with token names (no header injection)
+--
+INSERT INTO dw_etl_jobs (name, url, target_table, load_mode, key_columns)
+VALUES ('bad_null_key', 'http://127.0.0.1:18080/odata/Patients', 'patients', 'upsert', '{NULL}');
+INSERT INTO dw_etl_jobs (name, url, target_table, load_mode, key_columns)
+VALUES ('bad_empty_key', 'http://127.0.0.1:18080/odata/Patients', 'patients', 'upsert', '{id,""}');
+INSERT INTO dw_etl_jobs (name, url, target_table, pagination, pagination_options)
+VALUES ('bad_first_page_frac', 'http://127.0.0.1:18080/paged/Patients', 'patients', 'page', '{"first_page": 1.5}');
+INSERT INTO dw_etl_jobs (name, url, target_table, pagination, pagination_options)
+VALUES ('bad_first_page_neg', 'http://127.0.0.1:18080/paged/Patients', 'patients', 'page', '{"first_page": -1}');
+INSERT INTO dw_etl_jobs (name, url, target_table, headers)
+VALUES ('bad_header_crlf', 'http://127.0.0.1:18080/odata/Patients', 'patients', '{"X-A": "a\r\nX-Injected: 1"}');
+INSERT INTO dw_etl_jobs (name, url, target_table, headers)
+VALUES ('bad_header_name', 'http://127.0.0.1:18080/odata/Patients', 'patients', '{"X A:": "a"}');
+INSERT INTO dw_etl_jobs (name, url, target_table, pagination, pagination_options, headers)
+VALUES ('ok_first_page_0', 'http://127.0.0.1:18080/paged/Patients', 'patients', 'page', '{"first_page": 0}',
+        '{"Authorization": "Bearer {secret:token}", "X-Api-Key": "{secret:key}"}')
+RETURNING name, pagination_options, headers;
+SELECT count(*) AS jobs FROM dw_etl_jobs;
+
+--
 -- Clean up
 --
 DROP EXTENSION etl_exec CASCADE;

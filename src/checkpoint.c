@@ -550,7 +550,7 @@ etl_finish_run(int64 run_id, const char *status, int64 pages_fetched, int64 segm
 	sql = psprintf("WITH u AS ("
 				   " UPDATE %s SET status = $2, finished_at = clock_timestamp(), "
 				   "   duration_ms = coalesce(duration_ms, 0) + $3::bigint, "
-				   "   error_message = $4, sqlstate = $5, pages_fetched = $7::bigint, "
+				   "   error_message = $4, sqlstate = $5, pages_fetched = $7::bigint, worker_pid = NULL, "
 				   "   run_context = %s._etl_add_segment(run_context, jsonb_build_object("
 				   "       'started_at', segment_started_at, 'ended_at', clock_timestamp(), 'status', $2, "
 				   "       'records_loaded', records_loaded, 'pages_fetched', $7::bigint)) "

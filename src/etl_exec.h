@@ -12,6 +12,7 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "storage/spin.h"
@@ -32,6 +33,7 @@ extern char *etl_user_agent;
 extern char *etl_ca_file;
 
 extern void etl_define_settings(void);
+extern Datum etl_settings_snapshot(PG_FUNCTION_ARGS);
 
 /*
  * Settings of one run, read in the SQL caller and stored with the run (the

@@ -47,7 +47,7 @@ jsonb_arg_to_cstring(Jsonb *jb)
 
 /*
  * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
- *					 parameters, settings) RETURNS bigint
+ *					 parameters, run_as) RETURNS bigint
  *
  * Validation the caller can do has been done by the SQL wrapper; this
  * starts the worker and waits until it has committed the run row.
@@ -69,7 +69,9 @@ etl_start_worker(PG_FUNCTION_ARGS)
 	int64		run_id;
 
 	parameters_json = jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
-	settings_json = jsonb_arg_to_cstring(PG_ARGISNULL(6) ? NULL : PG_GETARG_JSONB_P(6));
+	/* the settings in force in this session; never taken from the caller */
+	settings_json = jsonb_arg_to_cstring(DatumGetJsonbP(DirectFunctionCall1(etl_settings_snapshot,
+																			 (Datum) 0)));
 	settings_len = strlen(settings_json);
 	parameters_len = strlen(parameters_json);
 
@@ -81,7 +83,7 @@ etl_start_worker(PG_FUNCTION_ARGS)
 	shared->caller_pid = MyProcPid;
 	shared->mode = strcmp(mode, "resume") == 0 ? ETL_LAUNCH_RESUME : ETL_LAUNCH_NEW;
 	shared->database_oid = MyDatabaseId;
-	shared->role_oid = PG_ARGISNULL(7) ? GetUserId() : PG_GETARG_OID(7);
+	shared->role_oid = PG_ARGISNULL(6) ? GetUserId() : PG_GETARG_OID(6);
 	if (shared->role_oid != GetUserId() &&
 		!is_member_of_role(GetUserId(), shared->role_oid))
 		ereport(ERROR,

@@ -268,6 +268,11 @@ etl_request_headers(void *arg, const char *url)
 			else
 				appendStringInfoChar(&line, *p++);
 		}
+		if (strpbrk(line.data, "\r\n") != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("header \"%s\" of job %d would hold a line break", key, job->job_id),
+					 errhint("Check the secrets it uses: a header value must be one line.")));
 		if (send)
 			result = lappend(result, line.data);
 	}
