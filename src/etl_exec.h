@@ -31,6 +31,7 @@ extern int	etl_low_speed_time_seconds;
 extern char *etl_allowed_hosts;
 extern char *etl_user_agent;
 extern char *etl_ca_file;
+extern int	etl_run_retention_days;
 
 extern void etl_define_settings(void);
 extern Datum etl_settings_snapshot(PG_FUNCTION_ARGS);

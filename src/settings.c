@@ -30,6 +30,7 @@ int			etl_low_speed_time_seconds = 30;
 char	   *etl_allowed_hosts = NULL;
 char	   *etl_user_agent = NULL;
 char	   *etl_ca_file = NULL;
+int			etl_run_retention_days = 90;
 
 void
 etl_define_settings(void)
@@ -101,6 +102,13 @@ etl_define_settings(void)
 							   "",
 							   PGC_SUSET, 0, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("etl_exec.run_retention_days",
+							"How long etl_prune_runs() keeps finished runs (0 keeps them forever).",
+							NULL,
+							&etl_run_retention_days,
+							90, 0, 36500,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("etl_exec");
 }
 
@@ -131,7 +139,8 @@ etl_settings_snapshot(PG_FUNCTION_ARGS)
 					 "\"max_retries\":%d,"
 					 "\"retry_base_delay_ms\":%d,"
 					 "\"max_response_bytes\":%d,"
-					 "\"low_speed_time_seconds\":%d,",
+					 "\"low_speed_time_seconds\":%d,"
+					 "\"run_retention_days\":%d,",
 					 etl_default_timeout_seconds,
 					 etl_checkpoint_interval_seconds,
 					 etl_request_timeout_ms,
@@ -139,7 +148,8 @@ etl_settings_snapshot(PG_FUNCTION_ARGS)
 					 etl_max_retries,
 					 etl_retry_base_delay_ms,
 					 etl_max_response_bytes,
-					 etl_low_speed_time_seconds);
+					 etl_low_speed_time_seconds,
+					 etl_run_retention_days);
 	append_json_string(&buf, "allowed_hosts", etl_allowed_hosts);
 	appendStringInfoChar(&buf, ',');
 	append_json_string(&buf, "user_agent", etl_user_agent);

@@ -23,6 +23,7 @@ unix_socket_directories = '$PGHOST'
 max_worker_processes = 16
 shared_preload_libraries = 'pg_cron'
 cron.database_name = 'postgres'
+cron.host = '$PGHOST'
 log_line_prefix = '%m [%p] %b '
 fsync = off
 CONF
