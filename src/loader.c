@@ -57,6 +57,7 @@ typedef struct LoaderColumn
 	int32		typmod;
 	bool		is_jsonb;
 	bool		is_json;
+	bool		is_array;		/* a PostgreSQL array column */
 	Oid			array_typid;	/* InvalidOid: sent as text[] and cast */
 	int16		typlen;
 	bool		typbyval;
@@ -229,7 +230,8 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 			elog(ERROR, "cache lookup failed for type %u", att->atttypid);
 		typ = (Form_pg_type) GETSTRUCT(tup);
 		/* array columns go as text and are cast: unnest() would flatten them */
-		col->array_typid = (typ->typcategory == TYPCATEGORY_ARRAY) ? InvalidOid : typ->typarray;
+		col->is_array = typ->typcategory == TYPCATEGORY_ARRAY;
+		col->array_typid = col->is_array ? InvalidOid : typ->typarray;
 		col->typlen = typ->typlen;
 		col->typbyval = typ->typbyval;
 		col->typalign = typ->typalign;
@@ -356,6 +358,50 @@ json_value_text(JsonbValue *v)
 	}
 }
 
+/*
+ * A JSON array as a PostgreSQL array literal: ["a", 1, null] -> {"a","1",NULL}.
+ * Nested arrays become nested literals; objects are quoted JSON text.
+ */
+static void
+append_array_literal(StringInfo buf, JsonbContainer *container)
+{
+	JsonbIterator *it = JsonbIteratorInit(container);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	bool		first = true;
+
+	appendStringInfoChar(buf, '{');
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *text;
+
+		if (tok != WJB_ELEM)
+			continue;
+		if (!first)
+			appendStringInfoChar(buf, ',');
+		first = false;
+		if (v.type == jbvNull)
+		{
+			appendStringInfoString(buf, "NULL");
+			continue;
+		}
+		if (v.type == jbvBinary && JsonContainerIsArray(v.val.binary.data))
+		{
+			append_array_literal(buf, v.val.binary.data);
+			continue;
+		}
+		appendStringInfoChar(buf, '"');
+		for (text = json_value_text(&v); *text; text++)
+		{
+			if (*text == '"' || *text == '\\')
+				appendStringInfoChar(buf, '\\');
+			appendStringInfoChar(buf, *text);
+		}
+		appendStringInfoChar(buf, '"');
+	}
+	appendStringInfoChar(buf, '}');
+}
+
 static void
 convert_value(EtlLoader *loader, int c, JsonbValue *v, Datum *value, bool *isnull,
 			  ConvertPosition *pos)
@@ -381,6 +427,14 @@ convert_value(EtlLoader *loader, int c, JsonbValue *v, Datum *value, bool *isnul
 		Jsonb	   *j = JsonbValueToJsonb(v);
 
 		text = JsonbToCString(NULL, &j->root, VARSIZE(j));
+	}
+	else if (col->is_array && v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		append_array_literal(&buf, v->val.binary.data);
+		text = buf.data;
 	}
 	else
 		text = json_value_text(v);

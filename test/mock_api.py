@@ -42,7 +42,9 @@ record(i), i = 1..n (n = query parameter "n", default 20000, 0..10000000):
      "CreatedAt": 2020-01-01T00:00:00Z + i*61 seconds     -> "YYYY-MM-DDTHH:MM:SSZ",
      "Visits": i % 17,
      "Notes": null if i % 5 == 0 else "note <i>",
-     "Meta": {"source": "mock", "bucket": i % 10}}
+     "Meta": {"source": "mock", "bucket": i % 10},
+     "Tags": ["t" + str(i % 3), 'q"uote', None],
+     "Codes": [i % 7, i % 11]}
 
 VARIETY = "", " Müller", " O'Brien", ' "Quoted"', " line\\nbreak",
           " tab\\there", " back\\\\slash", " 日本", " emoji 😀"
@@ -234,6 +236,8 @@ def record(i):
         "Visits": i % 17,
         "Notes": None if i % 5 == 0 else "note " + str(i),
         "Meta": {"source": "mock", "bucket": i % 10},
+        "Tags": ["t" + str(i % 3), 'q"uote', None],
+        "Codes": [i % 7, i % 11],
     }
 
 

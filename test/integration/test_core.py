@@ -187,6 +187,17 @@ def test_column_map_and_type_coverage(db):
     assert names[4] == "Patient 5 line\nbreak" and names[7] == "Patient 8 日本" and names[8] == "Patient 9 emoji 😀"
 
 
+def test_json_arrays_and_domains(db):
+    db.q("DROP TABLE IF EXISTS arrays")
+    db.q("DROP DOMAIN IF EXISTS small_int")
+    db.q("CREATE DOMAIN small_int AS int CHECK (VALUE < 100)")
+    db.q("CREATE TABLE arrays (patientid small_int, tags text[], codes int[], meta jsonb)")
+    job = db.job("arrays", "/odata/Patients?n=20", "arrays", page_size=10)
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["records_loaded"] == 20
+    assert db.q("SELECT patientid, tags, codes FROM arrays WHERE patientid = 8") == [(8, ["t2", 'q"uote', None], [1, 8])]
+
+
 def test_value_that_does_not_fit_fails_with_its_position(db):
     db.q("DROP TABLE IF EXISTS badtype")
     db.q("CREATE TABLE badtype (patientid int, name int)")
@@ -407,3 +418,59 @@ def test_stop_mid_run_keeps_checkpoint_and_resumes_exactly(db, how, status):
     db.q("SELECT etl_resume_run(%s)", (run_id,))
     assert db.resume_until_done(run_id)[-1] == "succeeded"
     db.assert_patients_exact("p_stop", 6000)
+
+
+def test_cancelling_a_waiting_caller_stops_the_wait_not_the_run(db):
+    db.patients_table("p_cw")
+    job = db.job("cw", "/odata/Patients?n=3000&delay_ms=100", "p_cw", page_size=500, pagination_options=TOTAL)
+    caller = connect(db.dbname)
+    caller_pid = caller.get_backend_pid()
+    import threading
+    errors = []
+
+    def wait_call():
+        try:
+            caller.cursor().execute("SELECT etl_execute_job(%s, wait := true)", (job,))
+        except psycopg2.Error as e:
+            errors.append(e)
+
+    t = threading.Thread(target=wait_call)
+    t.start()
+    time.sleep(0.5)
+    run_id = db.one("SELECT max(run_id) FROM dw_etl_runs WHERE job_id = %s", (job,))
+    db.q("SELECT pg_cancel_backend(%s)", (caller_pid,))
+    t.join(5)
+    assert errors and errors[0].pgcode == "57014"         # the wait was cancelled
+    assert db.run_row(run_id)["status"] == "running"      # the run was not
+    assert db.wait(run_id) == "succeeded"
+    db.assert_patients_exact("p_cw", 3000)
+    caller.close()
+
+
+def test_two_resumes_of_one_run_never_run_at_once(db):
+    db.patients_table("p_two")
+    job = db.job("two", "/odata/Patients?n=2000&delay_ms=200", "p_two", page_size=200)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
+    assert db.wait(run_id) == "timed_out"
+    other = connect(db.dbname)
+    outcomes = []
+    import threading
+
+    def resume(conn):
+        try:
+            conn.cursor().execute("SELECT etl_resume_run(%s, timeout := 60)", (run_id,))
+            outcomes.append("started")
+        except psycopg2.Error as e:
+            outcomes.append(e.pgerror)
+
+    threads = [threading.Thread(target=resume, args=(c,)) for c in (db.conn, other)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert outcomes.count("started") == 1, outcomes
+    refusal = [o for o in outcomes if o != "started"][0]
+    assert "is still running" in refusal or "already being run by another worker" in refusal
+    assert db.wait(run_id) == "succeeded"
+    db.assert_patients_exact("p_two", 2000)
+    other.close()
