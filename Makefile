@@ -8,6 +8,8 @@ OBJS = \
 	src/worker.o \
 	src/http_client.o \
 	src/pagination.o \
+	src/json_path.o \
+	src/page_scan.o \
 	src/loader.o \
 	src/checkpoint.o \
 	src/secrets.o
@@ -30,3 +32,6 @@ override with_llvm = no
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every module includes the shared header
+$(OBJS): src/etl_exec.h

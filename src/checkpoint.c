@@ -491,6 +491,10 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 		job->stop_on_short_page = sv && sv->type == jbvBool && sv->val.boolean;
 	}
 
+	job->records = etl_path_compile(job->records_path);
+	job->next = job->next_path ? etl_path_compile(job->next_path) : NULL;
+	job->total = job->total_path ? etl_path_compile(job->total_path) : NULL;
+
 	/* the run's parameters already include the job's defaults */
 	merged = parameters;
 	job->url = render_url(job->url, merged);

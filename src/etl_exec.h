@@ -144,6 +144,60 @@ extern char *etl_url_resolve(const char *base, const char *relative);
 extern char *etl_url_host(const char *url);
 extern char *etl_url_redact(const char *url);
 
+/* ---------- json_path.c ---------- */
+
+typedef struct EtlPath EtlPath;
+
+extern EtlPath *etl_path_compile(const char *text);
+extern const char *etl_path_text(const EtlPath *path);
+extern int	etl_path_query(const EtlPath *path, const JsonbValue *doc, JsonbValue **items);
+extern JsonbValue *etl_path_first(const EtlPath *path, const JsonbValue *doc);
+extern void etl_jsonb_as_value(Jsonb *doc, JsonbValue *v);
+extern char *etl_jsonb_top_keys(Jsonb *doc);
+extern char *etl_jsonb_value_text(const JsonbValue *v);
+
+/* a path of member steps: $.a.b */
+typedef struct EtlKeyPath
+{
+	int			n;				/* -1: no such path */
+	char	  **keys;
+	int		   *lens;
+} EtlKeyPath;
+
+extern bool etl_path_split(const EtlPath *path, EtlKeyPath *before, bool *star,
+						   EtlKeyPath *after);
+
+/* ---------- page_scan.c ---------- */
+
+typedef struct EtlScanSpec
+{
+	EtlKeyPath	records_before; /* records_path = before[*]after */
+	EtlKeyPath	records_after;
+	EtlKeyPath	total;			/* n = -1: not wanted */
+	EtlKeyPath	next;
+	int			ncols;
+	bool	   *column_is_json; /* json/jsonb: takes the value's JSON text */
+	bool	   *column_is_array;
+	bool		use_map;
+	EtlKeyPath *map;			/* per column; n = -1: not mapped */
+	int			(*column_for_key) (void *arg, int position, const char *key, int len);
+	void	   *arg;
+} EtlScanSpec;
+
+typedef struct EtlScanResult
+{
+	int			nrec;
+	bool	   *present;		/* columns the page mentions */
+	StringInfoData copy_text;	/* those columns of each record, as COPY text */
+	char	   *total_text;
+	char	   *next_text;
+	bool		container_seen; /* records_path led somewhere */
+} EtlScanResult;
+
+extern bool etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len,
+						  EtlScanResult *result);
+extern void etl_append_copy_text(StringInfo buf, const char *s, int len);
+
 /* ---------- pagination.c ---------- */
 
 typedef enum EtlPaginationStyle
@@ -181,6 +235,9 @@ typedef struct EtlJob
 	int			checkpoint_interval_seconds;	/* -1: the setting */
 	int			max_retries;	/* -1: the setting */
 	int			request_timeout_ms; /* -1: the setting */
+	EtlPath    *records;		/* records_path, next_path, total_path compiled */
+	EtlPath    *next;
+	EtlPath    *total;
 } EtlJob;
 
 /* Pagination state: exactly what the checkpoint stores. */
@@ -193,10 +250,17 @@ typedef struct EtlCheckpoint
 	char	   *cursor;			/* cursor: token for the next request */
 } EtlCheckpoint;
 
+/* What a page's body says, as the pagination needs it. */
+typedef struct EtlPageFacts
+{
+	int			record_count;
+	char	   *total_text;		/* value at total_path, or NULL */
+	char	   *next_text;		/* value at next_path, or NULL */
+} EtlPageFacts;
+
 /* What one response says about the pages after it. */
 typedef struct EtlPageOutcome
 {
-	int			record_count;
 	bool		last_page;
 	int64		expected_total; /* -1 when the API does not say */
 	char	   *next_url;
@@ -208,12 +272,9 @@ extern char *etl_pagination_request_url(const EtlJob *job,
 										const EtlCheckpoint *cp);
 extern void etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 								   const char *request_url,
-								   Jsonb *body, const EtlHttpResponse *resp,
+								   const EtlPageFacts *facts, const EtlHttpResponse *resp,
 								   EtlPageOutcome *outcome);
-extern Datum etl_jsonpath_compile(const char *path);
-extern Jsonb *etl_jsonpath_query_array(Jsonb *doc, Datum path);
-extern JsonbValue *etl_jsonpath_query_first(Jsonb *doc, Datum path);
-extern char *etl_jsonb_top_keys(Jsonb *doc);
+
 
 /* ---------- loader.c ---------- */
 
@@ -222,9 +283,11 @@ typedef struct EtlLoader EtlLoader;
 extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
 									MemoryContext cxt, int64 run_id, bool dry_run);
 extern void etl_loader_finish(EtlLoader *loader);
-extern int	etl_loader_load_page(EtlLoader *loader, Jsonb *records,
+extern bool etl_loader_scan_and_load(EtlLoader *loader, const char *body, size_t len,
+									 int32 page_index, EtlPageFacts *facts);
+extern int	etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec,
 								 int32 page_index, bool dry_run);
-extern char *etl_loader_describe_mapping(EtlLoader *loader, Jsonb *records);
+extern char *etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec);
 
 /* ---------- checkpoint.c ---------- */
 

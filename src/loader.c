@@ -3,18 +3,24 @@
  * loader.c
  *	  Loads one page of JSON records into the job's target table.
  *
- * Each record's values are converted in C with the column type's own input
- * function, so a value that does not fit fails with the page, record,
- * column and value in the error context.  The converted values of a page
- * go to the server as one array per column in a single prepared
+ * Append and replace modes feed PostgreSQL's COPY machinery (BeginCopyFrom
+ * with a data-source callback) with the page rendered as COPY text: rows
+ * go in with multi-inserts, and triggers, defaults, constraints and
+ * partitions work as for any COPY.  COPY itself checks no privileges, so
+ * the INSERT privilege of the run's role is checked first, as COPY's own
+ * caller would.  A table with row-level security loads through INSERT.
+ *
+ * Upsert mode (and dry runs) convert each value in C with the column
+ * type's input function, and send a page as one array per column in one
  *
  *	   INSERT INTO target (cols) SELECT ... FROM unnest($1, $2, ...)
+ *	   ... ON CONFLICT (keys) DO UPDATE
  *
- * so a page costs one executor run, not one per row, and triggers,
- * defaults, constraints and partitions work as for any INSERT.  The INSERT
- * runs as the run's role: its privileges, and its alone, decide what the
- * run may write.  In upsert mode a key repeated within a page keeps its
- * last record (DISTINCT ON over the array position).
+ * where a key repeated within a page keeps its last record (DISTINCT ON
+ * over the array position).  Either way a value that does not fit fails
+ * with the page, record, column and value in the error context, and the
+ * load runs as the run's role: its privileges, and its alone, decide what
+ * the run may write.
  *
  * Without a column_map a target column takes the record key of the same
  * name, compared case-insensitively; columns that no record of a page
@@ -28,13 +34,19 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_type.h"
+#include "commands/copy.h"
+#include "commands/copyfrom_internal.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/bitmapset.h"
+#include "mb/pg_wchar.h"
 #include "nodes/makefuncs.h"
+#include "parser/parse_relation.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -44,6 +56,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/regproc.h"
+#include "utils/rls.h"
 #include "utils/syscache.h"
 
 #include "etl_exec.h"
@@ -64,7 +77,7 @@ typedef struct LoaderColumn
 	char		typalign;
 	FmgrInfo	infunc;
 	Oid			ioparam;
-	Datum		map_path;		/* compiled jsonpath from column_map, or 0 */
+	EtlPath    *map_path;		/* from column_map, or NULL */
 	bool		mapped;			/* named in column_map */
 	bool		is_key;
 } LoaderColumn;
@@ -93,6 +106,9 @@ struct EtlLoader
 	LoaderColumn *cols;
 	bool		use_map;
 	bool		upsert;
+	Oid			insert_relid;	/* where pages load: target or staging */
+	bool		use_copy;		/* load through COPY (not upsert, no RLS) */
+	EtlScanSpec *scan;			/* for page_scan.c, or NULL: jsonb only */
 	char	   *final_target;	/* replace mode: the target swapped into */
 	char	   *staging;		/* replace mode: where pages load, or NULL */
 	KeySlot		slots[KEY_CACHE_SIZE];
@@ -145,6 +161,8 @@ create_staging(EtlLoader *loader, const char *nspname, int64 run_id)
 	SPI_finish();
 	MemoryContextSwitchTo(loader->cxt);
 	loader->target = loader->staging;
+	loader->insert_relid = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(loader->staging)),
+											NoLock, false);
 }
 
 /*
@@ -176,6 +194,55 @@ etl_loader_finish(EtlLoader *loader)
 	if (SPI_execute(psprintf("DROP TABLE %s", loader->staging), false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "etl_exec: could not drop staging table %s", loader->staging);
 	SPI_finish();
+}
+
+static int	cached_column_for_key(EtlLoader *loader, int position, const char *key, int len);
+
+static int
+scan_column_for_key(void *arg, int position, const char *key, int len)
+{
+	return cached_column_for_key((EtlLoader *) arg, position, key, len);
+}
+
+/*
+ * Can page_scan.c read this job's pages?  Its records, total and next
+ * paths, and its column_map, must be plain member paths (records with one
+ * [*]).  NULL when not.
+ */
+static EtlScanSpec *
+build_scan_spec(EtlLoader *loader, const EtlJob *job)
+{
+	EtlScanSpec *spec = palloc0(sizeof(EtlScanSpec));
+	EtlKeyPath	after;
+	bool		star;
+
+	if (!etl_path_split(job->records, &spec->records_before, &star, &spec->records_after) || !star)
+		return NULL;
+	spec->total.n = -1;
+	spec->next.n = -1;
+	if (job->total && (!etl_path_split(job->total, &spec->total, &star, &after) || star))
+		return NULL;
+	if (job->next && (job->pagination == ETL_PAGINATION_NEXT_LINK ||
+					  job->pagination == ETL_PAGINATION_CURSOR) &&
+		(!etl_path_split(job->next, &spec->next, &star, &after) || star))
+		return NULL;
+	spec->ncols = loader->ncols;
+	spec->column_is_json = palloc(sizeof(bool) * loader->ncols);
+	spec->column_is_array = palloc(sizeof(bool) * loader->ncols);
+	spec->map = palloc(sizeof(EtlKeyPath) * loader->ncols);
+	spec->use_map = loader->use_map;
+	for (int c = 0; c < loader->ncols; c++)
+	{
+		spec->column_is_json[c] = loader->cols[c].is_json || loader->cols[c].is_jsonb;
+		spec->column_is_array[c] = loader->cols[c].is_array;
+		spec->map[c].n = -1;
+		if (loader->cols[c].mapped &&
+			(!etl_path_split(loader->cols[c].map_path, &spec->map[c], &star, &after) || star))
+			return NULL;
+	}
+	spec->column_for_key = scan_column_for_key;
+	spec->arg = loader;
+	return spec;
 }
 
 EtlLoader *
@@ -265,7 +332,7 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 									job->job_id, key, loader->target)));
 				loader->cols[found].mapped = true;
 				loader->cols[found].map_path =
-					etl_jsonpath_compile(pnstrdup(v.val.string.val, v.val.string.len));
+					etl_path_compile(pnstrdup(v.val.string.val, v.val.string.len));
 			}
 		}
 	}
@@ -285,9 +352,14 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 							key, job->job_id, loader->target)));
 	}
 
+	loader->insert_relid = relid;
 	if (strcmp(job->load_mode, "replace") == 0 && !dry_run)
 		create_staging(loader, get_namespace_name(get_rel_namespace(relid)),
 					   run_id);
+	loader->use_copy = !loader->upsert &&
+		check_enable_rls(loader->insert_relid, role_oid, true) != RLS_ENABLED;
+	if (loader->use_copy)
+		loader->scan = build_scan_spec(loader, job);
 
 	MemoryContextSwitchTo(old);
 	return loader;
@@ -539,10 +611,231 @@ plan_for_columns(EtlLoader *loader, Bitmapset *columns)
 	return cp;
 }
 
-static Jsonb *
-container_to_jsonb(JsonbValue *v)
+static void
+no_column_matches(EtlLoader *loader, int32 page_index)
 {
-	return JsonbValueToJsonb(v);
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("no key of the records on page %d matches a column of %s",
+					page_index + 1, loader->target),
+			 errhint("Name the columns like the record keys (case does not matter), or set the job's column_map.")));
+}
+
+/* ---------- the COPY path ---------- */
+
+/* the page being fed to COPY; COPY's data-source callback takes no argument */
+static struct
+{
+	const char *data;
+	int			len;
+	int			pos;
+} copy_source;
+
+static int
+copy_read_page(void *outbuf, int minread, int maxread)
+{
+	int			n = Min(maxread, copy_source.len - copy_source.pos);
+
+	memcpy(outbuf, copy_source.data + copy_source.pos, n);
+	copy_source.pos += n;
+	return n;
+}
+
+/* where COPY is, for the error context: page, record, column, value */
+typedef struct CopyPosition
+{
+	int32		page_index;
+	CopyFromState cstate;
+} CopyPosition;
+
+static void
+copy_error_context(void *arg)
+{
+	CopyPosition *pos = (CopyPosition *) arg;
+
+	if (pos->cstate == NULL || pos->cstate->cur_lineno == 0)
+		return;
+	if (pos->cstate->cur_attname)
+		errcontext("page %d, record " UINT64_FORMAT ", column \"%s\", value \"%.200s\"",
+				   pos->page_index + 1, pos->cstate->cur_lineno, pos->cstate->cur_attname,
+				   pos->cstate->cur_attval ? pos->cstate->cur_attval : "null");
+	else
+		errcontext("page %d, record " UINT64_FORMAT, pos->page_index + 1, pos->cstate->cur_lineno);
+}
+
+/* one value as COPY text: what the column type's input function takes */
+static void
+append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
+{
+	char	   *text;
+
+	if (v->type == jbvNull)
+	{
+		appendStringInfoString(buf, "\\N");
+		return;
+	}
+	if (v->type == jbvString && !col->is_json && !col->is_jsonb)
+	{
+		etl_append_copy_text(buf, v->val.string.val, v->val.string.len);
+		return;
+	}
+	if (col->is_json || col->is_jsonb)
+	{
+		Jsonb	   *j = JsonbValueToJsonb(v);
+
+		text = JsonbToCString(NULL, &j->root, VARSIZE(j));
+	}
+	else if (col->is_array && v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
+	{
+		StringInfoData lit;
+
+		initStringInfo(&lit);
+		append_array_literal(&lit, v->val.binary.data);
+		text = lit.data;
+	}
+	else
+		text = json_value_text(v);
+	etl_append_copy_text(buf, text, strlen(text));
+}
+
+/*
+ * COPY the rendered rows (the present columns, in column order) into the
+ * table the pages load into, as the run's role, after checking that role's
+ * INSERT privilege on those columns, as COPY's own caller would.
+ */
+static void
+copy_rows(EtlLoader *loader, StringInfo text, const bool *present, int32 page_index)
+{
+	int			ncols = loader->ncols;
+	List	   *attnames = NIL;
+	Relation	rel;
+	ParseState *pstate;
+	ParseNamespaceItem *nsitem;
+	CopyFromState cstate;
+	CopyPosition pos = {page_index, NULL};
+	ErrorContextCallback errcb;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	for (int c = 0; c < ncols; c++)
+		if (present[c])
+			attnames = lappend(attnames, makeString(loader->cols[c].name));
+	copy_source.data = text->data;
+	copy_source.len = text->len;
+	copy_source.pos = 0;
+	/* a load blocked on a lock must not carry the run past its deadline */
+	SetConfigOption("lock_timeout", psprintf(INT64_FORMAT, Max(etl_ms_until_deadline(), (int64) 1)),
+					PGC_SUSET, PGC_S_SESSION);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(loader->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
+	rel = table_open(loader->insert_relid, RowExclusiveLock);
+	pstate = make_parsestate(NULL);
+	nsitem = addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
+	nsitem->p_rte->requiredPerms = ACL_INSERT;
+	for (int c = 0; c < ncols; c++)
+		if (present[c])
+			nsitem->p_rte->insertedCols =
+				bms_add_member(nsitem->p_rte->insertedCols,
+							   attnameAttNum(rel, loader->cols[c].name, false) - FirstLowInvalidHeapAttributeNumber);
+	ExecCheckRTPerms(pstate->p_rtable, true);
+
+	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_read_page, attnames,
+						   list_make1(makeDefElem("encoding",
+												  (Node *) makeString((char *) GetDatabaseEncodingName()), -1)));
+	pos.cstate = cstate;
+	errcb.callback = copy_error_context;
+	errcb.arg = &pos;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	(void) CopyFrom(cstate);
+	error_context_stack = errcb.previous;
+	EndCopyFrom(cstate);
+	table_close(rel, NoLock);
+
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/*
+ * Load a page through COPY: collect each record's values by column, render
+ * the columns the page mentions as COPY text, and COPY it in as the run's
+ * role after checking that role's INSERT privilege on those columns.
+ */
+static int
+load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index)
+{
+	int			ncols = loader->ncols;
+	JsonbValue *slots = palloc0(sizeof(JsonbValue) * nrec * ncols);	/* jbvNull is 0 */
+	bool	   *present = palloc0(sizeof(bool) * ncols);
+	bool		any = false;
+	StringInfoData text;
+
+	for (int r = 0; r < nrec; r++)
+	{
+		JsonbValue *rec = &records[r];
+		JsonbValue *row = &slots[r * ncols];
+
+		if (rec->type != jbvBinary || !JsonContainerIsObject(rec->val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("record %d of page %d is not a JSON object", r + 1, page_index + 1),
+					 errhint("Check the job's records_path: it must lead to the records themselves.")));
+		if (loader->use_map)
+		{
+			for (int c = 0; c < ncols; c++)
+				if (loader->cols[c].mapped)
+				{
+					JsonbValue *v = etl_path_first(loader->cols[c].map_path, rec);
+
+					if (v)
+						row[c] = *v;
+					present[c] = true;
+				}
+		}
+		else
+		{
+			JsonbIterator *it = JsonbIteratorInit(rec->val.binary.data);
+			JsonbValue	kv;
+			JsonbIteratorToken tok;
+			int			position = 0;
+			int			col = -1;
+
+			while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
+			{
+				if (tok == WJB_KEY)
+					col = cached_column_for_key(loader, position++, kv.val.string.val, kv.val.string.len);
+				else if (tok == WJB_VALUE && col >= 0)
+				{
+					row[col] = kv;
+					present[col] = true;
+				}
+			}
+		}
+	}
+
+	for (int c = 0; c < ncols; c++)
+		any |= present[c];
+	if (!any)
+		no_column_matches(loader, page_index);
+
+	initStringInfo(&text);
+	for (int r = 0; r < nrec; r++)
+	{
+		bool		first = true;
+
+		for (int c = 0; c < ncols; c++)
+		{
+			if (!present[c])
+				continue;
+			if (!first)
+				appendStringInfoChar(&text, '\t');
+			first = false;
+			append_copy_value(&text, &loader->cols[c], &slots[r * ncols + c]);
+		}
+		appendStringInfoChar(&text, '\n');
+	}
+	copy_rows(loader, &text, present, page_index);
+	return nrec;
 }
 
 /*
@@ -552,23 +845,21 @@ container_to_jsonb(JsonbValue *v)
  * caller resets per page.
  */
 int
-etl_loader_load_page(EtlLoader *loader, Jsonb *records, int32 page_index, bool dry_run)
+etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index,
+					 bool dry_run)
 {
-	int			nrec = JsonContainerSize(&records->root);
 	int			ncols = loader->ncols;
 	Datum	  **values = palloc(sizeof(Datum *) * ncols);
 	bool	  **nulls = palloc(sizeof(bool *) * ncols);
 	bool	   *present = palloc0(sizeof(bool) * ncols);
-	JsonbIterator *it;
-	JsonbValue	elem;
-	JsonbIteratorToken tok;
-	int			r = 0;
 	ConvertPosition pos = {0};
 	ErrorContextCallback errcb;
 	Bitmapset  *columns = NULL;
 
 	if (nrec == 0)
 		return 0;
+	if (loader->use_copy && !dry_run)
+		return load_page_copy(loader, records, nrec, page_index);
 	for (int c = 0; c < ncols; c++)
 	{
 		values[c] = palloc0(sizeof(Datum) * nrec);
@@ -584,13 +875,12 @@ etl_loader_load_page(EtlLoader *loader, Jsonb *records, int32 page_index, bool d
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 
-	it = JsonbIteratorInit(&records->root);
-	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+	for (int r = 0; r < nrec; r++)
 	{
-		if (tok != WJB_ELEM)
-			continue;
+		JsonbValue *rec = &records[r];
+
 		pos.record = r;
-		if (elem.type != jbvBinary || !JsonContainerIsObject(elem.val.binary.data))
+		if (rec->type != jbvBinary || !JsonContainerIsObject(rec->val.binary.data))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 					 errmsg("record %d of page %d is not a JSON object", r + 1, page_index + 1),
@@ -598,16 +888,14 @@ etl_loader_load_page(EtlLoader *loader, Jsonb *records, int32 page_index, bool d
 
 		if (loader->use_map)
 		{
-			Jsonb	   *rec = container_to_jsonb(&elem);
-
 			for (int c = 0; c < ncols; c++)
 				if (loader->cols[c].mapped)
-					convert_value(loader, c, etl_jsonpath_query_first(rec, loader->cols[c].map_path),
+					convert_value(loader, c, etl_path_first(loader->cols[c].map_path, rec),
 								  &values[c][r], &nulls[c][r], &pos);
 		}
 		else
 		{
-			JsonbIterator *rit = JsonbIteratorInit(elem.val.binary.data);
+			JsonbIterator *rit = JsonbIteratorInit(rec->val.binary.data);
 			JsonbValue	kv;
 			JsonbIteratorToken rtok;
 			int			position = 0;
@@ -624,7 +912,6 @@ etl_loader_load_page(EtlLoader *loader, Jsonb *records, int32 page_index, bool d
 				}
 			}
 		}
-		r++;
 	}
 	pos.column = NULL;
 
@@ -693,12 +980,9 @@ etl_loader_load_page(EtlLoader *loader, Jsonb *records, int32 page_index, bool d
  * JSON members "columns": {...}, "unmapped_keys": [...].
  */
 char *
-etl_loader_describe_mapping(EtlLoader *loader, Jsonb *records)
+etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec)
 {
 	StringInfoData buf;
-	JsonbIterator *it;
-	JsonbValue	elem;
-	JsonbIteratorToken tok;
 	bool		first = true;
 	bool	   *used = palloc0(sizeof(bool) * loader->ncols);
 	StringInfoData unmapped;
@@ -722,16 +1006,13 @@ etl_loader_describe_mapping(EtlLoader *loader, Jsonb *records)
 	}
 
 	/* keys of the first record, in order */
-	it = JsonbIteratorInit(&records->root);
-	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+	if (nrec > 0 && records[0].type == jbvBinary && JsonContainerIsObject(records[0].val.binary.data))
 	{
 		JsonbIterator *rit;
 		JsonbValue	kv;
 		JsonbIteratorToken rtok;
 
-		if (tok != WJB_ELEM || elem.type != jbvBinary)
-			continue;
-		rit = JsonbIteratorInit(elem.val.binary.data);
+		rit = JsonbIteratorInit(records[0].val.binary.data);
 		while ((rtok = JsonbIteratorNext(&rit, &kv, true)) != WJB_DONE)
 		{
 			char	   *key;
@@ -758,8 +1039,37 @@ etl_loader_describe_mapping(EtlLoader *loader, Jsonb *records)
 				escape_json(&unmapped, key);
 			}
 		}
-		break;
 	}
 	appendStringInfo(&buf, "}, \"unmapped_keys\": [%s]", unmapped.data);
 	return buf.data;
+}
+
+/*
+ * Load a page straight from its body with page_scan.c when the job allows
+ * it.  Fills *facts and returns true; false means the caller must parse
+ * the page as jsonb (nothing was loaded).
+ */
+bool
+etl_loader_scan_and_load(EtlLoader *loader, const char *body, size_t len, int32 page_index,
+						 EtlPageFacts *facts)
+{
+	EtlScanResult result;
+	bool		any = false;
+
+	if (loader->scan == NULL || !etl_scan_page(loader->scan, body, len, &result))
+		return false;
+	/* nothing at records_path on the first page: the jsonb path explains */
+	if (result.nrec == 0 && !result.container_seen && page_index == 0)
+		return false;
+	facts->record_count = result.nrec;
+	facts->total_text = result.total_text;
+	facts->next_text = result.next_text;
+	if (result.nrec == 0)
+		return true;
+	for (int c = 0; c < loader->ncols; c++)
+		any |= result.present[c];
+	if (!any)
+		no_column_matches(loader, page_index);
+	copy_rows(loader, &result.copy_text, result.present, page_index);
+	return true;
 }

@@ -13,8 +13,6 @@
  * or cursor is left, or on an empty page.  A next link or cursor that
  * repeats is an error, never an endless loop.
  *
- * Also the small jsonpath helpers the worker uses on response bodies.
- *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -90,96 +88,6 @@ etl_pagination_request_url(const EtlJob *job, const EtlCheckpoint *cp)
 			return url.data;
 	}
 	return NULL;				/* keep compiler quiet */
-}
-
-/* ---------- jsonpath helpers ---------- */
-
-Datum
-etl_jsonpath_compile(const char *path)
-{
-	return DirectFunctionCall1(jsonpath_in, CStringGetDatum(path));
-}
-
-static Datum
-empty_vars(void)
-{
-	static Jsonb *vars = NULL;
-
-	if (vars == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		vars = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
-		MemoryContextSwitchTo(old);
-	}
-	return JsonbPGetDatum(vars);
-}
-
-/* jsonb_path_query_array(doc, path): every match, as one jsonb array */
-Jsonb *
-etl_jsonpath_query_array(Jsonb *doc, Datum path)
-{
-	return DatumGetJsonbP(DirectFunctionCall4(jsonb_path_query_array,
-											  JsonbPGetDatum(doc), path,
-											  empty_vars(), BoolGetDatum(true)));
-}
-
-/* The first match of path in doc, or NULL. */
-JsonbValue *
-etl_jsonpath_query_first(Jsonb *doc, Datum path)
-{
-	Jsonb	   *all = etl_jsonpath_query_array(doc, path);
-	JsonbValue *v;
-
-	if (JsonContainerSize(&all->root) == 0)
-		return NULL;
-	v = getIthJsonbValueFromContainer(&all->root, 0);
-	return v;
-}
-
-/* "a, b, c": the top-level keys of a document, for error messages */
-char *
-etl_jsonb_top_keys(Jsonb *doc)
-{
-	StringInfoData buf;
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	int			n = 0;
-
-	if (!JB_ROOT_IS_OBJECT(doc))
-		return pstrdup(JB_ROOT_IS_SCALAR(doc) ? "(the body is a scalar, not an object)"
-					   : "(the body is an array, not an object)");
-	initStringInfo(&buf);
-	it = JsonbIteratorInit(&doc->root);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		if (tok != WJB_KEY)
-			continue;
-		if (n++ > 0)
-			appendStringInfoString(&buf, ", ");
-		if (n > 20)
-		{
-			appendStringInfoString(&buf, "...");
-			break;
-		}
-		appendBinaryStringInfo(&buf, v.val.string.val, v.val.string.len);
-	}
-	return n ? buf.data : pstrdup("(no keys)");
-}
-
-static char *
-jsonb_value_text(JsonbValue *v)
-{
-	if (v == NULL || v->type == jbvNull)
-		return NULL;
-	if (v->type == jbvString)
-		return pnstrdup(v->val.string.val, v->val.string.len);
-	if (v->type == jbvNumeric)
-		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-	if (v->type == jbvBool)
-		return pstrdup(v->val.boolean ? "true" : "false");
-	return NULL;
 }
 
 /*
@@ -267,23 +175,23 @@ link_header_next(List *link_headers)
 
 /*
  * What this response says about the next page.  The caller has loaded
- * record_count records from it; outcome->record_count is set by the caller.
+ * record_count records from it; facts->record_count is set by the caller.
  */
 void
 etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
-					   const char *request_url, Jsonb *body,
+					   const char *request_url, const EtlPageFacts *facts,
 					   const EtlHttpResponse *resp, EtlPageOutcome *outcome)
 {
-	int64		loaded_after = cp->skip + outcome->record_count;
+	int64		loaded_after = cp->skip + facts->record_count;
 
 	outcome->expected_total = -1;
 	outcome->next_url = NULL;
 	outcome->cursor = NULL;
 	outcome->last_page = false;
 
-	if (job->total_path && body)
+	if (facts->total_text)
 	{
-		char	   *t = jsonb_value_text(etl_jsonpath_query_first(body, etl_jsonpath_compile(job->total_path)));
+		char	   *t = facts->total_text;
 
 		if (t)
 		{
@@ -302,11 +210,11 @@ etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 			break;
 		case ETL_PAGINATION_OFFSET:
 		case ETL_PAGINATION_PAGE:
-			if (outcome->record_count == 0)
+			if (facts->record_count == 0)
 				outcome->last_page = true;
 			else if (outcome->expected_total >= 0 && loaded_after >= outcome->expected_total)
 				outcome->last_page = true;
-			else if (job->stop_on_short_page && outcome->record_count < job->page_size)
+			else if (job->stop_on_short_page && facts->record_count < job->page_size)
 				outcome->last_page = true;
 			break;
 		case ETL_PAGINATION_NEXT_LINK:
@@ -315,10 +223,10 @@ etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 				char	   *link;
 
 				if (job->pagination == ETL_PAGINATION_NEXT_LINK)
-					link = body ? jsonb_value_text(etl_jsonpath_query_first(body, etl_jsonpath_compile(job->next_path))) : NULL;
+					link = facts->next_text;
 				else
 					link = link_header_next(resp->link_headers);
-				if (outcome->record_count == 0 || link == NULL || link[0] == '\0')
+				if (facts->record_count == 0 || link == NULL || link[0] == '\0')
 				{
 					outcome->last_page = true;
 					break;
@@ -336,9 +244,9 @@ etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 			}
 		case ETL_PAGINATION_CURSOR:
 			{
-				char	   *cursor = body ? jsonb_value_text(etl_jsonpath_query_first(body, etl_jsonpath_compile(job->next_path))) : NULL;
+				char	   *cursor = facts->next_text;
 
-				if (outcome->record_count == 0 || cursor == NULL || cursor[0] == '\0')
+				if (facts->record_count == 0 || cursor == NULL || cursor[0] == '\0')
 				{
 					outcome->last_page = true;
 					break;

@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include <malloc.h>
 #include <signal.h>
 
 #include "access/xact.h"
@@ -194,7 +195,6 @@ typedef struct RunState
 	EtlJob		job;
 	EtlRunSettings settings;
 	EtlLoader  *loader;
-	Datum		records_path;
 	EtlCheckpoint cp;			/* covers every page loaded so far */
 	int64		pages_fetched;
 	int64		expected_total;
@@ -256,9 +256,10 @@ check_records_present(RunState *st, Jsonb *body)
 	const char *path = st->job.records_path;
 	const char *star = strstr(path, "[*]");
 	char	   *container = star ? pnstrdup(path, star - path) : pstrdup(path);
-	Jsonb	   *found = etl_jsonpath_query_array(body, etl_jsonpath_compile(container));
+	JsonbValue	doc;
 
-	if (JsonContainerSize(&found->root) == 0)
+	etl_jsonb_as_value(body, &doc);
+	if (etl_path_first(etl_path_compile(container), &doc) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the first page has nothing at records_path %s", path),
@@ -278,8 +279,10 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 	EtlHttpResponse resp;
 	EtlStopReason stop;
 	Jsonb	   *body;
-	Jsonb	   *records;
+	JsonbValue	doc;
+	JsonbValue *records;
 	EtlPageOutcome outcome;
+	EtlPageFacts facts;
 	ErrorContextCallback errcb;
 	char	   *redacted = etl_url_redact(url);
 
@@ -297,40 +300,49 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 	if (stop != ETL_STOP_NONE)
 		return stop;
 
-	errcb.callback = parse_error_context;
-	errcb.arg = redacted;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-	body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(resp.body)));
-	error_context_stack = errcb.previous;
-
-	records = etl_jsonpath_query_array(body, st->records_path);
-	memset(&outcome, 0, sizeof(outcome));
-	outcome.record_count = JsonContainerSize(&records->root);
-	if (outcome.record_count == 0 && st->cp.page_index == 0)
-		check_records_present(st, body);
-
-	etl_loader_load_page(st->loader, records, st->cp.page_index, dry_run);
-	if (dry_run)
+	memset(&facts, 0, sizeof(facts));
+	if (dry_run || !etl_loader_scan_and_load(st->loader, resp.body, resp.body_len,
+											 st->cp.page_index, &facts))
 	{
-		MemoryContext old = MemoryContextSwitchTo(st->run_cxt);
-		StringInfoData report;
+		errcb.callback = parse_error_context;
+		errcb.arg = redacted;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+		body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(resp.body)));
+		error_context_stack = errcb.previous;
 
-		initStringInfo(&report);
-		appendStringInfo(&report, "{\"records\": %d, \"url\": ", outcome.record_count);
-		escape_json(&report, redacted);
-		appendStringInfo(&report, ", %s}", etl_loader_describe_mapping(st->loader, records));
-		st->dry_run_report = report.data;
-		MemoryContextSwitchTo(old);
+		etl_jsonb_as_value(body, &doc);
+		facts.record_count = etl_path_query(st->job.records, &doc, &records);
+		if (facts.record_count == 0 && st->cp.page_index == 0)
+			check_records_present(st, body);
+		if (st->job.total)
+			facts.total_text = etl_jsonb_value_text(etl_path_first(st->job.total, &doc));
+		if (st->job.next)
+			facts.next_text = etl_jsonb_value_text(etl_path_first(st->job.next, &doc));
+
+		etl_loader_load_page(st->loader, records, facts.record_count, st->cp.page_index, dry_run);
+		if (dry_run)
+		{
+			MemoryContext old = MemoryContextSwitchTo(st->run_cxt);
+			StringInfoData report;
+
+			initStringInfo(&report);
+			appendStringInfo(&report, "{\"records\": %d, \"url\": ", facts.record_count);
+			escape_json(&report, redacted);
+			appendStringInfo(&report, ", %s}", etl_loader_describe_mapping(st->loader, records,
+																			 facts.record_count));
+			st->dry_run_report = report.data;
+			MemoryContextSwitchTo(old);
+		}
 	}
 
-	etl_pagination_advance(&st->job, &st->cp, url, body, &resp, &outcome);
+	etl_pagination_advance(&st->job, &st->cp, url, &facts, &resp, &outcome);
 	if (outcome.last_page && !dry_run)
 		etl_loader_finish(st->loader);
 	*next = st->cp;
-	next->skip += outcome.record_count;
+	next->skip += facts.record_count;
 	next->page_index += 1;
-	next->total_records += dry_run ? 0 : outcome.record_count;
+	next->total_records += dry_run ? 0 : facts.record_count;
 	next->next_url = outcome.next_url;
 	next->cursor = outcome.cursor;
 	if (outcome.expected_total >= 0)
@@ -475,7 +487,6 @@ run_pages(int64 run_id)
 	{
 		etl_read_job(st.row.job_id, st.row.parameters, &st.job);
 		apply_job_overrides(&st);
-		st.records_path = etl_jsonpath_compile(st.job.records_path);
 		st.loader = etl_loader_create(&st.job, st.row.role_oid, st.run_cxt, run_id, st.row.dry_run);
 		etl_http_init(&st.settings);
 		setup_done = true;
@@ -604,6 +615,14 @@ etl_worker_main(Datum main_arg)
 
 	pqsignal(SIGTERM, etl_worker_sigterm);
 	BackgroundWorkerUnblockSignals();
+
+	/*
+	 * Each page allocates and frees the same few large blocks (the body, its
+	 * jsonb, the column arrays).  Keep them in the heap instead of mapping
+	 * and unmapping them per page: that costs page faults, not memory.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "etl_exec worker");
 	seg = dsm_attach(DatumGetUInt32(main_arg));

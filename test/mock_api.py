@@ -633,6 +633,8 @@ class Handler(BaseHTTPRequestHandler):
                                    [("Allow", "POST")])
                 else:
                     self._oauth_token(q, body)
+            elif path.startswith("/fixture/"):
+                self._fixture(path[len("/fixture/"):], q)
             elif path in DATA_ENDPOINTS:
                 if self.command not in ("GET", "HEAD"):
                     self.send_json(405, {"error": "method not allowed"},
@@ -652,6 +654,23 @@ class Handler(BaseHTTPRequestHandler):
                 except OSError:
                     pass
             self.close_connection = True
+
+    # -- fixtures -----------------------------------------------------------
+    def _fixture(self, name, q):
+        """/fixture/NAME?$skip=N: test/fixtures/NAME.json as it is (bytes
+        untouched) for the first page, an empty OData page after it."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            self.send_json(400, {"error": "bad fixture name"})
+            return
+        fixture = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", name + ".json")
+        if not os.path.exists(fixture):
+            self.send_json(404, {"error": "no fixture " + name})
+            return
+        if (q.get("$skip") or "0") != "0":
+            self.send_json(200, {"value": []})
+            return
+        with open(fixture, "rb") as f:
+            self.send_raw(200, f.read())
 
     # -- control endpoints --------------------------------------------------
     def _stats(self):
