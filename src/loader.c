@@ -109,6 +109,7 @@ struct EtlLoader
 	Oid			insert_relid;	/* where pages load: target or staging */
 	bool		use_copy;		/* load through COPY (not upsert, no RLS) */
 	EtlScanSpec *scan;			/* for page_scan.c, or NULL: jsonb only */
+	int			scan_misses;	/* pages in a row the fast reader gave up on */
 	char	   *final_target;	/* replace mode: the target swapped into */
 	char	   *staging;		/* replace mode: where pages load, or NULL */
 	KeySlot		slots[KEY_CACHE_SIZE];
@@ -1056,8 +1057,16 @@ etl_loader_scan_and_load(EtlLoader *loader, const char *body, size_t len, int32 
 	EtlScanResult result;
 	bool		any = false;
 
-	if (loader->scan == NULL || !etl_scan_page(loader->scan, body, len, &result))
+	if (loader->scan == NULL)
 		return false;
+	if (!etl_scan_page(loader->scan, body, len, &result))
+	{
+		/* an API whose pages it cannot read: stop reading them twice */
+		if (++loader->scan_misses >= 3)
+			loader->scan = NULL;
+		return false;
+	}
+	loader->scan_misses = 0;
 	/* nothing at records_path on the first page: the jsonb path explains */
 	if (result.nrec == 0 && !result.container_seen && page_index == 0)
 		return false;

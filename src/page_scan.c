@@ -13,8 +13,8 @@
  *
  * It never raises an error of its own: anything it does not handle
  * exactly as the jsonb path would -- invalid JSON, a shape lax jsonpath
- * would treat specially, a number with an exponent, a JSON array bound
- * for an array column, \u0000 -- makes it give up (return false), and the
+ * would treat specially, a number with an exponent, \u0000 -- makes it
+ * give up (return false), and the
  * caller parses the page as jsonb, which gives the usual results and
  * error messages.
  *
@@ -274,6 +274,101 @@ scan_literal(Scanner *s, const char *word)
 	return true;
 }
 
+/*
+ * A JSON array at s->p as a PostgreSQL array literal, appended to buf:
+ * ["a", 1, null, [2]] -> {"a","1",NULL,{"2"}}.  Objects become quoted JSON
+ * text, as the jsonb path does.
+ */
+static bool
+array_literal(Scanner *s, StringInfo buf)
+{
+	s->p++;
+	appendStringInfoChar(buf, '{');
+	skip_ws(s);
+	if (s->p < s->end && *s->p == ']')
+	{
+		s->p++;
+		appendStringInfoChar(buf, '}');
+		return true;
+	}
+	for (;;)
+	{
+		const char *start;
+
+		skip_ws(s);
+		if (s->p >= s->end)
+			return fail(s);
+		start = s->p;
+		if (*s->p == '[')
+		{
+			if (!array_literal(s, buf))
+				return false;
+		}
+		else if (*s->p == 'n')
+		{
+			if (!scan_literal(s, "null"))
+				return false;
+			appendStringInfoString(buf, "NULL");
+		}
+		else
+		{
+			StringInfoData text;
+			int			off;
+			int			len;
+			bool		escaped;
+			bool		exponent;
+
+			initStringInfo(&text);
+			if (*s->p == '"')
+			{
+				if (!scan_string(s, &off, &len, &escaped) || !unescape(s, off, len, &text))
+					return false;
+			}
+			else if (*s->p == '{')
+			{
+				if (!scan_value(s, NULL, 0, NULL))
+					return false;
+				appendBinaryStringInfo(&text, start, s->p - start);
+			}
+			else if (*s->p == 't' || *s->p == 'f')
+			{
+				if (!scan_literal(s, *s->p == 't' ? "true" : "false"))
+					return false;
+				appendBinaryStringInfo(&text, start, s->p - start);
+			}
+			else
+			{
+				if (!scan_number(s, &exponent) || exponent)
+					return fail(s);
+				appendBinaryStringInfo(&text, start, s->p - start);
+			}
+			appendStringInfoChar(buf, '"');
+			for (int i = 0; i < text.len; i++)
+			{
+				if (text.data[i] == '"' || text.data[i] == '\\')
+					appendStringInfoChar(buf, '\\');
+				appendStringInfoChar(buf, text.data[i]);
+			}
+			appendStringInfoChar(buf, '"');
+			pfree(text.data);
+		}
+		skip_ws(s);
+		if (s->p < s->end && *s->p == ',')
+		{
+			s->p++;
+			appendStringInfoChar(buf, ',');
+			continue;
+		}
+		if (s->p < s->end && *s->p == ']')
+		{
+			s->p++;
+			appendStringInfoChar(buf, '}');
+			return true;
+		}
+		return fail(s);
+	}
+}
+
 static void
 store(Scanner *s, Slot *row, int column, SlotKind kind, int off, int len)
 {
@@ -329,7 +424,14 @@ capture_column(Scanner *s, Slot *row, int column)
 			break;
 		case '[':
 			if (s->spec->column_is_array[column])
-				return fail(s);		/* JSON array -> array literal: the jsonb path does it */
+			{
+				int			uoff = s->unescaped.len;
+
+				if (!array_literal(s, &s->unescaped))
+					return false;
+				store(s, row, column, SLOT_UNESCAPED, uoff, s->unescaped.len - uoff);
+				return true;
+			}
 			if (!scan_value(s, NULL, 0, NULL))
 				return false;
 			break;

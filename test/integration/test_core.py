@@ -531,3 +531,10 @@ def test_exponents_fall_back_to_jsonb(db):
     fast, slow = _load_both_ways(db, "exponent", "CREATE TABLE {table} (id int, num numeric)")
     assert fast == slow
     assert [str(r[1]) for r in fast] == ["1000", "0.25"]
+
+
+def test_fast_page_reader_arrays_agree_with_jsonb(db):
+    db.q("DELETE FROM dw_etl_jobs WHERE name LIKE 'fx_arrays%'")
+    fast, slow = _load_both_ways(db, "arrays", "CREATE TABLE {table} (id int, tags text[], grid int[], mixed text[])")
+    assert fast == slow
+    assert fast[0] == (1, ["a", 'q"uote', None, "back\\slash", "ü"], [[1, 2], [3, 4]], ["true", "1.5", '{"k": 1}'])
