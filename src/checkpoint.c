@@ -505,10 +505,33 @@ void
 etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 					int64 expected_total, int retries)
 {
+	static SPIPlanPtr plan = NULL;
 	const char *args[9];
-	char	   *sql;
+	Datum		values[9];
+	char		nulls[9];
 
 	SPI_connect();
+	if (plan == NULL)
+	{
+		/* prepared once: with per-page checkpoints this runs for every page */
+		Oid			types[9];
+		char	   *sql;
+
+		for (int i = 0; i < 9; i++)
+			types[i] = TEXTOID;
+		sql = psprintf("UPDATE %s SET records_loaded = $2::bigint, pages_fetched = $3::bigint, "
+					   "  run_context = run_context "
+					   "    || jsonb_build_object('checkpoint', jsonb_strip_nulls(jsonb_build_object("
+					   "         'skip', $4::bigint, 'page_index', $5::int, 'total_records', $2::bigint, "
+					   "         'saved_at', clock_timestamp(), 'next_url', $6::text, 'cursor', $7::text)), "
+					   "       'retries', $9::int) "
+					   "    || CASE WHEN $8 IS NULL THEN '{}'::jsonb "
+					   "       ELSE jsonb_build_object('expected_total', $8::bigint) END "
+					   "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
+		plan = SPI_prepare(sql, 9, types);
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "etl_exec: could not prepare the checkpoint update");
+	}
 	args[0] = int64_str(run_id);
 	args[1] = int64_str(cp->total_records);
 	args[2] = int64_str(pages_fetched);
@@ -518,16 +541,13 @@ etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 	args[6] = cp->cursor;
 	args[7] = expected_total >= 0 ? int64_str(expected_total) : NULL;
 	args[8] = psprintf("%d", retries);
-	sql = psprintf("UPDATE %s SET records_loaded = $2::bigint, pages_fetched = $3::bigint, "
-				   "  run_context = run_context "
-				   "    || jsonb_build_object('checkpoint', jsonb_strip_nulls(jsonb_build_object("
-				   "         'skip', $4::bigint, 'page_index', $5::int, 'total_records', $2::bigint, "
-				   "         'saved_at', clock_timestamp(), 'next_url', $6::text, 'cursor', $7::text)), "
-				   "       'retries', $9::int) "
-				   "    || CASE WHEN $8 IS NULL THEN '{}'::jsonb "
-				   "       ELSE jsonb_build_object('expected_total', $8::bigint) END "
-				   "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
-	spi_run(sql, 9, args, SPI_OK_UPDATE);
+	for (int i = 0; i < 9; i++)
+	{
+		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
+		nulls[i] = args[i] ? ' ' : 'n';
+	}
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "etl_exec: could not save the checkpoint of run " INT64_FORMAT, run_id);
 	SPI_finish();
 }
 
