@@ -475,6 +475,33 @@ append_array_literal(StringInfo buf, JsonbContainer *container)
 	appendStringInfoChar(buf, '}');
 }
 
+/*
+ * The text a column's input function gets for a JSON value (NULL for null):
+ * strings as they are, other scalars as their JSON text, JSON text for
+ * json/jsonb columns, array literals for JSON arrays bound for array columns.
+ */
+static char *
+column_text(LoaderColumn *col, JsonbValue *v)
+{
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	if (col->is_json || col->is_jsonb)
+	{
+		Jsonb	   *j = JsonbValueToJsonb(v);
+
+		return JsonbToCString(NULL, &j->root, VARSIZE(j));
+	}
+	if (col->is_array && v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		append_array_literal(&buf, v->val.binary.data);
+		return buf.data;
+	}
+	return json_value_text(v);
+}
+
 static void
 convert_value(EtlLoader *loader, int c, JsonbValue *v, Datum *value, bool *isnull,
 			  ConvertPosition *pos)
@@ -482,42 +509,77 @@ convert_value(EtlLoader *loader, int c, JsonbValue *v, Datum *value, bool *isnul
 	LoaderColumn *col = &loader->cols[c];
 	char	   *text;
 
-	if (v == NULL || v->type == jbvNull)
-	{
-		*isnull = true;
-		*value = (Datum) 0;
+	*isnull = (v == NULL || v->type == jbvNull);
+	*value = (Datum) 0;
+	if (*isnull)
 		return;
-	}
 	if (col->is_jsonb)
 	{
 		/* straight from the parsed document: no text round trip */
 		*value = JsonbPGetDatum(JsonbValueToJsonb(v));
-		*isnull = false;
 		return;
 	}
-	if (col->is_json)
-	{
-		Jsonb	   *j = JsonbValueToJsonb(v);
-
-		text = JsonbToCString(NULL, &j->root, VARSIZE(j));
-	}
-	else if (col->is_array && v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
-	{
-		StringInfoData buf;
-
-		initStringInfo(&buf);
-		append_array_literal(&buf, v->val.binary.data);
-		text = buf.data;
-	}
-	else
-		text = json_value_text(v);
+	text = column_text(col, v);
 	pos->column = col->name;
 	pos->value = text;
 	*value = InputFunctionCall(&col->infunc, text, col->ioparam, col->typmod);
-	*isnull = false;
 	if (!OidIsValid(col->array_typid))
 		*value = CStringGetTextDatum(text);	/* cast again in SQL */
 	pos->column = NULL;
+}
+
+/*
+ * Each record's values by column: slots[r * ncols + c] (jbvNull where a
+ * record lacks the column), and which columns the page mentions.
+ */
+static void
+collect_records(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index,
+				JsonbValue *slots, bool *present)
+{
+	int			ncols = loader->ncols;
+
+	for (int r = 0; r < nrec; r++)
+	{
+		JsonbValue *rec = &records[r];
+		JsonbValue *row = &slots[r * ncols];
+
+		if (rec->type != jbvBinary || !JsonContainerIsObject(rec->val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("record %d of page %d is not a JSON object", r + 1, page_index + 1),
+					 errhint("Check the job's records_path: it must lead to the records themselves.")));
+		if (loader->use_map)
+		{
+			for (int c = 0; c < ncols; c++)
+				if (loader->cols[c].mapped)
+				{
+					JsonbValue *v = etl_path_first(loader->cols[c].map_path, rec);
+
+					if (v)
+						row[c] = *v;
+					present[c] = true;
+				}
+		}
+		else
+		{
+			JsonbIterator *it = JsonbIteratorInit(rec->val.binary.data);
+			JsonbValue	kv;
+			JsonbIteratorToken tok;
+			int			position = 0;
+			int			col = -1;
+
+			while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
+			{
+				if (tok == WJB_KEY)
+					col = cached_column_for_key(loader, position++, kv.val.string.val, kv.val.string.len);
+				else if (tok == WJB_VALUE && col >= 0)
+				{
+					row[col] = kv;
+					present[col] = true;
+				}
+			}
+		}
+	}
 }
 
 static LoaderPlan *
@@ -670,33 +732,12 @@ append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
 {
 	char	   *text;
 
-	if (v->type == jbvNull)
-	{
-		appendStringInfoString(buf, "\\N");
-		return;
-	}
 	if (v->type == jbvString && !col->is_json && !col->is_jsonb)
-	{
 		etl_append_copy_text(buf, v->val.string.val, v->val.string.len);
-		return;
-	}
-	if (col->is_json || col->is_jsonb)
-	{
-		Jsonb	   *j = JsonbValueToJsonb(v);
-
-		text = JsonbToCString(NULL, &j->root, VARSIZE(j));
-	}
-	else if (col->is_array && v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
-	{
-		StringInfoData lit;
-
-		initStringInfo(&lit);
-		append_array_literal(&lit, v->val.binary.data);
-		text = lit.data;
-	}
+	else if ((text = column_text(col, v)) == NULL)
+		appendStringInfoString(buf, "\\N");
 	else
-		text = json_value_text(v);
-	etl_append_copy_text(buf, text, strlen(text));
+		etl_append_copy_text(buf, text, strlen(text));
 }
 
 /*
@@ -771,48 +812,7 @@ load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_inde
 	bool		any = false;
 	StringInfoData text;
 
-	for (int r = 0; r < nrec; r++)
-	{
-		JsonbValue *rec = &records[r];
-		JsonbValue *row = &slots[r * ncols];
-
-		if (rec->type != jbvBinary || !JsonContainerIsObject(rec->val.binary.data))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-					 errmsg("record %d of page %d is not a JSON object", r + 1, page_index + 1),
-					 errhint("Check the job's records_path: it must lead to the records themselves.")));
-		if (loader->use_map)
-		{
-			for (int c = 0; c < ncols; c++)
-				if (loader->cols[c].mapped)
-				{
-					JsonbValue *v = etl_path_first(loader->cols[c].map_path, rec);
-
-					if (v)
-						row[c] = *v;
-					present[c] = true;
-				}
-		}
-		else
-		{
-			JsonbIterator *it = JsonbIteratorInit(rec->val.binary.data);
-			JsonbValue	kv;
-			JsonbIteratorToken tok;
-			int			position = 0;
-			int			col = -1;
-
-			while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
-			{
-				if (tok == WJB_KEY)
-					col = cached_column_for_key(loader, position++, kv.val.string.val, kv.val.string.len);
-				else if (tok == WJB_VALUE && col >= 0)
-				{
-					row[col] = kv;
-					present[col] = true;
-				}
-			}
-		}
-	}
+	collect_records(loader, records, nrec, page_index, slots, present);
 
 	for (int c = 0; c < ncols; c++)
 		any |= present[c];
@@ -853,6 +853,7 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 	Datum	  **values = palloc(sizeof(Datum *) * ncols);
 	bool	  **nulls = palloc(sizeof(bool *) * ncols);
 	bool	   *present = palloc0(sizeof(bool) * ncols);
+	JsonbValue *slots;
 	ConvertPosition pos = {0};
 	ErrorContextCallback errcb;
 	Bitmapset  *columns = NULL;
@@ -861,57 +862,24 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 		return 0;
 	if (loader->use_copy && !dry_run)
 		return load_page_copy(loader, records, nrec, page_index);
-	for (int c = 0; c < ncols; c++)
-	{
-		values[c] = palloc0(sizeof(Datum) * nrec);
-		nulls[c] = palloc(sizeof(bool) * nrec);
-		memset(nulls[c], true, sizeof(bool) * nrec);
-		if (loader->use_map && loader->cols[c].mapped)
-			present[c] = true;
-	}
+	slots = palloc0(sizeof(JsonbValue) * nrec * ncols);	/* jbvNull is 0 */
+	collect_records(loader, records, nrec, page_index, slots, present);
 
 	pos.page_index = page_index;
 	errcb.callback = convert_error_context;
 	errcb.arg = &pos;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
-
-	for (int r = 0; r < nrec; r++)
+	for (int c = 0; c < ncols; c++)
 	{
-		JsonbValue *rec = &records[r];
-
-		pos.record = r;
-		if (rec->type != jbvBinary || !JsonContainerIsObject(rec->val.binary.data))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-					 errmsg("record %d of page %d is not a JSON object", r + 1, page_index + 1),
-					 errhint("Check the job's records_path: it must lead to the records themselves.")));
-
-		if (loader->use_map)
+		values[c] = palloc(sizeof(Datum) * nrec);
+		nulls[c] = palloc(sizeof(bool) * nrec);
+		if (!present[c])
+			continue;
+		for (int r = 0; r < nrec; r++)
 		{
-			for (int c = 0; c < ncols; c++)
-				if (loader->cols[c].mapped)
-					convert_value(loader, c, etl_path_first(loader->cols[c].map_path, rec),
-								  &values[c][r], &nulls[c][r], &pos);
-		}
-		else
-		{
-			JsonbIterator *rit = JsonbIteratorInit(rec->val.binary.data);
-			JsonbValue	kv;
-			JsonbIteratorToken rtok;
-			int			position = 0;
-			int			col = -1;
-
-			while ((rtok = JsonbIteratorNext(&rit, &kv, true)) != WJB_DONE)
-			{
-				if (rtok == WJB_KEY)
-					col = cached_column_for_key(loader, position++, kv.val.string.val, kv.val.string.len);
-				else if (rtok == WJB_VALUE && col >= 0)
-				{
-					convert_value(loader, col, &kv, &values[col][r], &nulls[col][r], &pos);
-					present[col] = true;
-				}
-			}
+			pos.record = r;
+			convert_value(loader, c, &slots[r * ncols + c], &values[c][r], &nulls[c][r], &pos);
 		}
 	}
 	pos.column = NULL;
@@ -920,11 +888,7 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 		if (present[c])
 			columns = bms_add_member(columns, c);
 	if (columns == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN),
-				 errmsg("no key of the records on page %d matches a column of %s",
-						page_index + 1, loader->target),
-				 errhint("Name the columns like the record keys (case does not matter), or set the job's column_map.")));
+		no_column_matches(loader, page_index);
 	if (loader->upsert)
 		for (int c = 0; c < ncols; c++)
 			if (loader->cols[c].is_key && !present[c])
