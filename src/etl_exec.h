@@ -117,6 +117,7 @@ typedef enum EtlStopReason
 extern EtlStopReason etl_pending_stop(void);
 extern int64 etl_ms_until_deadline(void);
 extern void etl_wait_ms(int64 ms);
+extern void etl_cap_lock_waits(void);
 
 /* ---------- http_client.c ---------- */
 

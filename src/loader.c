@@ -766,8 +766,7 @@ copy_rows(EtlLoader *loader, StringInfo text, const bool *present, int32 page_in
 	copy_source.len = text->len;
 	copy_source.pos = 0;
 	/* a load blocked on a lock must not carry the run past its deadline */
-	SetConfigOption("lock_timeout", psprintf(INT64_FORMAT, Max(etl_ms_until_deadline(), (int64) 1)),
-					PGC_SUSET, PGC_S_SESSION);
+	etl_cap_lock_waits();
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(loader->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
@@ -910,7 +909,6 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 		int			lbs[1] = {1};
 		Oid			save_userid;
 		int			save_sec_context;
-		int64		ms_left = etl_ms_until_deadline();
 
 		SPI_connect();
 		plan = plan_for_columns(loader, columns);
@@ -928,8 +926,7 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 		}
 
 		/* a load blocked on a lock must not carry the run past its deadline */
-		SetConfigOption("lock_timeout", psprintf(INT64_FORMAT, Max(ms_left, (int64) 1)),
-						PGC_SUSET, PGC_S_SESSION);
+		etl_cap_lock_waits();
 		GetUserIdAndSecContext(&save_userid, &save_sec_context);
 		SetUserIdAndSecContext(loader->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		if (SPI_execute_plan(plan->plan, args, NULL, false, 0) != SPI_OK_INSERT)

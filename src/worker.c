@@ -30,6 +30,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/dsm.h"
 #include "storage/ipc.h"
+#include "storage/pmsignal.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
@@ -83,6 +84,8 @@ etl_pending_stop(void)
 	}
 	if (run_deadline != 0 && GetCurrentTimestamp() >= run_deadline)
 		return sticky_stop = ETL_STOP_TIMED_OUT;
+	if (!PostmasterIsAlive())
+		proc_exit(1);			/* nothing to record: the server is gone */
 	CHECK_FOR_INTERRUPTS();
 	return ETL_STOP_NONE;
 }
@@ -100,6 +103,14 @@ etl_ms_until_deadline(void)
 		return 0;
 	TimestampDifference(now, run_deadline, &secs, &usecs);
 	return (int64) secs * 1000 + usecs / 1000;
+}
+
+/* Cap lock waits by the time the run has left (lock_timeout). */
+void
+etl_cap_lock_waits(void)
+{
+	SetConfigOption("lock_timeout", psprintf(INT64_FORMAT, Max(etl_ms_until_deadline(), (int64) 1)),
+					PGC_SUSET, PGC_S_SESSION);
 }
 
 /* Sleep, but wake for any stop request. */
@@ -385,7 +396,8 @@ stop_for_error(ErrorData *edata)
 {
 	if (got_sigterm)
 		return ETL_STOP_INTERRUPTED;
-	if (run_deadline != 0 && GetCurrentTimestamp() >= run_deadline &&
+	/* lock_timeout is set to the time left: its expiry is the deadline's */
+	if (run_deadline != 0 && etl_ms_until_deadline() <= 100 &&
 		(edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
 		 edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
 		return ETL_STOP_TIMED_OUT;
@@ -482,6 +494,8 @@ run_pages(int64 run_id)
 	st.from_stored_link = st.cp.next_url != NULL || st.cp.cursor != NULL;
 	run_deadline = TimestampTzPlusMilliseconds(segment_start,
 											   (int64) st.row.timeout_seconds * 1000);
+	/* no lock wait -- on the target, say -- may outlast the run's deadline */
+	etl_cap_lock_waits();
 
 	PG_TRY();
 	{
@@ -499,9 +513,13 @@ run_pages(int64 run_id)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		error_message = format_error(edata);
-		error_sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
 		stop = stop_for_error(edata);
+		if (stop == ETL_STOP_NONE)
+		{
+			error_message = format_error(edata);
+			error_sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
+		}
+		QueryCancelPending = false;
 		begin_transaction();
 		MemoryContextSwitchTo(st.run_cxt);
 	}

@@ -627,6 +627,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_json(200, {"ok": True})
             elif path == "/__stats":
                 self._stats()
+            elif path == "/__revoke_tokens":
+                # every OAuth token issued so far stops working (-> 401)
+                with self.server.state.lock:
+                    self.server.state.tokens.clear()
+                self.send_json(200, {"ok": True})
             elif path == "/oauth/token":
                 if self.command != "POST":
                     self.send_json(405, {"error": "use POST"},

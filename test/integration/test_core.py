@@ -538,3 +538,23 @@ def test_fast_page_reader_arrays_agree_with_jsonb(db):
     fast, slow = _load_both_ways(db, "arrays", "CREATE TABLE {table} (id int, tags text[], grid int[], mixed text[])")
     assert fast == slow
     assert fast[0] == (1, ["a", 'q"uote', None, "back\\slash", "ü"], [[1, 2], [3, 4]], ["true", "1.5", '{"k": 1}'])
+
+
+def test_a_load_blocked_on_a_lock_does_not_outlive_the_deadline(db):
+    db.patients_table("p_locked")
+    job = db.job("locked", "/odata/Patients?n=1000", "p_locked", page_size=100)
+    holder = connect(db.dbname)
+    holder.autocommit = False
+    holder.cursor().execute("LOCK TABLE p_locked IN ACCESS EXCLUSIVE MODE")
+    try:
+        t0 = time.time()
+        run_id = db.one("SELECT etl_execute_job(%s, timeout := 2)", (job,))
+        assert db.wait(run_id, timeout_s=10) == "timed_out"
+        assert time.time() - t0 < 4
+        assert "SELECT etl_resume_run(" in db.run_row(run_id)["error_message"]
+    finally:
+        holder.rollback()
+        holder.close()
+    db.q("SELECT etl_resume_run(%s)", (run_id,))
+    assert db.wait(run_id) == "succeeded"
+    assert db.one("SELECT count(*) FROM p_locked") == 1000

@@ -237,6 +237,23 @@ def test_oauth2_tokens_are_fetched_cached_and_refreshed(db):
     assert 3 <= tokens <= 8, tokens           # renewed before expiry, not per request
 
 
+def test_a_revoked_oauth_token_is_fetched_again_once(db):
+    db.q("DELETE FROM dw_etl_secrets WHERE name = 'oauth_rev'")
+    db.q("INSERT INTO dw_etl_secrets (name, value) VALUES ('oauth_rev', %s)",
+         (json.dumps({"token_url": MOCK_API + "/oauth/token", "client_id": "etl", "client_secret": "s3cret"}),))
+    db.patients_table("h_oauth_rev")
+    job = db.job("hoauthrev", "/odata/Patients?n=2000&oauth=1&delay_ms=300", "h_oauth_rev", page_size=200,
+                 headers={"Authorization": "Bearer {oauth2:oauth_rev}"}, pagination_options=TOTAL)
+    reset()
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    time.sleep(1.2)
+    urllib.request.urlopen(MOCK_API + "/__revoke_tokens").read()    # the API forgets the token
+    assert db.wait(run_id) == "succeeded"
+    assert stats()["token_requests"] == 2       # the first, and one after the 401
+    assert db.run_row(run_id)["run_context"]["retries"] == 0
+    db.assert_patients_exact("h_oauth_rev", 2000)
+
+
 def test_bad_oauth_client_fails_clearly(db):
     db.q("DELETE FROM dw_etl_secrets WHERE name = 'oauth_bad'")
     db.q("INSERT INTO dw_etl_secrets (name, value) VALUES ('oauth_bad', %s)",
