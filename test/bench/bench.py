@@ -18,6 +18,7 @@ import time
 
 import psycopg2
 
+sys.dont_write_bytecode = True		# no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_pages  # noqa: E402
 
@@ -184,7 +185,9 @@ def stage_etl(db, label, job_id, table, expected, primary_key=False, sample=True
     error = None
     t0 = time.monotonic()
     try:
-        run_id = db.one("SELECT etl_execute_job(%s, timeout := 3600, wait := true)", (job_id,))
+        # a run timeout at 2,000 rows/s (at least 2 min): a stuck run fails the stage, not CI
+        run_id = db.one("SELECT etl_execute_job(%s, timeout := %s, wait := true)",
+                        (job_id, max(120, expected // 2000)))
     except psycopg2.Error as e:
         error = "%s %s" % (e.pgcode, str(e).strip())
     secs = time.monotonic() - t0
@@ -233,7 +236,12 @@ def stage_python(db, args, meta, url):
     cmd = [sys.executable, os.path.join(HERE, "python_executor.py"), "--url", url,
            "--table", "bench_py", "--page-size", str(meta["page_size"]), "--interval", "60"]
     t0 = time.monotonic()
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=max(300, meta["records"] // 1000))
+    except subprocess.TimeoutExpired:
+        fail("python executor: still running after %d s; killed" % max(300, meta["records"] // 1000))
+        return {"seconds": None}
     wall = time.monotonic() - t0
     res = {"seconds": None, "wall": wall}
     if p.returncode != 0:
@@ -306,7 +314,8 @@ def stage_resume(db, job_id, meta, fraction, finish):
     poll = connect()
     pcur = poll.cursor()
     t0 = time.monotonic()
-    db.q("SELECT etl_resume_run(%s, 3600, false)", (run_id,))
+    run_timeout = max(120, n // 2000)
+    db.q("SELECT etl_resume_run(%s, %s, false)", (run_id, run_timeout))
     t_call = time.monotonic() - t0
     first = None
     while time.monotonic() - t0 < 60:
@@ -325,7 +334,7 @@ def stage_resume(db, job_id, meta, fraction, finish):
     if first_id != skip + 1:
         fail("%s: the first resumed row is patient %s, expected %d" % (label, first_id, skip + 1))
     if finish:
-        status = wait_status(db, run_id, 600000)
+        status = wait_status(db, run_id, (run_timeout + 10) * 1000)
         rows = db.one("SELECT count(*) FROM bench_resume")
         if status != "succeeded" or rows != n - skip:
             fail("%s: run %s ended %s with %d rows, expected succeeded with %d" %
@@ -359,8 +368,12 @@ def machine(db):
                          "('shared_buffers', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size')"))
     nginx = subprocess.run(["nginx", "-v"], stderr=subprocess.PIPE, text=True).stderr.strip()
     curl = subprocess.run(["curl", "--version"], stdout=subprocess.PIPE, text=True).stdout.split("\n")[0]
-    git = subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(HERE)), "describe", "--always", "--dirty"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip() or "?"
+    try:
+        git = subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(HERE)), "describe", "--always",
+                              "--dirty"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True).stdout.strip() or "?"
+    except OSError:
+        git = "?"
     return [
         "etl_exec %s: %s sha256 %s (source tree: git %s)" % (
             db.one("SELECT extversion FROM pg_extension WHERE extname = 'etl_exec'"),
