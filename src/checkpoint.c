@@ -465,11 +465,13 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 		JsonbIterator *it = JsonbIteratorInit(&keys->root);
 		JsonbValue	jv;
 		JsonbIteratorToken tok;
+		MemoryContext old = MemoryContextSwitchTo(cxt);	/* not SPI's */
 
 		while ((tok = JsonbIteratorNext(&it, &jv, true)) != WJB_DONE)
 			if (tok == WJB_ELEM && jv.type == jbvString)
 				job->key_columns = lappend(job->key_columns,
 										   pnstrdup(jv.val.string.val, jv.val.string.len));
+		MemoryContextSwitchTo(old);
 	}
 	job->checkpoint_interval_seconds = pg_strtoint32(spi_value(cxt, 12));
 	job->max_retries = pg_strtoint32(spi_value(cxt, 13));

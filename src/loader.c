@@ -36,6 +36,7 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
+#include "common/hashfn.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
@@ -62,6 +63,7 @@
 #include "etl_exec.h"
 
 #define KEY_CACHE_SIZE 256
+#define KEY_HASH_SIZE 512
 
 typedef struct LoaderColumn
 {
@@ -87,7 +89,7 @@ typedef struct KeySlot
 	char	   *key;
 	int			len;
 	int			col;
-} KeySlot;
+} KeySlot;					/* also the entries of the key hash */
 
 typedef struct LoaderPlan
 {
@@ -112,7 +114,9 @@ struct EtlLoader
 	int			scan_misses;	/* pages in a row the fast reader gave up on */
 	char	   *final_target;	/* replace mode: the target swapped into */
 	char	   *staging;		/* replace mode: where pages load, or NULL */
-	KeySlot		slots[KEY_CACHE_SIZE];
+	KeySlot		slots[KEY_CACHE_SIZE];	/* by position in the record */
+	KeySlot		hash[KEY_HASH_SIZE];	/* by key, when positions vary */
+	int			nhash;
 	List	   *plans;			/* of LoaderPlan * */
 };
 
@@ -386,24 +390,56 @@ column_for_key(EtlLoader *loader, const char *key, int len)
 	return ci;
 }
 
+/*
+ * The hash entry for a key (made on first sight), or NULL when the hash is
+ * full -- an API with very many distinct keys.
+ */
+static KeySlot *
+hashed_key(EtlLoader *loader, const char *key, int len)
+{
+	uint32		h = hash_bytes((const unsigned char *) key, len);
+
+	for (int probe = 0; probe < KEY_HASH_SIZE; probe++)
+	{
+		KeySlot    *e = &loader->hash[(h + probe) & (KEY_HASH_SIZE - 1)];
+
+		if (e->key == NULL)
+		{
+			if (loader->nhash >= KEY_HASH_SIZE / 2)
+				return NULL;
+			e->key = MemoryContextAlloc(loader->cxt, len + 1);
+			memcpy(e->key, key, len);
+			e->key[len] = '\0';
+			e->len = len;
+			e->col = column_for_key(loader, key, len);
+			loader->nhash++;
+			return e;
+		}
+		if (e->len == len && memcmp(e->key, key, len) == 0)
+			return e;
+	}
+	return NULL;
+}
+
+/*
+ * The column for the key at a position of a record: most records repeat the
+ * previous one's keys in order, so the position's last key is compared
+ * first; then the hash of every key seen.
+ */
 static int
 cached_column_for_key(EtlLoader *loader, int position, const char *key, int len)
 {
-	KeySlot    *slot;
+	KeySlot    *slot = position < KEY_CACHE_SIZE ? &loader->slots[position] : NULL;
+	KeySlot    *entry;
 
-	if (position >= KEY_CACHE_SIZE)
-		return column_for_key(loader, key, len);
-	slot = &loader->slots[position];
-	if (slot->key && slot->len == len && memcmp(slot->key, key, len) == 0)
+	if (slot && slot->key && slot->len == len && memcmp(slot->key, key, len) == 0)
 		return slot->col;
-	if (slot->key)
-		pfree(slot->key);
-	slot->key = MemoryContextAlloc(loader->cxt, len + 1);
-	memcpy(slot->key, key, len);
-	slot->key[len] = '\0';
-	slot->len = len;
-	slot->col = column_for_key(loader, key, len);
-	return slot->col;
+	entry = hashed_key(loader, key, len);
+	if (entry == NULL)
+		return column_for_key(loader, key, len);
+	if (slot)
+		*slot = *entry;			/* shares the hash entry's copy of the key */
+	return entry->col;
 }
 
 /* the text form of a JSON value, as a column's input function takes it */

@@ -42,6 +42,7 @@ typedef struct Slot
 	int32		off;
 	int32		len;
 	SlotKind	kind;
+	bool		plain;			/* no byte COPY must escape */
 } Slot;
 
 typedef struct Scanner
@@ -96,16 +97,29 @@ fail(Scanner *s)
  * A string token at s->p: sets [*start, *start + *len) to its content (no
  * quotes) and *escaped when it holds escapes.
  */
+/* bytes that end a run of plain string content: '"', '\\', controls */
+static bool string_stop[256];
+static bool string_stop_ready = false;
+
 static bool
 scan_string(Scanner *s, int *start, int *len, bool *escaped)
 {
 	const char *p = s->p + 1;
 
+	if (!string_stop_ready)
+	{
+		for (int i = 0; i < 0x20; i++)
+			string_stop[i] = true;
+		string_stop['"'] = string_stop['\\'] = true;
+		string_stop_ready = true;
+	}
 	*escaped = false;
 	for (;;)
 	{
 		unsigned char c;
 
+		while (p < s->end && !string_stop[(unsigned char) *p])
+			p++;
 		if (p >= s->end)
 			return fail(s);
 		c = (unsigned char) *p;
@@ -375,7 +389,19 @@ store(Scanner *s, Slot *row, int column, SlotKind kind, int off, int len)
 	row[column].kind = kind;
 	row[column].off = off;
 	row[column].len = len;
+	row[column].plain = false;
 	s->result->present[column] = true;
+}
+
+/*
+ * Bytes COPY need not escape: a JSON string without escapes holds no
+ * control character and no backslash, nor does a number or a literal.
+ */
+static void
+store_plain(Scanner *s, Slot *row, int column, int off, int len)
+{
+	store(s, row, column, SLOT_BODY, off, len);
+	row[column].plain = true;
 }
 
 /*
@@ -398,10 +424,12 @@ capture_column(Scanner *s, Slot *row, int column)
 		case '"':
 			if (!scan_string(s, &off, &len, &escaped))
 				return false;
-			if (json_col)
+			if (json_col && !escaped)
+				store_plain(s, row, column, start - s->body, s->p - start);
+			else if (json_col)
 				store(s, row, column, SLOT_BODY, start - s->body, s->p - start);
 			else if (!escaped)
-				store(s, row, column, SLOT_BODY, off, len);
+				store_plain(s, row, column, off, len);
 			else
 			{
 				int			uoff = s->unescaped.len;
@@ -421,7 +449,8 @@ capture_column(Scanner *s, Slot *row, int column)
 		case 'f':
 			if (!scan_literal(s, *s->p == 't' ? "true" : "false"))
 				return false;
-			break;
+			store_plain(s, row, column, start - s->body, s->p - start);
+			return true;
 		case '[':
 			if (s->spec->column_is_array[column])
 			{
@@ -444,7 +473,8 @@ capture_column(Scanner *s, Slot *row, int column)
 				return false;
 			if (exponent && !json_col)
 				return fail(s);		/* jsonb would print it without the exponent */
-			break;
+			store_plain(s, row, column, start - s->body, s->p - start);
+			return true;
 	}
 	store(s, row, column, SLOT_BODY, start - s->body, s->p - start);
 	return true;
@@ -934,6 +964,8 @@ etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResu
 			first = false;
 			if (row[c].kind == SLOT_NULL)
 				appendBinaryStringInfo(&result->copy_text, "\\N", 2);
+			else if (row[c].plain)
+				appendBinaryStringInfo(&result->copy_text, body + row[c].off, row[c].len);
 			else
 				etl_append_copy_text(&result->copy_text,
 									 (row[c].kind == SLOT_BODY ? body : s.unescaped.data) + row[c].off,
