@@ -81,9 +81,9 @@ BEGIN
     params := params || @extschema@._etl_history_parameters(j, coalesce(p_parameters, '{}'));
     PERFORM @extschema@._etl_check_url_parameters(j.url, params);
     IF NOT j.allow_concurrent_runs AND NOT p_dry_run THEN
-        PERFORM @extschema@._etl_reap(j.job_id);
         SELECT x.run_id INTO active FROM @extschema@.dw_etl_runs x
         WHERE x.job_id = j.job_id AND x.status IN ('queued', 'running') AND NOT x.dry_run
+          AND @extschema@._etl_run_is_live(x.run_id)
         ORDER BY x.run_id LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'etl_exec job % already has an active run %', j.job_id, active
@@ -92,7 +92,8 @@ BEGIN
                                     'or set allow_concurrent_runs on the job.', active, active);
         END IF;
     END IF;
-    rid := @extschema@._etl_start_worker('new', j.job_id, NULL, t, p_dry_run, params, NULL);
+    rid := @extschema@._etl_start_worker('new', j.job_id, NULL, t, p_dry_run, params, NULL,
+                                         @extschema@._etl_resolve_target(j.target_table));
     IF p_wait THEN
         PERFORM @extschema@._etl_raise_outcome(rid);
     END IF;

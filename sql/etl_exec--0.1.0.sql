@@ -96,7 +96,7 @@ CREATE FUNCTION _etl_run_is_live(run_id bigint) RETURNS boolean
 -- Starts the worker; the session's settings go with the run (read in C, so
 -- no caller can hand a worker settings a superuser did not allow).
 CREATE FUNCTION _etl_start_worker(mode text, job_id int, run_id bigint, timeout_seconds int,
-                                  dry_run boolean, parameters jsonb, run_as oid)
+                                  dry_run boolean, parameters jsonb, run_as oid, target text)
     RETURNS bigint
     AS 'MODULE_PATHNAME', 'etl_start_worker' LANGUAGE C VOLATILE;
 
@@ -106,7 +106,7 @@ CREATE FUNCTION _etl_wait_run_end(run_id bigint, timeout_ms int) RETURNS boolean
 CREATE FUNCTION _etl_fresh_run(run_id bigint) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'etl_fresh_run' LANGUAGE C VOLATILE STRICT;
 
-CREATE FUNCTION _etl_signal_run(run_id bigint, pid int) RETURNS boolean
+CREATE FUNCTION _etl_signal_run(run_id bigint) RETURNS boolean
     AS 'MODULE_PATHNAME', 'etl_signal_run' LANGUAGE C VOLATILE STRICT;
 
 ------------------------------------------------------------------------------
@@ -140,6 +140,18 @@ LANGUAGE sql IMMUTABLE AS $$
                              b_label, coalesce((b -> k)::text, '(absent)')), '; ' ORDER BY k)
     FROM (SELECT jsonb_object_keys(coalesce(a, '{}')) UNION SELECT jsonb_object_keys(coalesce(b, '{}'))) keys(k)
     WHERE a -> k IS DISTINCT FROM b -> k
+$$;
+
+-- A run's status with the liveness rule applied: queued/running without a
+-- worker holding its lock is interrupted.  Functions that start workers use
+-- this instead of recording it (_etl_reap): a row they updated would stay
+-- locked by the caller's transaction, and the worker that claims the row
+-- would wait for it while the caller waits for the worker.  The claiming
+-- worker records the interruption itself.
+CREATE FUNCTION _etl_run_state(p_status text, p_run_id bigint) RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE WHEN p_status IN ('queued', 'running') AND NOT @extschema@._etl_run_is_live(p_run_id)
+                THEN 'interrupted' ELSE p_status END
 $$;
 
 -- Record runs whose worker is gone (lock free while queued/running) as
@@ -183,6 +195,15 @@ BEGIN
     END LOOP;
     RETURN n;
 END
+$$;
+
+-- The target table as the caller's search_path finds it, schema-qualified:
+-- a run loads this table for all its life, whatever the job says later.
+CREATE FUNCTION _etl_resolve_target(p_target text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('%I.%I', n.nspname, c.relname)
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = pg_catalog.to_regclass(p_target)
 $$;
 
 -- The job, checked for a start: it exists, is enabled, its table exists.
@@ -339,9 +360,9 @@ BEGIN
     t := @extschema@._etl_effective_timeout(j, p_timeout);
     PERFORM @extschema@._etl_check_url_parameters(j.url, j.parameters || coalesce(p_parameters, '{}'));
     IF NOT j.allow_concurrent_runs AND NOT p_dry_run THEN
-        PERFORM @extschema@._etl_reap(j.job_id);
         SELECT x.run_id INTO active FROM @extschema@.dw_etl_runs x
         WHERE x.job_id = j.job_id AND x.status IN ('queued', 'running') AND NOT x.dry_run
+          AND @extschema@._etl_run_is_live(x.run_id)
         ORDER BY x.run_id LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'etl_exec job % already has an active run %', j.job_id, active
@@ -351,7 +372,8 @@ BEGIN
         END IF;
     END IF;
     rid := @extschema@._etl_start_worker('new', j.job_id, NULL, t, p_dry_run,
-                                         j.parameters || coalesce(p_parameters, '{}'), NULL);
+                                         j.parameters || coalesce(p_parameters, '{}'), NULL,
+                                         @extschema@._etl_resolve_target(j.target_table));
     IF p_wait THEN
         PERFORM @extschema@._etl_raise_outcome(rid);
     END IF;
@@ -516,8 +538,8 @@ DECLARE
     diff text;
     rid bigint;
 BEGIN
-    PERFORM @extschema@._etl_reap(NULL, etl_resume_run.run_id);
     SELECT * INTO r FROM @extschema@.dw_etl_runs x WHERE x.run_id = etl_resume_run.run_id;
+    r.status := @extschema@._etl_run_state(r.status, r.run_id);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_resume_run.run_id::text, 'NULL')
             USING ERRCODE = 'undefined_object',
@@ -560,7 +582,7 @@ BEGIN
     END IF;
     rid := @extschema@._etl_start_worker('resume', r.job_id, r.run_id,
                                          @extschema@._etl_effective_timeout(j, etl_resume_run.timeout),
-                                         false, r.parameters, r.started_by::oid);
+                                         false, r.parameters, r.started_by::oid, NULL);
     IF etl_resume_run.wait THEN
         PERFORM @extschema@._etl_raise_outcome(rid);
     END IF;
@@ -589,10 +611,9 @@ BEGIN
                   HINT = 'For example: parameters := ''{"date": "2024-01-01"}''';
     END IF;
     IF etl_execute_job.resume_from_checkpoint AND NOT etl_execute_job.dry_run THEN
-        PERFORM @extschema@._etl_reap(j.job_id);
         SELECT * INTO r FROM @extschema@.dw_etl_runs x
         WHERE x.job_id = j.job_id AND NOT x.dry_run AND x.run_context ? 'checkpoint'
-          AND x.status IN ('timed_out', 'cancelled', 'interrupted', 'failed')
+          AND @extschema@._etl_run_state(x.status, x.run_id) IN ('timed_out', 'cancelled', 'interrupted', 'failed')
         ORDER BY x.run_id DESC LIMIT 1;
         IF FOUND THEN
             diff := @extschema@._etl_json_differences(
@@ -620,8 +641,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r @extschema@.dw_etl_runs;
 BEGIN
-    PERFORM @extschema@._etl_reap(NULL, etl_retry_run.run_id);
     SELECT * INTO r FROM @extschema@.dw_etl_runs x WHERE x.run_id = etl_retry_run.run_id;
+    r.status := @extschema@._etl_run_state(r.status, r.run_id);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_retry_run.run_id::text, 'NULL')
             USING ERRCODE = 'undefined_object',
@@ -688,7 +709,7 @@ BEGIN
         RAISE NOTICE 'etl_exec run % is not running (it is %); nothing to cancel', r.run_id, r.status;
         RETURN false;
     END IF;
-    RETURN @extschema@._etl_signal_run(r.run_id, r.worker_pid);
+    RETURN coalesce(@extschema@._etl_signal_run(r.run_id), false);
 END
 $$;
 
@@ -724,12 +745,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
-    PERFORM @extschema@._etl_reap();
     FOR r IN
         SELECT x.run_id FROM @extschema@.dw_etl_runs x
         WHERE NOT x.dry_run
           AND x.resume_count < etl_resume_pending.max_resumes
-          AND (x.status IN ('timed_out', 'interrupted')
+          AND (@extschema@._etl_run_state(x.status, x.run_id) IN ('timed_out', 'interrupted')
                OR (etl_resume_pending.include_cancelled AND x.status = 'cancelled')
                OR (etl_resume_pending.include_failed AND x.status = 'failed' AND x.run_context ? 'checkpoint'))
           -- a newer run of the same job and parameters supersedes it
@@ -760,7 +780,9 @@ RETURNS TABLE (run_id bigint, pages bigint, records bigint, rows_per_second nume
                expected_total bigint, retries int, backend_start timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM @extschema@._etl_reap();
+    IF NOT current_setting('transaction_read_only')::boolean THEN
+        PERFORM @extschema@._etl_reap();
+    END IF;
     RETURN QUERY
     SELECT r.run_id, m[1]::bigint, m[2]::bigint, m[3]::numeric, nullif(m[4]::bigint, -1), m[5]::int,
            a.backend_start
@@ -769,7 +791,7 @@ BEGIN
            ON a.pid = r.worker_pid AND a.application_name = 'etl_exec run ' || r.run_id
     LEFT JOIN LATERAL regexp_match(a.query,
            ': (\d+) pages, (\d+) records, (\d+) rows/s, expected (-?\d+), (\d+) retries') AS m ON true
-    WHERE r.status IN ('queued', 'running');
+    WHERE r.status IN ('queued', 'running') AND @extschema@._etl_run_is_live(r.run_id);
 END
 $$;
 
@@ -856,10 +878,10 @@ COMMENT ON VIEW etl_job_timeout_report IS 'etl_exec: per job, run counts, p50/p9
 
 REVOKE EXECUTE ON FUNCTION
     _etl_settings(), _etl_run_is_live(bigint),
-    _etl_start_worker(text, int, bigint, int, boolean, jsonb, oid),
-    _etl_wait_run_end(bigint, int), _etl_fresh_run(bigint), _etl_signal_run(bigint, int),
+    _etl_start_worker(text, int, bigint, int, boolean, jsonb, oid, text),
+    _etl_wait_run_end(bigint, int), _etl_fresh_run(bigint), _etl_signal_run(bigint),
     _etl_paging_of(int), _etl_add_segment(jsonb, jsonb), _etl_json_differences(jsonb, jsonb, text, text),
-    _etl_reap(int, bigint), _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
+    _etl_reap(int, bigint), _etl_run_state(text, bigint), _etl_resolve_target(text), _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
     etl_recommended_timeout(int), _etl_check_url_parameters(text, jsonb), _etl_raise_outcome(bigint),
     _etl_start_new_run(dw_etl_jobs, jsonb, int, boolean, boolean),
     etl_resume_run(bigint, int, boolean),
@@ -870,10 +892,10 @@ FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
     _etl_settings(), _etl_run_is_live(bigint),
-    _etl_start_worker(text, int, bigint, int, boolean, jsonb, oid),
-    _etl_wait_run_end(bigint, int), _etl_fresh_run(bigint), _etl_signal_run(bigint, int),
+    _etl_start_worker(text, int, bigint, int, boolean, jsonb, oid, text),
+    _etl_wait_run_end(bigint, int), _etl_fresh_run(bigint), _etl_signal_run(bigint),
     _etl_paging_of(int), _etl_add_segment(jsonb, jsonb), _etl_json_differences(jsonb, jsonb, text, text),
-    _etl_reap(int, bigint), _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
+    _etl_reap(int, bigint), _etl_run_state(text, bigint), _etl_resolve_target(text), _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
     etl_recommended_timeout(int), _etl_check_url_parameters(text, jsonb), _etl_raise_outcome(bigint),
     _etl_start_new_run(dw_etl_jobs, jsonb, int, boolean, boolean),
     etl_resume_run(bigint, int, boolean),
@@ -884,6 +906,7 @@ TO etl_operator;
 
 GRANT SELECT ON etl_run_progress, etl_job_timeout_report TO etl_operator;
 
-GRANT SELECT, INSERT, UPDATE, DELETE ON dw_etl_jobs TO etl_operator;
-GRANT USAGE ON SEQUENCE dw_etl_jobs_job_id_seq TO etl_operator;
+-- Operators run jobs; defining them (what a run writes where, and which
+-- host gets a job's secrets) is for the jobs' owners: grant that explicitly.
+GRANT SELECT ON dw_etl_jobs TO etl_operator;
 GRANT SELECT ON dw_etl_runs TO etl_operator;

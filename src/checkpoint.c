@@ -20,6 +20,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -127,7 +128,7 @@ raise_refusal(int sqlerrcode, const char *msg, const char *hint)
  * other live run of the job is active unless the job allows that.
  */
 static void
-check_job_startable(int32 job_id, int64 own_run_id, bool dry_run)
+check_job_startable(int32 job_id, int64 own_run_id, bool dry_run, const char *frozen_target)
 {
 	char	   *job_str = psprintf("%d", job_id);
 	const char *args[2];
@@ -152,8 +153,10 @@ check_job_startable(int32 job_id, int64 own_run_id, bool dry_run)
 					  psprintf("etl_exec job %d is disabled", job_id),
 					  psprintf("Enable it with UPDATE dw_etl_jobs SET enabled = true WHERE job_id = %d.", job_id));
 
+	if (frozen_target)
+		target = pstrdup(frozen_target);
 	args[0] = target;
-	if (spi_run("SELECT to_regclass($1)::oid", 1, args, SPI_OK_SELECT) != 1 ||
+	if (spi_run("SELECT pg_catalog.to_regclass($1)::oid", 1, args, SPI_OK_SELECT) != 1 ||
 		(target_oid = spi_value(CurrentMemoryContext, 1)) == NULL)
 		raise_refusal(ERRCODE_UNDEFINED_TABLE,
 					  psprintf("target table \"%s\" of etl_exec job %d does not exist (or is not committed yet)",
@@ -192,12 +195,12 @@ etl_create_run(EtlLaunchShared *req, const char *settings_json,
 			   const char *parameters_json)
 {
 	int64		run_id;
-	const char *args[8];
+	const char *args[9];
 	char	   *sql;
 
 	SPI_connect();
 	etl_job_claim_lock(req->job_id);
-	check_job_startable(req->job_id, 0, req->dry_run);
+	check_job_startable(req->job_id, 0, req->dry_run, req->target);
 
 	sql = psprintf("SELECT nextval('%s')",
 				   quote_qualified_identifier(etl_extension_schema(), "dw_etl_runs_run_id_seq"));
@@ -215,16 +218,17 @@ etl_create_run(EtlLaunchShared *req, const char *settings_json,
 	args[5] = psprintf("%d", MyProcPid);
 	args[6] = psprintf("%u", req->role_oid);
 	args[7] = settings_json;
+	args[8] = req->target;
 	sql = psprintf("INSERT INTO %s (run_id, job_id, status, parameters, dry_run, timeout_seconds, "
 				   "  started_at, segment_started_at, worker_pid, started_by, settings, run_context) "
 				   "SELECT $1::bigint, $2::int, 'running', $3::jsonb, $4::bool, $5::int, "
 				   "  now(), now(), $6::int, $7::oid, $8::jsonb, "
-				   "  jsonb_build_object('paging', p, "
+				   "  jsonb_build_object('paging', p, 'target', $9::text, "
 				   "    'fingerprint', jsonb_build_object('parameters', md5($3::jsonb::text), 'paging', md5(p::text)), "
 				   "    'resume_count', 0, 'retries', 0, 'segments', '[]'::jsonb) "
 				   "FROM (SELECT %s._etl_paging_of($2::int) AS p) s",
 				   etl_qualified("dw_etl_runs"), quote_identifier(etl_extension_schema()));
-	spi_run(sql, 8, args, SPI_OK_INSERT);
+	spi_run(sql, 9, args, SPI_OK_INSERT);
 	SPI_finish();
 	return run_id;
 }
@@ -234,14 +238,17 @@ etl_create_run(EtlLaunchShared *req, const char *settings_json,
  * never run one run), then its row, whose status must still allow it.
  */
 void
-etl_claim_run(int64 run_id, int32 timeout_seconds, const char *settings_json)
+etl_claim_run(EtlLaunchShared *req, const char *settings_json)
 {
+	int64		run_id = req->run_id;
 	const char *args[4];
 	char	   *sql;
 	char	   *status;
 	char	   *has_checkpoint;
 	char	   *dry_run;
+	char	   *target;
 	int32		job_id;
+	Oid			owner;
 
 	if (!etl_run_lock_try_acquire(run_id))
 		raise_refusal(ERRCODE_OBJECT_IN_USE,
@@ -250,8 +257,14 @@ etl_claim_run(int64 run_id, int32 timeout_seconds, const char *settings_json)
 
 	SPI_connect();
 	args[0] = int64_str(run_id);
-	sql = psprintf("SELECT status, run_context ? 'checkpoint', dry_run, job_id FROM %s "
-				   "WHERE run_id = $1::bigint FOR UPDATE", etl_qualified("dw_etl_runs"));
+
+	/* a previous worker that died without a word: record it, with its NOTIFY */
+	sql = psprintf("SELECT %s._etl_reap(NULL, $1::bigint)", quote_identifier(etl_extension_schema()));
+	spi_run(sql, 1, args, SPI_OK_SELECT);
+
+	sql = psprintf("SELECT status, run_context ? 'checkpoint', dry_run, job_id, started_by::oid, "
+				   "  run_context ->> 'target' "
+				   "FROM %s WHERE run_id = $1::bigint FOR UPDATE", etl_qualified("dw_etl_runs"));
 	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		raise_refusal(ERRCODE_UNDEFINED_OBJECT,
 					  psprintf("etl_exec run " INT64_FORMAT " does not exist", run_id), NULL);
@@ -259,7 +272,14 @@ etl_claim_run(int64 run_id, int32 timeout_seconds, const char *settings_json)
 	has_checkpoint = spi_value(CurrentMemoryContext, 2);
 	dry_run = spi_value(CurrentMemoryContext, 3);
 	job_id = pg_strtoint32(spi_value(CurrentMemoryContext, 4));
+	owner = (Oid) strtoul(spi_value(CurrentMemoryContext, 5), NULL, 10);
+	target = spi_value(CurrentMemoryContext, 6);
 
+	/* the launcher vouched for req->role_oid; it must speak for the run's role */
+	if (!is_member_of_role(req->role_oid, owner))
+		raise_refusal(ERRCODE_INSUFFICIENT_PRIVILEGE,
+					  psprintf("permission denied to resume etl_exec run " INT64_FORMAT, run_id),
+					  "Only the role that started a run, its members and superusers may resume it.");
 	if (strcmp(dry_run, "t") == 0)
 		raise_refusal(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 					  psprintf("etl_exec run " INT64_FORMAT " is a dry run and cannot be resumed", run_id),
@@ -271,11 +291,10 @@ etl_claim_run(int64 run_id, int32 timeout_seconds, const char *settings_json)
 					  "Start a new run with etl_execute_job() or etl_retry_run().");
 
 	etl_job_claim_lock(job_id);
-	check_job_startable(job_id, run_id, false);
+	check_job_startable(job_id, run_id, false, target);
 
-	/* queued/running with our lock held: its previous worker is gone */
 	args[1] = psprintf("%d", MyProcPid);
-	args[2] = psprintf("%d", timeout_seconds);
+	args[2] = psprintf("%d", req->timeout_seconds);
 	args[3] = settings_json;
 	sql = psprintf("UPDATE %s SET status = 'running', worker_pid = $2::int, timeout_seconds = $3::int, "
 				   "  settings = $4::jsonb, "
@@ -325,7 +344,7 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 				   "  run_context #>> '{checkpoint,skip}', run_context #>> '{checkpoint,page_index}', "
 				   "  run_context #>> '{checkpoint,total_records}', run_context #>> '{checkpoint,next_url}', "
 				   "  run_context #>> '{checkpoint,cursor}', parameters, settings, "
-				   "  coalesce((run_context ->> 'retries')::int, 0) "
+				   "  coalesce((run_context ->> 'retries')::int, 0), run_context ->> 'target' "
 				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
 	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
@@ -354,6 +373,7 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 	row->parameters = jsonb_from_cstring(cxt, spi_value(cxt, 15));
 	settings = jsonb_from_cstring(cxt, spi_value(cxt, 16));
 	row->retries = pg_strtoint32(spi_value(cxt, 17));
+	row->target = spi_value(cxt, 18);
 	SPI_finish();
 
 	row->settings.checkpoint_interval_seconds = json_int(settings, "checkpoint_interval_seconds", 60);

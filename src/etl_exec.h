@@ -90,6 +90,7 @@ typedef struct EtlLaunchShared
 	int64		run_id;			/* given for resume, set by worker for new */
 	int32		timeout_seconds;
 	bool		dry_run;
+	char		target[300];	/* new runs: target resolved by the caller */
 	EtlLaunchState state;
 	int			sqlerrcode;
 	char		message[ETL_LAUNCH_MESSAGE_LEN];
@@ -304,6 +305,7 @@ typedef struct EtlRunRow
 	int64		pages_fetched;
 	int32		resume_count;
 	int32		retries;
+	char	   *target;			/* frozen at the run's start (quoted, qualified) */
 	bool		has_checkpoint;
 	EtlCheckpoint checkpoint;
 	Jsonb	   *parameters;
@@ -314,8 +316,7 @@ extern char *etl_extension_schema(void);
 extern const char *etl_qualified(const char *relname);
 extern int64 etl_create_run(EtlLaunchShared *req, const char *settings_json,
 							const char *parameters_json);
-extern void etl_claim_run(int64 run_id, int32 timeout_seconds,
-						  const char *settings_json);
+extern void etl_claim_run(EtlLaunchShared *req, const char *settings_json);
 extern void etl_read_run(int64 run_id, EtlRunRow *row);
 extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
 extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,

@@ -29,6 +29,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
+#include "utils/backend_status.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -47,16 +48,19 @@ jsonb_arg_to_cstring(Jsonb *jb)
 
 /*
  * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
- *					 parameters, run_as) RETURNS bigint
+ *					 parameters, run_as, target) RETURNS bigint
  *
  * Validation the caller can do has been done by the SQL wrapper; this
- * starts the worker and waits until it has committed the run row.
+ * starts the worker and waits until it has committed the run row.  What a
+ * worker must be able to trust (the role to act as, who may resume a run)
+ * is checked here or in the worker, not only in the SQL wrappers: the
+ * function is callable by etl_operator members.
  */
 PG_FUNCTION_INFO_V1(etl_start_worker);
 Datum
 etl_start_worker(PG_FUNCTION_ARGS)
 {
-	char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *mode;
 	char	   *parameters_json;
 	char	   *settings_json;
 	Size		settings_len;
@@ -68,6 +72,19 @@ etl_start_worker(PG_FUNCTION_ARGS)
 	EtlLaunchState state;
 	int64		run_id;
 
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("_etl_start_worker: mode, job_id, timeout_seconds and dry_run must not be NULL")));
+	mode = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (strcmp(mode, "new") != 0 && (strcmp(mode, "resume") != 0 || PG_ARGISNULL(2)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("_etl_start_worker: mode must be 'new', or 'resume' with a run_id")));
+	if (strcmp(mode, "new") == 0 && (PG_ARGISNULL(7) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(7)) >= 300))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("_etl_start_worker: a new run needs its target table")));
 	parameters_json = jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
 	/* the settings in force in this session; never taken from the caller */
 	settings_json = jsonb_arg_to_cstring(DatumGetJsonbP(DirectFunctionCall1(etl_settings_snapshot,
@@ -88,12 +105,15 @@ etl_start_worker(PG_FUNCTION_ARGS)
 		!is_member_of_role(GetUserId(), shared->role_oid))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to run as role %u", shared->role_oid),
+				 errmsg("permission denied to run as role \"%s\"",
+						GetUserNameFromId(shared->role_oid, true) ? GetUserNameFromId(shared->role_oid, true) : "?"),
 				 errhint("Only the role that started a run, its members and superusers may resume it.")));
 	shared->job_id = PG_GETARG_INT32(1);
 	shared->run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
 	shared->timeout_seconds = PG_GETARG_INT32(3);
 	shared->dry_run = PG_GETARG_BOOL(4);
+	if (!PG_ARGISNULL(7))
+		text_to_cstring_buffer(PG_GETARG_TEXT_PP(7), shared->target, sizeof(shared->target));
 	shared->state = ETL_LAUNCH_PENDING;
 	shared->settings_len = settings_len;
 	shared->parameters_len = parameters_len;
@@ -251,27 +271,65 @@ etl_fresh_run(PG_FUNCTION_ARGS)
 }
 
 /*
- * _etl_signal_run(run_id, pid) RETURNS bool
+ * _etl_signal_run(run_id) RETURNS bool
  *
  * Sends the run's worker a cancel (SIGINT, as pg_cancel_backend does); the
- * worker aborts its transfer or load and ends the run "cancelled".  The pid
- * is trusted only while the run's lock is held and it is a background
- * worker of this server.
+ * worker aborts its transfer or load and ends the run "cancelled".  Only
+ * the run's role, its members and superusers may; and the signal goes only
+ * to a live background worker whose application_name names this run.
  */
 PG_FUNCTION_INFO_V1(etl_signal_run);
 Datum
 etl_signal_run(PG_FUNCTION_ARGS)
 {
 	int64		run_id = PG_GETARG_INT64(0);
-	int			pid = PG_GETARG_INT32(1);
-	PGPROC	   *proc;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1];
+	char	   *sql;
+	int			pid = 0;
+	Oid			owner = InvalidOid;
+	char		appname[NAMEDATALEN];
+	int			nbackends;
 
 	if (!etl_run_is_live(run_id))
 		PG_RETURN_BOOL(false);
-	proc = BackendPidGetProc(pid);
-	if (proc == NULL || !proc->isBackgroundWorker)
+
+	values[0] = Int64GetDatum(run_id);
+	sql = psprintf("SELECT worker_pid, started_by::oid FROM %s WHERE run_id = $1",
+				   etl_qualified("dw_etl_runs"));
+	SPI_connect();
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		pid = isnull ? 0 : DatumGetInt32(d);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		owner = isnull ? InvalidOid : DatumGetObjectId(d);
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+
+	if (pid == 0)
 		PG_RETURN_BOOL(false);
-	if (kill(pid, SIGINT) != 0)
-		PG_RETURN_BOOL(false);
-	PG_RETURN_BOOL(true);
+	if (!is_member_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to cancel etl_exec run " INT64_FORMAT, run_id),
+				 errhint("Only the role that started a run, its members and superusers may cancel it.")));
+
+	snprintf(appname, sizeof(appname), "etl_exec run " INT64_FORMAT, run_id);
+	nbackends = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= nbackends; i++)
+	{
+		LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
+		PgBackendStatus *be = local ? &local->backendStatus : NULL;
+
+		if (be && be->st_procpid == pid && be->st_backendType == B_BG_WORKER &&
+			strcmp(be->st_appname, appname) == 0)
+			PG_RETURN_BOOL(kill(pid, SIGINT) == 0);
+	}
+	PG_RETURN_BOOL(false);
 }

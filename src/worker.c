@@ -184,17 +184,6 @@ report_refusal(EtlLaunchShared *shared, ErrorData *edata)
 	notify_caller(shared);
 }
 
-static char *
-settings_search_path(const char *settings_json)
-{
-	Jsonb	   *jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(settings_json)));
-	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, "search_path", strlen("search_path"), NULL);
-
-	if (v == NULL || v->type != jbvString)
-		return NULL;
-	return pnstrdup(v->val.string.val, v->val.string.len);
-}
-
 /* ---------- the page loop ---------- */
 
 #define RATE_WINDOW 10
@@ -500,6 +489,9 @@ run_pages(int64 run_id)
 	PG_TRY();
 	{
 		etl_read_job(st.row.job_id, st.row.parameters, &st.job);
+		/* the table the run started with, whatever the job says now */
+		if (st.row.target)
+			st.job.target_table = st.row.target;
 		apply_job_overrides(&st);
 		st.loader = etl_loader_create(&st.job, st.row.role_oid, st.run_cxt, run_id, st.row.dry_run);
 		etl_http_init(&st.settings);
@@ -627,7 +619,6 @@ etl_worker_main(Datum main_arg)
 	EtlLaunchShared request;
 	char	   *settings_json;
 	char	   *parameters_json;
-	char	   *search_path;
 	int64		run_id = 0;
 	char		appname[64];
 
@@ -664,19 +655,24 @@ etl_worker_main(Datum main_arg)
 	 */
 	BackgroundWorkerInitializeConnectionByOid(request.database_oid, InvalidOid, 0);
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/*
+	 * The worker's own statements run as a superuser: they must not resolve
+	 * names through a search_path a caller could plant objects in.  (The
+	 * target table was resolved by the caller, with the caller's path.)
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	PG_TRY();
 	{
 		begin_transaction();
-		search_path = settings_search_path(settings_json);
-		if (search_path)
-			SetConfigOption("search_path", search_path, PGC_USERSET, PGC_S_SESSION);
 		if (request.mode == ETL_LAUNCH_NEW)
 			run_id = etl_create_run(&request, settings_json, parameters_json);
 		else
 		{
 			run_id = request.run_id;
-			etl_claim_run(run_id, request.timeout_seconds, settings_json);
+			etl_claim_run(&request, settings_json);
 		}
 		commit_transaction();
 	}
