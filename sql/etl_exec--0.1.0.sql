@@ -582,7 +582,9 @@ BEGIN
     END IF;
     rid := @extschema@._etl_start_worker('resume', r.job_id, r.run_id,
                                          @extschema@._etl_effective_timeout(j, etl_resume_run.timeout),
-                                         false, r.parameters, r.started_by::oid, NULL);
+                                         false, r.parameters, r.started_by::oid,
+                                         coalesce(r.run_context ->> 'target',
+                                                  @extschema@._etl_resolve_target(j.target_table)));
     IF etl_resume_run.wait THEN
         PERFORM @extschema@._etl_raise_outcome(rid);
     END IF;
@@ -616,8 +618,12 @@ BEGIN
           AND @extschema@._etl_run_state(x.status, x.run_id) IN ('timed_out', 'cancelled', 'interrupted', 'failed')
         ORDER BY x.run_id DESC LIMIT 1;
         IF FOUND THEN
+            -- the keys this call gives must match the run's (a run also has
+            -- parameters it resolved itself, such as {max:column})
             diff := @extschema@._etl_json_differences(
-                        r.parameters, j.parameters || coalesce(etl_execute_job.parameters, '{}'),
+                        (SELECT coalesce(jsonb_object_agg(k, r.parameters -> k) FILTER (WHERE r.parameters ? k), '{}')
+                         FROM jsonb_object_keys(j.parameters || coalesce(etl_execute_job.parameters, '{}')) AS k),
+                        j.parameters || coalesce(etl_execute_job.parameters, '{}'),
                         'run has', 'this call has');
             IF etl_execute_job.parameters IS NOT NULL AND diff IS NOT NULL THEN
                 RAISE EXCEPTION 'cannot resume etl_exec run % of job % with different parameters', r.run_id, j.job_id

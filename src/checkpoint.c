@@ -241,7 +241,7 @@ void
 etl_claim_run(EtlLaunchShared *req, const char *settings_json)
 {
 	int64		run_id = req->run_id;
-	const char *args[4];
+	const char *args[5];
 	char	   *sql;
 	char	   *status;
 	char	   *has_checkpoint;
@@ -290,6 +290,9 @@ etl_claim_run(EtlLaunchShared *req, const char *settings_json)
 					  psprintf("etl_exec run " INT64_FORMAT " is %s and cannot be resumed", run_id, status),
 					  "Start a new run with etl_execute_job() or etl_retry_run().");
 
+	/* a run from before targets were frozen takes the one its caller resolved */
+	if (target == NULL && req->target[0])
+		target = req->target;
 	etl_job_claim_lock(job_id);
 	check_job_startable(job_id, run_id, false, target);
 
@@ -301,8 +304,10 @@ etl_claim_run(EtlLaunchShared *req, const char *settings_json)
 				   "  segment_started_at = now(), finished_at = NULL, error_message = NULL, sqlstate = NULL, "
 				   "  resume_count = resume_count + 1, "
 				   "  run_context = jsonb_set(run_context, '{resume_count}', to_jsonb(resume_count + 1)) "
+				   "    || CASE WHEN $5 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('target', $5) END "
 				   "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
-	spi_run(sql, 4, args, SPI_OK_UPDATE);
+	args[4] = target;
+	spi_run(sql, 5, args, SPI_OK_UPDATE);
 	SPI_finish();
 }
 
@@ -519,6 +524,7 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 
 	/* the run's parameters already include the job's defaults */
 	merged = parameters;
+	job->url_template = job->url;
 	job->url = render_url(job->url, merged);
 }
 

@@ -122,6 +122,9 @@ extern void etl_cap_lock_waits(void);
 
 /* ---------- http_client.c ---------- */
 
+/* an HTTP 4xx other than 408/429: the API refused the request */
+#define ETL_ERRCODE_HTTP_REFUSED MAKE_SQLSTATE('E','T','4','0','0')
+
 typedef struct EtlHttpResponse
 {
 	long		status;
@@ -218,6 +221,7 @@ typedef struct EtlJob
 	int32		job_id;
 	char	   *name;
 	char	   *url;			/* first-page URL, placeholders filled */
+	char	   *url_template;	/* as the job defines it, placeholders and all */
 	EtlPaginationStyle pagination;
 	int32		page_size;
 	char	   *skip_param;

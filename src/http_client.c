@@ -142,6 +142,8 @@ etl_http_init(const EtlRunSettings *settings)
 	body_buf.max = (size_t) settings->max_response_bytes;
 
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	/* no proxy from the server's environment: addresses are checked directly */
+	curl_easy_setopt(easy, CURLOPT_PROXY, "");
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_body);
@@ -201,19 +203,21 @@ check_host_allowed(const char *url)
  * which case *result is curl's result).
  */
 static EtlStopReason
-perform_transfer(CURLcode *result)
+perform_transfer(CURL *handle, CURLcode *result)
 {
 	int			running = 1;
 	EtlStopReason stop = ETL_STOP_NONE;
 
-	curl_multi_add_handle(multi, easy);
+	/* after an error raised mid-transfer the handle may still be attached */
+	curl_multi_remove_handle(multi, handle);
+	curl_multi_add_handle(multi, handle);
 	for (;;)
 	{
 		CURLMcode	mc = curl_multi_perform(multi, &running);
 
 		if (mc != CURLM_OK)
 		{
-			curl_multi_remove_handle(multi, easy);
+			curl_multi_remove_handle(multi, handle);
 			elog(ERROR, "etl_exec: libcurl multi error: %s", curl_multi_strerror(mc));
 		}
 		if (running == 0)
@@ -223,7 +227,7 @@ perform_transfer(CURLcode *result)
 		mc = curl_multi_poll(multi, NULL, 0, ETL_POLL_MS, NULL);
 		if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
 		{
-			curl_multi_remove_handle(multi, easy);
+			curl_multi_remove_handle(multi, handle);
 			elog(ERROR, "etl_exec: libcurl poll error: %s", curl_multi_strerror(mc));
 		}
 		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
@@ -240,7 +244,7 @@ perform_transfer(CURLcode *result)
 			if (msg->msg == CURLMSG_DONE)
 				*result = msg->data.result;
 	}
-	curl_multi_remove_handle(multi, easy);
+	curl_multi_remove_handle(multi, handle);
 	return stop;
 }
 
@@ -263,13 +267,13 @@ retry_delay_ms(int attempt)
 		long		secs = strtol(retry_after_buf, &end, 10);
 
 		if (end != retry_after_buf && *end == '\0' && secs >= 0)
-			return (int64) secs * 1000;
+			return (int64) Min(secs, 86400L) * 1000;
 		else
 		{
 			time_t		when = curl_getdate(retry_after_buf, NULL);
 
 			if (when > 0)
-				return Max((int64) (when - time(NULL)) * 1000, 0);
+				return Min(Max((int64) (when - time(NULL)), 0), (int64) 86400) * 1000;
 		}
 	}
 	delay = base << Min(attempt, 16);
@@ -417,7 +421,7 @@ etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
 		curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
 						 (long) Max(Min((int64) run_settings->request_timeout_ms, ms_left), 1));
 
-		stop = perform_transfer(&res);
+		stop = perform_transfer(easy, &res);
 		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
 		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
 		curl_slist_free_all(header_list);
@@ -454,7 +458,7 @@ etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
 			}
 			if (!retryable_status(status))
 				ereport(ERROR,
-						(errcode(ERRCODE_CONNECTION_FAILURE),
+						(errcode(ETL_ERRCODE_HTTP_REFUSED),
 						 errmsg("HTTP %ld from %s: %s", status,
 								etl_url_redact(current_url), body_snippet())));
 			snprintf(problem, sizeof(problem), "HTTP %ld: %s", status, body_snippet());
@@ -515,14 +519,16 @@ etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
 /*
  * POST a form (OAuth2 token requests) and return the body; raises an error
  * on anything but a 2xx.  Its own handle and buffer: it may run while a
- * GET is being prepared.  Bounded by the run's time left.
+ * GET is being prepared.  Polled like every transfer (a stop request ends
+ * it at once, as a query cancel) and bounded by the run's time left.
  */
 char *
 etl_http_post_form(const char *url, const char *form, const char *what)
 {
 	CURL	   *h = curl_easy_init();
 	CurlBuffer	saved = body_buf;
-	CURLcode	res;
+	CURLcode	res = CURLE_OK;
+	EtlStopReason stop;
 	long		status = 0;
 	char		curl_error[CURL_ERROR_SIZE] = "";
 	char	   *result;
@@ -546,12 +552,19 @@ etl_http_post_form(const char *url, const char *form, const char *what)
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long) run_settings->connect_timeout_ms);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
 					 (long) Max(Min((int64) run_settings->request_timeout_ms, etl_ms_until_deadline()), 1));
-	res = curl_easy_perform(h);
+	curl_easy_setopt(h, CURLOPT_PROXY, "");
+	stop = perform_transfer(h, &res);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_cleanup(h);
 	result = pnstrdup(body_buf.data ? body_buf.data : "", body_buf.len);
 	free(body_buf.data);
 	body_buf = saved;
+
+	if (stop != ETL_STOP_NONE)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("%s: request stopped (%s)", what,
+						stop == ETL_STOP_TIMED_OUT ? "the run's timeout" : "cancel or shutdown")));
 
 	if (res != CURLE_OK)
 		ereport(ERROR,

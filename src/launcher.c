@@ -81,7 +81,8 @@ etl_start_worker(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("_etl_start_worker: mode must be 'new', or 'resume' with a run_id")));
-	if (strcmp(mode, "new") == 0 && (PG_ARGISNULL(7) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(7)) >= 300))
+	if ((strcmp(mode, "new") == 0 && PG_ARGISNULL(7)) ||
+		(!PG_ARGISNULL(7) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(7)) >= 300))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("_etl_start_worker: a new run needs its target table")));

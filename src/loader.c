@@ -142,6 +142,37 @@ convert_error_context(void *arg)
 }
 
 /*
+ * Everything a load does that can run user code -- type input functions
+ * (domain checks), triggers, defaults, the writes -- runs as the run's role,
+ * in a restricted operation, with its GUC changes undone afterwards: the
+ * worker's own bookkeeping runs as a superuser and must not inherit, say, a
+ * search_path a trigger set.  (On error the subtransaction abort undoes the
+ * switch.)
+ */
+typedef struct RoleSwitch
+{
+	Oid			userid;
+	int			sec_context;
+	int			nestlevel;
+} RoleSwitch;
+
+static void
+act_as_run_role(EtlLoader *loader, RoleSwitch *sw)
+{
+	GetUserIdAndSecContext(&sw->userid, &sw->sec_context);
+	SetUserIdAndSecContext(loader->role_oid,
+						   sw->sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	sw->nestlevel = NewGUCNestLevel();
+}
+
+static void
+back_from_run_role(RoleSwitch *sw)
+{
+	AtEOXact_GUC(false, sw->nestlevel);
+	SetUserIdAndSecContext(sw->userid, sw->sec_context);
+}
+
+/*
  * Replace mode: pages load into a staging table that lives as long as the
  * run (resumes reuse it); the run's last page swaps it into the target in
  * one transaction.  The staging table belongs to the run's role, so the
@@ -158,7 +189,7 @@ create_staging(EtlLoader *loader, const char *nspname, int64 run_id)
 	loader->final_target = loader->target;
 	SPI_connect();
 	if (SPI_execute(psprintf("CREATE TABLE IF NOT EXISTS %s (LIKE %s INCLUDING DEFAULTS "
-							 "INCLUDING CONSTRAINTS INCLUDING GENERATED)",
+							 "INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)",
 							 loader->staging, loader->final_target), false, 0) != SPI_OK_UTILITY ||
 		SPI_execute(psprintf("ALTER TABLE %s OWNER TO %s", loader->staging, quote_identifier(role)),
 					false, 0) != SPI_OK_UTILITY)
@@ -179,8 +210,7 @@ void
 etl_loader_finish(EtlLoader *loader)
 {
 	StringInfoData cols;
-	Oid			save_userid;
-	int			save_sec_context;
+	RoleSwitch	sw;
 
 	if (loader->staging == NULL)
 		return;
@@ -189,13 +219,12 @@ etl_loader_finish(EtlLoader *loader)
 		appendStringInfo(&cols, "%s%s", i ? ", " : "", quote_identifier(loader->cols[i].name));
 
 	SPI_connect();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(loader->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	act_as_run_role(loader, &sw);
 	if (SPI_execute(psprintf("DELETE FROM %s", loader->final_target), false, 0) != SPI_OK_DELETE ||
 		SPI_execute(psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", loader->final_target,
 							 cols.data, cols.data, loader->staging), false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "etl_exec: could not swap %s into %s", loader->staging, loader->final_target);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	back_from_run_role(&sw);
 	if (SPI_execute(psprintf("DROP TABLE %s", loader->staging), false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "etl_exec: could not drop staging table %s", loader->staging);
 	SPI_finish();
@@ -238,7 +267,9 @@ build_scan_spec(EtlLoader *loader, const EtlJob *job)
 	spec->use_map = loader->use_map;
 	for (int c = 0; c < loader->ncols; c++)
 	{
-		spec->column_is_json[c] = loader->cols[c].is_json || loader->cols[c].is_jsonb;
+		if (loader->cols[c].is_json)
+			return NULL;		/* json keeps text as given: the jsonb path's text differs */
+		spec->column_is_json[c] = loader->cols[c].is_jsonb;
 		spec->column_is_array[c] = loader->cols[c].is_array;
 		spec->map[c].n = -1;
 		if (loader->cols[c].mapped &&
@@ -792,8 +823,7 @@ copy_rows(EtlLoader *loader, StringInfo text, const bool *present, int32 page_in
 	CopyFromState cstate;
 	CopyPosition pos = {page_index, NULL};
 	ErrorContextCallback errcb;
-	Oid			save_userid;
-	int			save_sec_context;
+	RoleSwitch	sw;
 
 	for (int c = 0; c < ncols; c++)
 		if (present[c])
@@ -803,8 +833,7 @@ copy_rows(EtlLoader *loader, StringInfo text, const bool *present, int32 page_in
 	copy_source.pos = 0;
 	/* a load blocked on a lock must not carry the run past its deadline */
 	etl_cap_lock_waits();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(loader->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	act_as_run_role(loader, &sw);
 
 	rel = table_open(loader->insert_relid, RowExclusiveLock);
 	pstate = make_parsestate(NULL);
@@ -830,7 +859,7 @@ copy_rows(EtlLoader *loader, StringInfo text, const bool *present, int32 page_in
 	EndCopyFrom(cstate);
 	table_close(rel, NoLock);
 
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	back_from_run_role(&sw);
 }
 
 /*
@@ -892,6 +921,7 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 	ConvertPosition pos = {0};
 	ErrorContextCallback errcb;
 	Bitmapset  *columns = NULL;
+	RoleSwitch	sw;
 
 	if (nrec == 0)
 		return 0;
@@ -900,6 +930,9 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 	slots = palloc0(sizeof(JsonbValue) * nrec * ncols);	/* jbvNull is 0 */
 	collect_records(loader, records, nrec, page_index, slots, present);
 
+	/* input functions (domain checks) are user code too */
+	etl_cap_lock_waits();
+	act_as_run_role(loader, &sw);
 	pos.page_index = page_index;
 	errcb.callback = convert_error_context;
 	errcb.arg = &pos;
@@ -943,8 +976,6 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 		int			c = -1;
 		int			dims[1] = {nrec};
 		int			lbs[1] = {1};
-		Oid			save_userid;
-		int			save_sec_context;
 
 		SPI_connect();
 		plan = plan_for_columns(loader, columns);
@@ -961,15 +992,11 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 																   TEXTOID, -1, false, TYPALIGN_INT));
 		}
 
-		/* a load blocked on a lock must not carry the run past its deadline */
-		etl_cap_lock_waits();
-		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		SetUserIdAndSecContext(loader->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		if (SPI_execute_plan(plan->plan, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
-		SetUserIdAndSecContext(save_userid, save_sec_context);
 		SPI_finish();
 	}
+	back_from_run_role(&sw);
 	return nrec;
 }
 

@@ -13,8 +13,9 @@
  *
  * It never raises an error of its own: anything it does not handle
  * exactly as the jsonb path would -- invalid JSON, a shape lax jsonpath
- * would treat specially, a number with an exponent, \u0000 -- makes it
- * give up (return false), and the
+ * would treat specially, a number jsonb prints differently (an exponent,
+ * -0), a key twice, an object bound for a column other than jsonb, \u0000,
+ * a database that is not UTF-8 -- makes it give up (return false), and the
  * caller parses the page as jsonb, which gives the usual results and
  * error messages.
  *
@@ -43,6 +44,7 @@ typedef struct Slot
 	int32		len;
 	SlotKind	kind;
 	bool		plain;			/* no byte COPY must escape */
+	bool		set;			/* a key of the record gave this column a value */
 } Slot;
 
 typedef struct Scanner
@@ -296,6 +298,8 @@ scan_literal(Scanner *s, const char *word)
 static bool
 array_literal(Scanner *s, StringInfo buf)
 {
+	if (++s->depth > SCAN_MAX_DEPTH)
+		return fail(s);
 	s->p++;
 	appendStringInfoChar(buf, '{');
 	skip_ws(s);
@@ -303,6 +307,7 @@ array_literal(Scanner *s, StringInfo buf)
 	{
 		s->p++;
 		appendStringInfoChar(buf, '}');
+		s->depth--;
 		return true;
 	}
 	for (;;)
@@ -339,11 +344,7 @@ array_literal(Scanner *s, StringInfo buf)
 					return false;
 			}
 			else if (*s->p == '{')
-			{
-				if (!scan_value(s, NULL, 0, NULL))
-					return false;
-				appendBinaryStringInfo(&text, start, s->p - start);
-			}
+				return fail(s);	/* jsonb prints objects normalised */
 			else if (*s->p == 't' || *s->p == 'f')
 			{
 				if (!scan_literal(s, *s->p == 't' ? "true" : "false"))
@@ -352,7 +353,8 @@ array_literal(Scanner *s, StringInfo buf)
 			}
 			else
 			{
-				if (!scan_number(s, &exponent) || exponent)
+				if (!scan_number(s, &exponent) || exponent ||
+					(*start == '-' && strspn(start + 1, "0.") == (size_t) (s->p - start - 1)))
 					return fail(s);
 				appendBinaryStringInfo(&text, start, s->p - start);
 			}
@@ -377,6 +379,7 @@ array_literal(Scanner *s, StringInfo buf)
 		{
 			s->p++;
 			appendStringInfoChar(buf, '}');
+			s->depth--;
 			return true;
 		}
 		return fail(s);
@@ -386,6 +389,7 @@ array_literal(Scanner *s, StringInfo buf)
 static void
 store(Scanner *s, Slot *row, int column, SlotKind kind, int off, int len)
 {
+	row[column].set = true;
 	row[column].kind = kind;
 	row[column].off = off;
 	row[column].len = len;
@@ -419,6 +423,12 @@ capture_column(Scanner *s, Slot *row, int column)
 	int			len;
 	bool		escaped;
 
+	/*
+	 * A second value for one column (a repeated key, or keys differing only
+	 * in case): jsonb keeps one by its own rules.
+	 */
+	if (row[column].set)
+		return fail(s);
 	switch (*s->p)
 	{
 		case '"':
@@ -443,6 +453,7 @@ capture_column(Scanner *s, Slot *row, int column)
 			if (!scan_literal(s, "null"))
 				return false;
 			row[column].kind = SLOT_NULL;
+			row[column].set = true;
 			s->result->present[column] = true;
 			return true;
 		case 't':
@@ -461,10 +472,11 @@ capture_column(Scanner *s, Slot *row, int column)
 				store(s, row, column, SLOT_UNESCAPED, uoff, s->unescaped.len - uoff);
 				return true;
 			}
-			if (!scan_value(s, NULL, 0, NULL))
-				return false;
-			break;
+			/* FALLTHROUGH */
 		case '{':
+			/* jsonb text is normalised; only jsonb columns read it again */
+			if (!json_col)
+				return fail(s);
 			if (!scan_value(s, NULL, 0, NULL))
 				return false;
 			break;
@@ -473,6 +485,8 @@ capture_column(Scanner *s, Slot *row, int column)
 				return false;
 			if (exponent && !json_col)
 				return fail(s);		/* jsonb would print it without the exponent */
+			if (*start == '-' && strspn(start + 1, "0.") == (size_t) (s->p - start - 1) && !json_col)
+				return fail(s);		/* -0: jsonb prints 0 */
 			store_plain(s, row, column, start - s->body, s->p - start);
 			return true;
 	}
@@ -690,6 +704,7 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 {
 	const char *start;
 	int			ncomplete = 0;
+	bool	   *seen = NULL;
 
 	skip_ws(s);
 	if (s->p >= s->end)
@@ -745,6 +760,7 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 	switch (*s->p)
 	{
 		case '{':
+			seen = NULL;
 			s->p++;
 			skip_ws(s);
 			if (s->p < s->end && *s->p == '}')
@@ -765,7 +781,7 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 				if (s->p >= s->end || *s->p != '"' || !scan_string(s, &off, &len, &escaped))
 					return fail(s);
 				key = s->body + off;
-				if (escaped && nmatches > 0)
+				if (escaped)
 				{
 					StringInfoData k;
 
@@ -778,6 +794,12 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 				for (int i = 0; i < nmatches; i++)
 					if (key_matches(matches[i].path, matches[i].pos, key, len))
 					{
+						/* a followed key twice in one object: jsonb keeps the last */
+						if (seen == NULL)
+							seen = palloc0(sizeof(bool) * nmatches);
+						if (seen[i])
+							return fail(s);
+						seen[i] = true;
 						if (child == NULL)
 							child = palloc(sizeof(Match) * nmatches);
 						child[nchild] = matches[i];
@@ -929,6 +951,8 @@ etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResu
 
 	memset(result, 0, sizeof(*result));
 	result->present = palloc0(sizeof(bool) * ncols);
+	if (GetDatabaseEncoding() != PG_UTF8)
+		return false;			/* \uXXXX would need converting */
 	s.spec = spec;
 	s.body = body;
 	s.p = body;

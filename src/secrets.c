@@ -8,7 +8,8 @@
  * credentials grant; dw_etl_secrets NAME holds a JSON object with
  * token_url, client_id, client_secret and optionally scope).  A header is
  * sent only to the hosts its secret lists (allowed_hosts; NULL means the
- * host of the job's first URL): for any other host the whole header is
+ * host of the job's URL, unless run parameters choose that host): for any
+ * other host the whole header is
  * left out, so a next link or a redirect elsewhere never receives it.
  * Tokens are cached, fetched anew shortly before they expire, and once
  * more when the API answers 401.  Secrets are read as the extension
@@ -101,13 +102,43 @@ lookup_secret(const EtlJob *job, const char *name, const char *header)
 	return entry;
 }
 
+/*
+ * The host of the job's URL as the job defines it; NULL when a run's
+ * parameters choose it ({name} in the host part), for then a caller, not
+ * the job's owner, would decide where the secret goes.
+ */
+static char *
+job_host(const EtlJob *job)
+{
+	const char *p = strstr(job->url_template, "://");
+	size_t		n;
+
+	if (p == NULL)
+		return NULL;
+	p += 3;
+	n = strcspn(p, "/?#");
+	if (memchr(p, '{', n) || memchr(p, '@', n))
+		return NULL;
+	if (*p == '[')				/* [IPv6]:port */
+	{
+		const char *close = memchr(p, ']', n);
+
+		return close ? pnstrdup(p, close - p + 1) : NULL;
+	}
+	return pnstrdup(p, strcspn(p, ":/?#"));
+}
+
 static bool
 secret_allowed_for(const EtlJob *job, SecretEntry *entry, const char *host)
 {
 	ListCell   *lc;
 
 	if (entry->hosts == NIL)
-		return pg_strcasecmp(host, etl_url_host(job->url)) == 0;
+	{
+		char	   *own = job_host(job);
+
+		return own != NULL && pg_strcasecmp(host, own) == 0;
+	}
 	foreach(lc, entry->hosts)
 		if (pg_strcasecmp((char *) lfirst(lc), host) == 0)
 			return true;

@@ -25,6 +25,8 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "common/hashfn.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -208,7 +210,35 @@ typedef struct RunState
 	int64		rate_records[RATE_WINDOW];
 	int			rate_pages;
 	bool		from_stored_link;	/* next request uses a checkpointed link/cursor */
+	/* hashes of the next links / cursors this segment followed: no cycles */
+	uint64	   *seen_links;
+	int			nseen_links;
 } RunState;
+
+#define MAX_SEEN_LINKS 100000
+
+/* A next link or cursor seen before in this segment is a cycle: error. */
+static void
+check_link_cycle(RunState *st, const char *link, bool is_cursor)
+{
+	uint64		h;
+
+	if (link == NULL)
+		return;
+	h = hash_bytes_extended((const unsigned char *) link, strlen(link), 0);
+	for (int i = 0; i < st->nseen_links; i++)
+		if (st->seen_links[i] == h)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the API returned a %s it already gave earlier in this run: %s",
+							is_cursor ? "cursor" : "next link", is_cursor ? link : etl_url_redact(link)),
+					 errdetail("Following it would loop; page %d.", st->cp.page_index + 1),
+					 errhint("Check the job's next_path, or report the API's paging bug.")));
+	if (st->seen_links == NULL)
+		st->seen_links = MemoryContextAlloc(st->run_cxt, sizeof(uint64) * MAX_SEEN_LINKS);
+	if (st->nseen_links < MAX_SEEN_LINKS)
+		st->seen_links[st->nseen_links++] = h;
+}
 
 /* rows per second over the recent pages */
 static double
@@ -233,6 +263,9 @@ static void
 stored_link_error_context(void *arg)
 {
 	RunState   *st = (RunState *) arg;
+
+	if (geterrcode() != ETL_ERRCODE_HTTP_REFUSED)
+		return;					/* only the API's own refusal is about the link */
 
 	errcontext("the request continued from the %s stored in the run's checkpoint, and the API "
 			   "rejected it (next links and cursors may expire); to start over, run "
@@ -308,6 +341,8 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 		errcb.arg = redacted;
 		errcb.previous = error_context_stack;
 		error_context_stack = &errcb;
+		/* jsonb_in and text do not check the encoding; COPY does */
+		(void) pg_verify_mbstr(GetDatabaseEncoding(), resp.body, resp.body_len, false);
 		body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(resp.body)));
 		error_context_stack = errcb.previous;
 
@@ -337,6 +372,8 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 	}
 
 	etl_pagination_advance(&st->job, &st->cp, url, &facts, &resp, &outcome);
+	check_link_cycle(st, outcome.next_url, false);
+	check_link_cycle(st, outcome.cursor, true);
 	if (outcome.last_page && !dry_run)
 		etl_loader_finish(st->loader);
 	*next = st->cp;
@@ -356,11 +393,19 @@ adopt_checkpoint(RunState *st, const EtlCheckpoint *next)
 {
 	MemoryContext old = MemoryContextSwitchTo(st->run_cxt);
 
+	char	   *next_url = next->next_url ? pstrdup(next->next_url) : NULL;
+	char	   *cursor = next->cursor ? pstrdup(next->cursor) : NULL;
+
+	/* the run's memory must not grow with its pages */
+	if (st->cp.next_url)
+		pfree(st->cp.next_url);
+	if (st->cp.cursor)
+		pfree(st->cp.cursor);
 	st->cp.skip = next->skip;
 	st->cp.page_index = next->page_index;
 	st->cp.total_records = next->total_records;
-	st->cp.next_url = next->next_url ? pstrdup(next->next_url) : NULL;
-	st->cp.cursor = next->cursor ? pstrdup(next->cursor) : NULL;
+	st->cp.next_url = next_url;
+	st->cp.cursor = cursor;
 	MemoryContextSwitchTo(old);
 }
 
@@ -452,6 +497,39 @@ apply_job_overrides(RunState *st)
 }
 
 /*
+ * Commit the pages loaded since the last commit with their checkpoint.
+ * NULL on success; else the error (the pages are lost, the checkpoint
+ * before them stands) and a new transaction is open.
+ */
+static char *
+commit_pages(RunState *st)
+{
+	char	   *volatile failure = NULL;
+
+	HOLD_CANCEL_INTERRUPTS();
+	PG_TRY();
+	{
+		etl_save_checkpoint(st->run_id, &st->cp, st->pages_fetched, st->expected_total, st->retries);
+		commit_transaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(st->run_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		failure = format_error(edata);
+	}
+	PG_END_TRY();
+	begin_transaction();
+	MemoryContextSwitchTo(st->run_cxt);
+	RESUME_CANCEL_INTERRUPTS();
+	return failure;
+}
+
+/*
  * Run the claimed run to its end (or stop) and record how it ended.
  */
 static void
@@ -466,6 +544,7 @@ run_pages(int64 run_id)
 	char	   *volatile error_sqlstate = NULL;
 	bool		had_checkpoint;
 	volatile bool setup_done = false;
+	bool		lost_uncommitted = false;
 
 	memset(&st, 0, sizeof(st));
 	st.run_id = run_id;
@@ -575,10 +654,15 @@ run_pages(int64 run_id)
 		}
 		if (ms_since(last_commit) >= (int64) st.settings.checkpoint_interval_seconds * 1000)
 		{
-			etl_save_checkpoint(run_id, &st.cp, st.pages_fetched, st.expected_total, st.retries);
-			commit_transaction();
-			begin_transaction();
-			MemoryContextSwitchTo(st.run_cxt);
+			char	   *commit_error = commit_pages(&st);
+
+			if (commit_error)
+			{
+				error_message = commit_error;
+				error_sqlstate = pstrdup(unpack_sql_state(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION));
+				lost_uncommitted = true;
+				break;
+			}
 			last_commit = GetCurrentTimestamp();
 		}
 	}
@@ -591,16 +675,41 @@ run_pages(int64 run_id)
 	 * checkpoint, and the run's end.  A failure keeps the checkpoint of the
 	 * pages that did load, so the run stays resumable from there.
 	 */
+	HOLD_CANCEL_INTERRUPTS();
 	QueryCancelPending = false;
-	if (st.row.dry_run)
-		;
-	else if (stop != ETL_STOP_NONE || st.cp.page_index > 0 || had_checkpoint)
-		etl_save_checkpoint(run_id, &st.cp, st.pages_fetched, st.expected_total, st.retries);
-	if (error_message == NULL)
-		error_message = stop_message(&st, stop, ms_since(segment_start));
-	etl_finish_run(run_id, stop_status(stop), st.pages_fetched, ms_since(segment_start),
-				   error_message, error_sqlstate, st.dry_run_report);
-	commit_transaction();
+	SetConfigOption("lock_timeout", "10000", PGC_SUSET, PGC_S_SESSION);
+	PG_TRY();
+	{
+		if (st.row.dry_run || lost_uncommitted)
+			;
+		else if (stop != ETL_STOP_NONE || st.cp.page_index > 0 || had_checkpoint)
+			etl_save_checkpoint(run_id, &st.cp, st.pages_fetched, st.expected_total, st.retries);
+		if (error_message == NULL)
+			error_message = stop_message(&st, stop, ms_since(segment_start));
+		etl_finish_run(run_id, stop_status(stop), st.pages_fetched, ms_since(segment_start),
+					   error_message, error_sqlstate, st.dry_run_report);
+		commit_transaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/*
+		 * The last commit itself failed (a deferred constraint, say): its
+		 * pages are lost, the checkpoint before them stands.  Say why.
+		 */
+		MemoryContextSwitchTo(st.run_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		begin_transaction();
+		stop = ETL_STOP_NONE;
+		etl_finish_run(run_id, "failed", st.pages_fetched, ms_since(segment_start),
+					   format_error(edata), unpack_sql_state(edata->sqlerrcode), NULL);
+		commit_transaction();
+	}
+	PG_END_TRY();
+	RESUME_CANCEL_INTERRUPTS();
 
 	if (stop == ETL_STOP_DONE)
 		ereport(LOG,

@@ -306,3 +306,98 @@ def test_dump_and_restore_keep_jobs_and_secrets(db, tmp_path):
                    RETURNING job_id""", (MOCK_API + "/odata/Patients",))
     assert cur.fetchone()[0] > job
     conn.close()
+
+
+def test_resuming_a_dead_run_never_hangs(db):
+    """A run whose worker died (no etl_wait_run looked at it yet) is resumed
+    straight away by etl_resume_pending and by etl_resume_run."""
+    db.q("DROP TABLE IF EXISTS o_dead")
+    db.q("CREATE TABLE o_dead (patientid int, name text)")     # both runs load it
+    job = db.job("odead", "/odata/Patients?n=500", "o_dead", page_size=100)
+    dead = []
+    for _ in range(2):
+        dead.append(db.one("""INSERT INTO dw_etl_runs (job_id, status, started_by, segment_started_at, worker_pid,
+                                                     run_context)
+                              VALUES (%s, 'running', current_user::regrole, now(), 999999,
+                                      jsonb_build_object('paging', _etl_paging_of(%s)))
+                              RETURNING run_id""", (job, job)))
+    conn = connect(db.dbname)
+    conn.autocommit = False               # one transaction, as pg_cron runs it
+    cur = conn.cursor()
+    cur.execute("SET statement_timeout = '20s'")
+    cur.execute("SELECT etl_resume_pending()")
+    started = sorted(r[0] for r in cur.fetchall())
+    conn.commit()
+    assert dead[1] in started and dead[0] not in started   # the older one is superseded
+    assert db.wait(dead[1]) == "succeeded"
+    segments = db.run_row(dead[1])["run_context"]["segments"]
+    assert segments[0]["status"] == "interrupted"          # the worker recorded it
+    cur.execute("SELECT etl_resume_run(%s)", (dead[0],))
+    conn.commit()
+    assert db.wait(dead[0]) == "succeeded"
+    conn.close()
+    assert db.one("SELECT count(*) FROM o_dead") == 1000
+
+
+def test_a_callers_search_path_cannot_hijack_the_worker(db, roles):
+    db.q("DROP SCHEMA IF EXISTS evil CASCADE")
+    db.q("CREATE SCHEMA evil AUTHORIZATION o_team")
+    db.patients_table("o_path")
+    db.q("GRANT SELECT, INSERT ON o_path TO o_team")
+    job = db.job("opath", "/odata/Patients?n=300", "o_path", page_size=100)
+    conn = connect(db.dbname, user="o_login")
+    cur = conn.cursor()
+    cur.execute("SET ROLE o_team")
+    # functions that act normally for their owner but strike when a superuser
+    # resolves them: the worker runs as one, and must never see them
+    for name, args, rettype, call in (("to_regclass", "t text", "regclass", "pg_catalog.to_regclass(t)"),
+                                      ("md5", "t text", "text", "pg_catalog.md5(t)"),
+                                      ("now", "", "timestamptz", "pg_catalog.now()")):
+        cur.execute(f"""CREATE FUNCTION evil.{name}({args}) RETURNS {rettype} LANGUAGE plpgsql AS
+                        $$BEGIN
+                            IF current_setting('is_superuser') = 'on' THEN
+                                RAISE EXCEPTION 'hijacked by evil.{name}';
+                            END IF;
+                            RETURN {call};
+                        END$$""")
+    cur.execute("SET search_path = evil, pg_catalog, public")
+    cur.execute("SELECT etl_execute_job(%s, wait := true)", (job,))
+    run_id = cur.fetchone()[0]
+    conn.close()
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.one("SELECT count(*) FROM o_path") == 300
+    db.q("DROP SCHEMA evil CASCADE")
+
+
+def test_internal_functions_check_for_themselves(db, roles):
+    db.patients_table("o_int")
+    db.q("GRANT SELECT, INSERT ON o_int TO o_team")
+    job = db.job("oint", "/odata/Patients?n=1000&delay_ms=300", "o_int", page_size=100)
+    owner = connect(db.dbname, user="o_login")
+    cur = owner.cursor()
+    cur.execute("SELECT etl_execute_job(%s, timeout := 1)", (job,))
+    victim = cur.fetchone()[0]
+    owner.close()
+    assert db.wait(victim) == "timed_out"
+    other = connect(db.dbname, user="o_other")
+    cur = other.cursor()
+    with pytest.raises(psycopg2.Error, match="permission denied to resume etl_exec run"):
+        cur.execute("SELECT _etl_start_worker('resume', %s, %s, 60, false, '{}', NULL, NULL)", (job, victim))
+    with pytest.raises(psycopg2.Error, match="must not be NULL"):
+        cur.execute("SELECT _etl_start_worker(NULL, %s, NULL, 60, false, '{}', NULL, NULL)", (job,))
+    cur.execute("SELECT _etl_signal_run(%s)", (victim,))
+    assert cur.fetchone()[0] is False                      # not running: nothing to signal
+    with pytest.raises(psycopg2.Error, match="permission denied for table dw_etl_jobs"):
+        cur.execute("UPDATE dw_etl_jobs SET url = 'http://evil.example/' WHERE job_id = %s", (job,))
+    other.close()
+    assert db.run_row(victim)["status"] == "timed_out"
+
+
+def test_a_hostile_deeply_nested_body_fails_the_run_not_the_server(db):
+    db.q("DROP TABLE IF EXISTS o_deep")
+    db.q("CREATE TABLE o_deep (id int, tags text[])")
+    job = db.job("odeep", "/fixture/deep", "o_deep", page_size=10, pagination_options={"skip_param": "$skip"})
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    assert db.wait(run_id) == "failed"
+    assert "stack depth limit exceeded" in db.run_row(run_id)["error_message"]
+    assert db.one("SELECT 1") == 1
