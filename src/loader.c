@@ -8,7 +8,8 @@
  * go in with multi-inserts, and triggers, defaults, constraints and
  * partitions work as for any COPY.  COPY itself checks no privileges, so
  * the INSERT privilege of the run's role is checked first, as COPY's own
- * caller would.  A table with row-level security loads through INSERT.
+ * caller would.  A table with row-level security loads through INSERT
+ * (checked per page: COPY would bypass the policies).
  *
  * Upsert mode (and dry runs) convert each value in C with the column
  * type's input function, and send a page as one array per column in one
@@ -392,8 +393,7 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	if (strcmp(job->load_mode, "replace") == 0 && !dry_run)
 		create_staging(loader, get_namespace_name(get_rel_namespace(relid)),
 					   run_id);
-	loader->use_copy = !loader->upsert &&
-		check_enable_rls(loader->insert_relid, role_oid, true) != RLS_ENABLED;
+	loader->use_copy = !loader->upsert;
 	if (loader->use_copy)
 		loader->scan = build_scan_spec(loader, job);
 
@@ -736,9 +736,24 @@ plan_for_columns(EtlLoader *loader, Bitmapset *columns)
 	SPI_keepplan(cp->plan);
 	/* SPI calls leave CurrentMemoryContext at SPI's own: switch back */
 	MemoryContextSwitchTo(loader->cxt);
+	/* one plan per set of columns pages mention: keep the last few */
+	if (list_length(loader->plans) >= 16)
+	{
+		LoaderPlan *oldest = (LoaderPlan *) linitial(loader->plans);
+
+		SPI_freeplan(oldest->plan);
+		loader->plans = list_delete_first(loader->plans);
+	}
 	loader->plans = lappend(loader->plans, cp);
 	MemoryContextSwitchTo(old);
 	return cp;
+}
+
+/* COPY ignores row-level security: with RLS on, loads go through INSERT */
+static bool
+rls_enabled(EtlLoader *loader)
+{
+	return check_enable_rls(loader->insert_relid, loader->role_oid, true) == RLS_ENABLED;
 }
 
 static void
@@ -925,7 +940,7 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 
 	if (nrec == 0)
 		return 0;
-	if (loader->use_copy && !dry_run)
+	if (loader->use_copy && !dry_run && !rls_enabled(loader))
 		return load_page_copy(loader, records, nrec, page_index);
 	slots = palloc0(sizeof(JsonbValue) * nrec * ncols);	/* jbvNull is 0 */
 	collect_records(loader, records, nrec, page_index, slots, present);
@@ -1081,7 +1096,7 @@ etl_loader_scan_and_load(EtlLoader *loader, const char *body, size_t len, int32 
 	EtlScanResult result;
 	bool		any = false;
 
-	if (loader->scan == NULL)
+	if (loader->scan == NULL || rls_enabled(loader))
 		return false;
 	if (!etl_scan_page(loader->scan, body, len, &result))
 	{

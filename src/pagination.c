@@ -199,7 +199,7 @@ etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 			double		d = strtod(t, &end);
 
 			if (end != t && d >= 0)
-				outcome->expected_total = (int64) d;
+				outcome->expected_total = d < 9.0e18 ? (int64) d : PG_INT64_MAX;
 		}
 	}
 
@@ -231,7 +231,8 @@ etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 					outcome->last_page = true;
 					break;
 				}
-				link = etl_url_resolve(request_url, link);
+				/* relative to where the response came from (after redirects) */
+				link = etl_url_resolve(resp->effective_url ? resp->effective_url : request_url, link);
 				if (strcmp(link, request_url) == 0 ||
 					(cp->next_url && strcmp(link, cp->next_url) == 0))
 					ereport(ERROR,

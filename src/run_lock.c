@@ -42,7 +42,19 @@ etl_run_lock_try_acquire(int64 run_id)
 	LOCKTAG		tag;
 
 	run_locktag(&tag, run_id);
-	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+	/*
+	 * A liveness probe (etl_run_is_live, from anyone watching the run)
+	 * holds the lock for an instant: try a few times before concluding that
+	 * a worker has it.
+	 */
+	for (int attempt = 0; attempt < 20; attempt++)
+	{
+		if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+			return true;
+		pg_usleep(5000L);
+		CHECK_FOR_INTERRUPTS();
+	}
+	return false;
 }
 
 /* Is a worker alive on this run?  (Never call it from that worker.) */

@@ -33,7 +33,8 @@ typedef struct SecretEntry
 {
 	char	   *name;
 	char	   *value;
-	List	   *hosts;			/* NIL: the host of the job's first URL */
+	bool		job_host_only;	/* allowed_hosts NULL: the host of the job's URL */
+	List	   *hosts;			/* else these hosts (an empty list: none) */
 } SecretEntry;
 
 typedef struct OAuthToken
@@ -66,8 +67,8 @@ lookup_secret(const EtlJob *job, const char *name, const char *header)
 
 	SPI_connect();
 	values[0] = CStringGetTextDatum(name);
-	sql = psprintf("SELECT value, array_to_string(allowed_hosts, ',') FROM %s WHERE name = $1",
-				   etl_qualified("dw_etl_secrets"));
+	sql = psprintf("SELECT value, array_to_string(allowed_hosts, ','), allowed_hosts IS NULL "
+				   "FROM %s WHERE name = $1", etl_qualified("dw_etl_secrets"));
 	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "etl_exec: could not read dw_etl_secrets");
 	if (SPI_processed == 0)
@@ -81,6 +82,7 @@ lookup_secret(const EtlJob *job, const char *name, const char *header)
 	entry->name = MemoryContextStrdup(top, name);
 	entry->value = MemoryContextStrdup(top, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	hosts = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	entry->job_host_only = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "t") == 0;
 	if (hosts)
 	{
 		char	   *save = NULL;
@@ -133,7 +135,7 @@ secret_allowed_for(const EtlJob *job, SecretEntry *entry, const char *host)
 {
 	ListCell   *lc;
 
-	if (entry->hosts == NIL)
+	if (entry->job_host_only)
 	{
 		char	   *own = job_host(job);
 
@@ -288,7 +290,10 @@ etl_request_headers(void *arg, const char *url)
 				char	   *name = pnstrdup(p + 8, close - p - 8);
 				SecretEntry *entry = lookup_secret(job, name, key);
 
-				if (!secret_allowed_for(job, entry, host))
+				/* nor in clear text when the job itself speaks https */
+				if (!secret_allowed_for(job, entry, host) ||
+					(pg_strncasecmp(url, "http://", 7) == 0 &&
+					 pg_strncasecmp(job->url_template, "https://", 8) == 0))
 				{
 					send = false;
 					break;

@@ -401,3 +401,21 @@ def test_a_hostile_deeply_nested_body_fails_the_run_not_the_server(db):
     assert db.wait(run_id) == "failed"
     assert "stack depth limit exceeded" in db.run_row(run_id)["error_message"]
     assert db.one("SELECT 1") == 1
+
+
+def test_row_level_security_applies_to_loads(db, roles):
+    db.patients_table("o_rls")
+    db.q("GRANT SELECT, INSERT ON o_rls TO o_team")
+    db.q("ALTER TABLE o_rls ENABLE ROW LEVEL SECURITY")
+    db.q("CREATE POLICY small_ids ON o_rls FOR ALL TO o_team USING (true) WITH CHECK (patientid <= 150)")
+    job = db.job("orls", "/odata/Patients?n=300", "o_rls", page_size=100)
+    conn = connect(db.dbname, user="o_login")
+    cur = conn.cursor()
+    cur.execute("SET ROLE o_team")
+    cur.execute("SELECT etl_execute_job(%s)", (job,))
+    run_id = cur.fetchone()[0]
+    conn.close()
+    assert db.wait(run_id) == "failed"
+    row = db.run_row(run_id)
+    assert "new row violates row-level security policy" in row["error_message"]
+    assert db.one("SELECT count(*) FROM o_rls") == 100      # page 1 passed the policy
