@@ -174,6 +174,8 @@ extern bool etl_path_split(const EtlPath *path, EtlKeyPath *before, bool *star,
 
 /* ---------- page_scan.c ---------- */
 
+typedef struct EtlScanCache EtlScanCache;
+
 typedef struct EtlScanSpec
 {
 	EtlKeyPath	records_before; /* records_path = before[*]after */
@@ -185,15 +187,17 @@ typedef struct EtlScanSpec
 	bool	   *column_is_array;
 	bool		use_map;
 	EtlKeyPath *map;			/* per column; n = -1: not mapped */
-	int			(*column_for_key) (void *arg, int position, const char *key, int len);
-	void	   *arg;
+	char	  **column_names;
+	int		   *column_name_lens;
+	EtlScanCache *cache;		/* the scanner's own key cache */
 } EtlScanSpec;
 
 typedef struct EtlScanResult
 {
 	int			nrec;
 	bool	   *present;		/* columns the page mentions */
-	StringInfoData copy_text;	/* those columns of each record, as COPY text */
+	char	   *copy_text;		/* those columns of each record, as COPY text */
+	int			copy_len;
 	char	   *total_text;
 	char	   *next_text;
 	bool		container_seen; /* records_path led somewhere */
@@ -201,6 +205,11 @@ typedef struct EtlScanResult
 
 extern bool etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len,
 						  EtlScanResult *result);
+extern void etl_scan_result_free(EtlScanResult *result);
+extern EtlScanCache *etl_scan_cache_create(void);
+extern bool etl_scan_start(const EtlScanSpec *spec, const char *body, size_t len,
+						   EtlScanResult *result);
+extern bool etl_scan_finish(void);
 extern void etl_append_copy_text(StringInfo buf, const char *s, int len);
 
 /* ---------- pagination.c ---------- */
@@ -289,8 +298,9 @@ typedef struct EtlLoader EtlLoader;
 extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
 									MemoryContext cxt, int64 run_id, bool dry_run);
 extern void etl_loader_finish(EtlLoader *loader);
-extern bool etl_loader_scan_and_load(EtlLoader *loader, const char *body, size_t len,
-									 int32 page_index, EtlPageFacts *facts);
+extern const EtlScanSpec *etl_loader_scan_spec(EtlLoader *loader);
+extern bool etl_loader_load_scanned(EtlLoader *loader, EtlScanResult *result, bool scanned_ok,
+									int32 page_index, EtlPageFacts *facts);
 extern int	etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec,
 								 int32 page_index, bool dry_run);
 extern char *etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec);

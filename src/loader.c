@@ -231,14 +231,6 @@ etl_loader_finish(EtlLoader *loader)
 	SPI_finish();
 }
 
-static int	cached_column_for_key(EtlLoader *loader, int position, const char *key, int len);
-
-static int
-scan_column_for_key(void *arg, int position, const char *key, int len)
-{
-	return cached_column_for_key((EtlLoader *) arg, position, key, len);
-}
-
 /*
  * Can page_scan.c read this job's pages?  Its records, total and next
  * paths, and its column_map, must be plain member paths (records with one
@@ -251,6 +243,8 @@ build_scan_spec(EtlLoader *loader, const EtlJob *job)
 	EtlKeyPath	after;
 	bool		star;
 
+	if (GetDatabaseEncoding() != PG_UTF8)
+		return NULL;			/* it writes \uXXXX escapes as UTF-8 */
 	if (!etl_path_split(job->records, &spec->records_before, &star, &spec->records_after) || !star)
 		return NULL;
 	spec->total.n = -1;
@@ -277,8 +271,14 @@ build_scan_spec(EtlLoader *loader, const EtlJob *job)
 			(!etl_path_split(loader->cols[c].map_path, &spec->map[c], &star, &after) || star))
 			return NULL;
 	}
-	spec->column_for_key = scan_column_for_key;
-	spec->arg = loader;
+	spec->column_names = palloc(sizeof(char *) * Max(loader->ncols, 1));
+	spec->column_name_lens = palloc(sizeof(int) * Max(loader->ncols, 1));
+	for (int c = 0; c < loader->ncols; c++)
+	{
+		spec->column_names[c] = loader->cols[c].name;
+		spec->column_name_lens[c] = strlen(loader->cols[c].name);
+	}
+	spec->cache = etl_scan_cache_create();
 	return spec;
 }
 
@@ -828,7 +828,7 @@ append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
  * INSERT privilege on those columns, as COPY's own caller would.
  */
 static void
-copy_rows(EtlLoader *loader, StringInfo text, const bool *present, int32 page_index)
+copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int32 page_index)
 {
 	int			ncols = loader->ncols;
 	List	   *attnames = NIL;
@@ -843,8 +843,8 @@ copy_rows(EtlLoader *loader, StringInfo text, const bool *present, int32 page_in
 	for (int c = 0; c < ncols; c++)
 		if (present[c])
 			attnames = lappend(attnames, makeString(loader->cols[c].name));
-	copy_source.data = text->data;
-	copy_source.len = text->len;
+	copy_source.data = text;
+	copy_source.len = len;
 	copy_source.pos = 0;
 	/* a load blocked on a lock must not carry the run past its deadline */
 	etl_cap_lock_waits();
@@ -914,7 +914,7 @@ load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_inde
 		}
 		appendStringInfoChar(&text, '\n');
 	}
-	copy_rows(loader, &text, present, page_index);
+	copy_rows(loader, text.data, text.len, present, page_index);
 	return nrec;
 }
 
@@ -1085,20 +1085,29 @@ etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec)
 }
 
 /*
- * Load a page straight from its body with page_scan.c when the job allows
- * it.  Fills *facts and returns true; false means the caller must parse
- * the page as jsonb (nothing was loaded).
+ * The page reader's spec for this job, or NULL when its pages must be
+ * parsed as jsonb (a shape it does not handle, upsert, row-level security).
+ */
+const EtlScanSpec *
+etl_loader_scan_spec(EtlLoader *loader)
+{
+	if (loader->scan == NULL || rls_enabled(loader))
+		return NULL;
+	return loader->scan;
+}
+
+/*
+ * Load a page page_scan.c has read (scanned_ok: what it returned).  Fills
+ * *facts and returns true; false means the caller must parse the page as
+ * jsonb (nothing was loaded).  The caller frees the result.
  */
 bool
-etl_loader_scan_and_load(EtlLoader *loader, const char *body, size_t len, int32 page_index,
-						 EtlPageFacts *facts)
+etl_loader_load_scanned(EtlLoader *loader, EtlScanResult *result, bool scanned_ok,
+						int32 page_index, EtlPageFacts *facts)
 {
-	EtlScanResult result;
 	bool		any = false;
 
-	if (loader->scan == NULL || rls_enabled(loader))
-		return false;
-	if (!etl_scan_page(loader->scan, body, len, &result))
+	if (!scanned_ok)
 	{
 		/* an API whose pages it cannot read: stop reading them twice */
 		if (++loader->scan_misses >= 3)
@@ -1107,17 +1116,17 @@ etl_loader_scan_and_load(EtlLoader *loader, const char *body, size_t len, int32 
 	}
 	loader->scan_misses = 0;
 	/* nothing at records_path on the first page: the jsonb path explains */
-	if (result.nrec == 0 && !result.container_seen && page_index == 0)
+	if (result->nrec == 0 && !result->container_seen && page_index == 0)
 		return false;
-	facts->record_count = result.nrec;
-	facts->total_text = result.total_text;
-	facts->next_text = result.next_text;
-	if (result.nrec == 0)
+	facts->record_count = result->nrec;
+	facts->total_text = result->total_text ? pstrdup(result->total_text) : NULL;
+	facts->next_text = result->next_text ? pstrdup(result->next_text) : NULL;
+	if (result->nrec == 0)
 		return true;
 	for (int c = 0; c < loader->ncols; c++)
-		any |= result.present[c];
+		any |= result->present[c];
 	if (!any)
 		no_column_matches(loader, page_index);
-	copy_rows(loader, &result.copy_text, result.present, page_index);
+	copy_rows(loader, result->copy_text, result->copy_len, result->present, page_index);
 	return true;
 }

@@ -19,9 +19,17 @@
  * caller parses the page as jsonb, which gives the usual results and
  * error messages.
  *
+ * It touches no PostgreSQL state (malloc, not palloc; no ereport), so it
+ * can run in a thread of its own: the worker scans page N+1 there while
+ * it loads page N (etl_scan_start / etl_scan_finish below).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
@@ -30,6 +38,80 @@
 #include "etl_exec.h"
 
 #define SCAN_MAX_DEPTH 1000
+#define KEY_CACHE_SIZE 256
+#define MAX_MATCHES 64
+
+/* a growable malloc'd buffer (thread-safe, unlike StringInfo) */
+typedef struct Buf
+{
+	char	   *data;
+	int			len;
+	int			maxlen;
+	bool		oom;
+} Buf;
+
+static void
+buf_reserve(Buf *b, int more)
+{
+	if (b->oom)
+		return;
+	if (b->len + more + 1 > b->maxlen)
+	{
+		int			newlen = Max(b->maxlen * 2, b->len + more + 1);
+		char	   *p = realloc(b->data, newlen);
+
+		if (p == NULL)
+		{
+			b->oom = true;
+			return;
+		}
+		b->data = p;
+		b->maxlen = newlen;
+	}
+}
+
+static void
+buf_init(Buf *b)
+{
+	b->data = NULL;
+	b->len = 0;
+	b->maxlen = 0;
+	b->oom = false;
+	buf_reserve(b, 1024);
+	if (!b->oom)
+		b->data[0] = '\0';
+}
+
+static void
+buf_append(Buf *b, const char *p, int n)
+{
+	buf_reserve(b, n);
+	if (b->oom)
+		return;
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+}
+
+static inline void
+buf_char(Buf *b, char c)
+{
+	buf_append(b, &c, 1);
+}
+
+static void
+buf_string(Buf *b, const char *str)
+{
+	buf_append(b, str, strlen(str));
+}
+
+/* per-position cache of the column each record key maps to */
+typedef struct EtlScanCache
+{
+	char	   *keys[KEY_CACHE_SIZE];
+	int			lens[KEY_CACHE_SIZE];
+	int			cols[KEY_CACHE_SIZE];
+} EtlScanCache;
 
 typedef enum SlotKind
 {
@@ -59,7 +141,8 @@ typedef struct Scanner
 	Slot	   *slots;
 	int			nrec;
 	int			cap;
-	StringInfoData unescaped;
+	Buf			unescaped;
+	Buf			keybuf;
 	EtlScanResult *result;
 } Scanner;
 
@@ -80,6 +163,7 @@ typedef struct Match
 } Match;
 
 static bool scan_value(Scanner *s, Match *matches, int nmatches, Slot *row);
+static int	column_for_key(const EtlScanSpec *spec, int position, const char *key, int len);
 
 static inline void
 skip_ws(Scanner *s)
@@ -171,7 +255,7 @@ hex4(const char *p)
 
 /* Decode a (validated) string's escapes into buf, as UTF-8. */
 static bool
-unescape(Scanner *s, int start, int len, StringInfo buf)
+unescape(Scanner *s, int start, int len, Buf *buf)
 {
 	const char *p = s->body + start;
 	const char *end = p + len;
@@ -182,27 +266,27 @@ unescape(Scanner *s, int start, int len, StringInfo buf)
 
 		if (bs == NULL)
 		{
-			appendBinaryStringInfo(buf, p, end - p);
+			buf_append(buf, p, end - p);
 			break;
 		}
-		appendBinaryStringInfo(buf, p, bs - p);
+		buf_append(buf, p, bs - p);
 		p = bs + 1;
 		switch (*p)
 		{
 			case 'b':
-				appendStringInfoChar(buf, '\b');
+				buf_char(buf, '\b');
 				break;
 			case 'f':
-				appendStringInfoChar(buf, '\f');
+				buf_char(buf, '\f');
 				break;
 			case 'n':
-				appendStringInfoChar(buf, '\n');
+				buf_char(buf, '\n');
 				break;
 			case 'r':
-				appendStringInfoChar(buf, '\r');
+				buf_char(buf, '\r');
 				break;
 			case 't':
-				appendStringInfoChar(buf, '\t');
+				buf_char(buf, '\t');
 				break;
 			case 'u':
 				{
@@ -228,11 +312,11 @@ unescape(Scanner *s, int start, int len, StringInfo buf)
 					else if ((code >= 0xDC00 && code <= 0xDFFF) || code == 0)
 						return fail(s);
 					unicode_to_utf8(code, utf8);
-					appendBinaryStringInfo(buf, (char *) utf8, pg_utf_mblen(utf8));
+					buf_append(buf, (char *) utf8, pg_utf_mblen(utf8));
 					break;
 				}
 			default:			/* " \ / */
-				appendStringInfoChar(buf, *p);
+				buf_char(buf, *p);
 				break;
 		}
 		p++;
@@ -296,17 +380,17 @@ scan_literal(Scanner *s, const char *word)
  * text, as the jsonb path does.
  */
 static bool
-array_literal(Scanner *s, StringInfo buf)
+array_literal(Scanner *s, Buf *buf)
 {
 	if (++s->depth > SCAN_MAX_DEPTH)
 		return fail(s);
 	s->p++;
-	appendStringInfoChar(buf, '{');
+	buf_char(buf, '{');
 	skip_ws(s);
 	if (s->p < s->end && *s->p == ']')
 	{
 		s->p++;
-		appendStringInfoChar(buf, '}');
+		buf_char(buf, '}');
 		s->depth--;
 		return true;
 	}
@@ -327,17 +411,17 @@ array_literal(Scanner *s, StringInfo buf)
 		{
 			if (!scan_literal(s, "null"))
 				return false;
-			appendStringInfoString(buf, "NULL");
+			buf_string(buf, "NULL");
 		}
 		else
 		{
-			StringInfoData text;
+			Buf text;
 			int			off;
 			int			len;
 			bool		escaped;
 			bool		exponent;
 
-			initStringInfo(&text);
+			buf_init(&text);
 			if (*s->p == '"')
 			{
 				if (!scan_string(s, &off, &len, &escaped) || !unescape(s, off, len, &text))
@@ -349,36 +433,36 @@ array_literal(Scanner *s, StringInfo buf)
 			{
 				if (!scan_literal(s, *s->p == 't' ? "true" : "false"))
 					return false;
-				appendBinaryStringInfo(&text, start, s->p - start);
+				buf_append(&text, start, s->p - start);
 			}
 			else
 			{
 				if (!scan_number(s, &exponent) || exponent ||
 					(*start == '-' && strspn(start + 1, "0.") == (size_t) (s->p - start - 1)))
 					return fail(s);
-				appendBinaryStringInfo(&text, start, s->p - start);
+				buf_append(&text, start, s->p - start);
 			}
-			appendStringInfoChar(buf, '"');
+			buf_char(buf, '"');
 			for (int i = 0; i < text.len; i++)
 			{
 				if (text.data[i] == '"' || text.data[i] == '\\')
-					appendStringInfoChar(buf, '\\');
-				appendStringInfoChar(buf, text.data[i]);
+					buf_char(buf, '\\');
+				buf_char(buf, text.data[i]);
 			}
-			appendStringInfoChar(buf, '"');
-			pfree(text.data);
+			buf_char(buf, '"');
+			free(text.data);
 		}
 		skip_ws(s);
 		if (s->p < s->end && *s->p == ',')
 		{
 			s->p++;
-			appendStringInfoChar(buf, ',');
+			buf_char(buf, ',');
 			continue;
 		}
 		if (s->p < s->end && *s->p == ']')
 		{
 			s->p++;
-			appendStringInfoChar(buf, '}');
+			buf_char(buf, '}');
 			s->depth--;
 			return true;
 		}
@@ -512,18 +596,25 @@ scan_record(Scanner *s)
 		return fail(s);			/* not an object: the jsonb path says so */
 	if (s->nrec == s->cap)
 	{
+		Slot	   *grown;
+
 		s->cap = s->cap ? s->cap * 2 : 256;
-		s->slots = s->slots ? repalloc(s->slots, sizeof(Slot) * s->cap * ncols)
-			: palloc(sizeof(Slot) * s->cap * ncols);
+		grown = realloc(s->slots, sizeof(Slot) * s->cap * Max(ncols, 1));
+		if (grown == NULL)
+			return fail(s);
+		s->slots = grown;
 	}
 	row = &s->slots[s->nrec * ncols];
 	memset(row, 0, sizeof(Slot) * ncols);
 
 	if (s->spec->use_map)
 	{
-		Match	   *m = palloc(sizeof(Match) * ncols);
+		Match	   *m = malloc(sizeof(Match) * Max(ncols, 1));
 		int			nm = 0;
+		bool		ok;
 
+		if (m == NULL)
+			return fail(s);
 		for (int c = 0; c < ncols; c++)
 			if (s->spec->map[c].n >= 0)
 			{
@@ -534,9 +625,10 @@ scan_record(Scanner *s)
 				nm++;
 				s->result->present[c] = true;
 			}
-		if (!scan_value(s, m, nm, row))
+		ok = scan_value(s, m, nm, row);
+		free(m);
+		if (!ok)
 			return false;
-		pfree(m);
 		s->nrec++;
 		return true;
 	}
@@ -563,13 +655,11 @@ scan_record(Scanner *s)
 		key = s->body + off;
 		if (escaped)
 		{
-			StringInfoData k;
-
-			initStringInfo(&k);
-			if (!unescape(s, off, len, &k))
-				return false;
-			key = k.data;
-			len = k.len;
+			s->keybuf.len = 0;
+			if (!unescape(s, off, len, &s->keybuf) || s->keybuf.oom)
+				return fail(s);
+			key = s->keybuf.data;
+			len = s->keybuf.len;
 		}
 		skip_ws(s);
 		if (s->p >= s->end || *s->p != ':')
@@ -578,7 +668,9 @@ scan_record(Scanner *s)
 		skip_ws(s);
 		if (s->p >= s->end)
 			return fail(s);
-		column = s->spec->column_for_key(s->spec->arg, position++, key, len);
+		column = column_for_key(s->spec, position++, key, len);
+		if (column == -2)
+			return fail(s);
 		if (column >= 0)
 		{
 			if (!capture_column(s, row, column))
@@ -669,15 +761,18 @@ capture_scalar(Scanner *s, char **out)
 				return false;
 			if (escaped)
 			{
-				StringInfoData buf;
+				Buf			buf;
 
-				initStringInfo(&buf);
-				if (!unescape(s, off, len, &buf))
-					return false;
+				buf_init(&buf);
+				if (!unescape(s, off, len, &buf) || buf.oom)
+				{
+					free(buf.data);
+					return fail(s);
+				}
 				*out = buf.data;
 			}
-			else
-				*out = pnstrdup(s->body + off, len);
+			else if ((*out = strndup(s->body + off, len)) == NULL)
+				return fail(s);
 			return true;
 		case 'n':
 			return scan_literal(s, "null");
@@ -689,7 +784,8 @@ capture_scalar(Scanner *s, char **out)
 		default:
 			if (!scan_number(s, &exponent) || exponent)
 				return fail(s);
-			*out = pnstrdup(start, s->p - start);
+			if ((*out = strndup(start, s->p - start)) == NULL)
+				return fail(s);
 			return true;
 	}
 }
@@ -704,7 +800,7 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 {
 	const char *start;
 	int			ncomplete = 0;
-	bool	   *seen = NULL;
+	bool		seen[MAX_MATCHES];
 
 	skip_ws(s);
 	if (s->p >= s->end)
@@ -760,7 +856,10 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 	switch (*s->p)
 	{
 		case '{':
-			seen = NULL;
+			/* matches are few (paths and mapped columns): no allocation */
+			if (nmatches > MAX_MATCHES)
+				return fail(s);
+			memset(seen, 0, sizeof(bool) * nmatches);
 			s->p++;
 			skip_ws(s);
 			if (s->p < s->end && *s->p == '}')
@@ -773,7 +872,7 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 				int			off;
 				int			len;
 				bool		escaped;
-				Match	   *child = NULL;
+				Match		child[MAX_MATCHES];
 				int			nchild = 0;
 				const char *key;
 
@@ -783,25 +882,19 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 				key = s->body + off;
 				if (escaped)
 				{
-					StringInfoData k;
-
-					initStringInfo(&k);
-					if (!unescape(s, off, len, &k))
-						return false;
-					key = k.data;
-					len = k.len;
+					s->keybuf.len = 0;
+					if (!unescape(s, off, len, &s->keybuf) || s->keybuf.oom)
+						return fail(s);
+					key = s->keybuf.data;
+					len = s->keybuf.len;
 				}
 				for (int i = 0; i < nmatches; i++)
 					if (key_matches(matches[i].path, matches[i].pos, key, len))
 					{
 						/* a followed key twice in one object: jsonb keeps the last */
-						if (seen == NULL)
-							seen = palloc0(sizeof(bool) * nmatches);
 						if (seen[i])
 							return fail(s);
 						seen[i] = true;
-						if (child == NULL)
-							child = palloc(sizeof(Match) * nmatches);
 						child[nchild] = matches[i];
 						child[nchild].pos++;
 						nchild++;
@@ -810,10 +903,8 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 				if (s->p >= s->end || *s->p != ':')
 					return fail(s);
 				s->p++;
-				if (!scan_value(s, child, nchild, row))
+				if (!scan_value(s, nchild ? child : NULL, nchild, row))
 					return false;
-				if (child)
-					pfree(child);
 				skip_ws(s);
 				if (s->p < s->end && *s->p == ',')
 				{
@@ -899,47 +990,127 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 	return true;
 }
 
+/* escape s[0..len) for COPY's text format into dst (room for 2 * len) */
+static int
+copy_escape(char *dst, const char *s, int len)
+{
+	char	   *d = dst;
+
+	for (const char *end = s + len; s < end; s++)
+	{
+		switch (*s)
+		{
+			case '\\':
+				*d++ = '\\';
+				*d++ = '\\';
+				break;
+			case '\n':
+				*d++ = '\\';
+				*d++ = 'n';
+				break;
+			case '\r':
+				*d++ = '\\';
+				*d++ = 'r';
+				break;
+			case '\t':
+				*d++ = '\\';
+				*d++ = 't';
+				break;
+			default:
+				*d++ = *s;
+		}
+	}
+	return d - dst;
+}
+
 /* append s[0..len) escaped for COPY's text format */
 void
 etl_append_copy_text(StringInfo buf, const char *s, int len)
 {
-	const char *start = s;
-	const char *end = s + len;
+	enlargeStringInfo(buf, 2 * len + 1);
+	buf->len += copy_escape(buf->data + buf->len, s, len);
+	buf->data[buf->len] = '\0';
+}
 
-	enlargeStringInfo(buf, len + 2);
-	for (; s < end; s++)
+static void
+buf_append_copy_text(Buf *b, const char *s, int len)
+{
+	buf_reserve(b, 2 * len);
+	if (b->oom)
+		return;
+	b->len += copy_escape(b->data + b->len, s, len);
+	b->data[b->len] = '\0';
+}
+
+/*
+ * The column a record key maps to: exact name first, then ignoring case;
+ * -1 for none.  Remembered per position in the record (APIs repeat their
+ * keys in order).  -2 when memory runs out.
+ */
+static int
+column_for_key(const EtlScanSpec *spec, int position, const char *key, int len)
+{
+	EtlScanCache *cache = spec->cache;
+	int			col = -1;
+
+	if (position < KEY_CACHE_SIZE && cache->keys[position] &&
+		cache->lens[position] == len && memcmp(cache->keys[position], key, len) == 0)
+		return cache->cols[position];
+	for (int c = 0; c < spec->ncols; c++)
 	{
-		const char *esc;
-
-		switch (*s)
+		if (spec->column_name_lens[c] != len)
+			continue;
+		if (memcmp(spec->column_names[c], key, len) == 0)
 		{
-			case '\\':
-				esc = "\\\\";
-				break;
-			case '\n':
-				esc = "\\n";
-				break;
-			case '\r':
-				esc = "\\r";
-				break;
-			case '\t':
-				esc = "\\t";
-				break;
-			default:
-				continue;
+			col = c;
+			break;
 		}
-		appendBinaryStringInfo(buf, start, s - start);
-		appendStringInfoString(buf, esc);
-		start = s + 1;
+		if (col < 0 && pg_strncasecmp(spec->column_names[c], key, len) == 0)
+			col = c;
 	}
-	appendBinaryStringInfo(buf, start, end - start);
+	if (position < KEY_CACHE_SIZE)
+	{
+		char	   *copy = malloc(len + 1);
+
+		if (copy == NULL)
+			return -2;
+		memcpy(copy, key, len);
+		copy[len] = '\0';
+		free(cache->keys[position]);
+		cache->keys[position] = copy;
+		cache->lens[position] = len;
+		cache->cols[position] = col;
+	}
+	return col;
+}
+
+EtlScanCache *
+etl_scan_cache_create(void)
+{
+	EtlScanCache *cache = calloc(1, sizeof(EtlScanCache));
+
+	if (cache == NULL)
+		elog(ERROR, "etl_exec: out of memory");
+	return cache;
+}
+
+/* Free what etl_scan_page allocated for a result. */
+void
+etl_scan_result_free(EtlScanResult *result)
+{
+	free(result->present);
+	free(result->copy_text);
+	free(result->total_text);
+	free(result->next_text);
+	memset(result, 0, sizeof(*result));
 }
 
 /*
  * Scan a page.  On success fills *result: the record count, which columns
  * the page mentions, the records as COPY text (those columns, in column
  * order), and the total and next link/cursor when the spec asks for them.
- * Returns false when the jsonb path must do this page.
+ * Returns false when the jsonb path must do this page.  Everything in
+ * *result is malloc'd: free it with etl_scan_result_free(), either way.
  */
 bool
 etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResult *result)
@@ -948,54 +1119,160 @@ etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResu
 	Match		matches[3];
 	int			nm = 0;
 	int			ncols = spec->ncols;
+	Buf			out;
+	bool		ok;
 
 	memset(result, 0, sizeof(*result));
-	result->present = palloc0(sizeof(bool) * ncols);
-	if (GetDatabaseEncoding() != PG_UTF8)
-		return false;			/* \uXXXX would need converting */
+	result->present = calloc(Max(ncols, 1), sizeof(bool));
+	if (result->present == NULL)
+		return false;
 	s.spec = spec;
 	s.body = body;
 	s.p = body;
 	s.end = body + len;
 	s.result = result;
-	initStringInfo(&s.unescaped);
+	buf_init(&s.unescaped);
+	buf_init(&s.keybuf);
 
 	matches[nm++] = (Match) {&spec->records_before, 0, MATCH_RECORDS, -1};
 	if (spec->total.n >= 0)
 		matches[nm++] = (Match) {&spec->total, 0, MATCH_TOTAL, -1};
 	if (spec->next.n >= 0)
 		matches[nm++] = (Match) {&spec->next, 0, MATCH_NEXT, -1};
-	if (!scan_value(&s, matches, nm, NULL))
-		return false;
-	skip_ws(&s);
-	if (s.p != s.end || s.failed)
-		return false;
-
-	result->nrec = s.nrec;
-	initStringInfo(&result->copy_text);
-	enlargeStringInfo(&result->copy_text, (int) Min(len + len / 8 + 1024, (size_t) MaxAllocSize / 2));
-	for (int r = 0; r < s.nrec; r++)
+	ok = scan_value(&s, matches, nm, NULL);
+	if (ok)
 	{
-		Slot	   *row = &s.slots[r * ncols];
-		bool		first = true;
-
-		for (int c = 0; c < ncols; c++)
-		{
-			if (!result->present[c])
-				continue;
-			if (!first)
-				appendStringInfoChar(&result->copy_text, '\t');
-			first = false;
-			if (row[c].kind == SLOT_NULL)
-				appendBinaryStringInfo(&result->copy_text, "\\N", 2);
-			else if (row[c].plain)
-				appendBinaryStringInfo(&result->copy_text, body + row[c].off, row[c].len);
-			else
-				etl_append_copy_text(&result->copy_text,
-									 (row[c].kind == SLOT_BODY ? body : s.unescaped.data) + row[c].off,
-									 row[c].len);
-		}
-		appendStringInfoChar(&result->copy_text, '\n');
+		skip_ws(&s);
+		ok = s.p == s.end && !s.failed && !s.unescaped.oom && !s.keybuf.oom;
 	}
+
+	if (ok)
+	{
+		result->nrec = s.nrec;
+		buf_init(&out);
+		buf_reserve(&out, (int) Min(len + len / 8 + 1024, (size_t) INT_MAX / 4));
+		for (int r = 0; r < s.nrec; r++)
+		{
+			Slot	   *row = &s.slots[r * ncols];
+			bool		first = true;
+
+			for (int c = 0; c < ncols; c++)
+			{
+				if (!result->present[c])
+					continue;
+				if (!first)
+					buf_char(&out, '\t');
+				first = false;
+				if (row[c].kind == SLOT_NULL)
+					buf_append(&out, "\\N", 2);
+				else if (row[c].plain)
+					buf_append(&out, body + row[c].off, row[c].len);
+				else
+					buf_append_copy_text(&out,
+										 (row[c].kind == SLOT_BODY ? body : s.unescaped.data) + row[c].off,
+										 row[c].len);
+			}
+			buf_char(&out, '\n');
+		}
+		ok = !out.oom;
+		result->copy_text = out.data;
+		result->copy_len = out.len;
+	}
+	free(s.slots);
+	free(s.unescaped.data);
+	free(s.keybuf.data);
+	return ok;
+}
+
+/* ---------- scanning in a thread of its own ---------- */
+
+/*
+ * One helper thread scans the next page while the worker loads the current
+ * one.  It runs only etl_scan_page, which touches no PostgreSQL state; all
+ * signals are blocked in it, so the worker's handlers run where they expect.
+ */
+static pthread_t scan_thread;
+static bool scan_thread_started = false;
+static pthread_mutex_t scan_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t scan_cond = PTHREAD_COND_INITIALIZER;
+static struct
+{
+	bool		posted;			/* a page waits to be scanned, or is being */
+	bool		done;
+	const EtlScanSpec *spec;
+	const char *body;
+	size_t		len;
+	EtlScanResult *result;
+	bool		ok;
+} scan_job;
+
+static void *
+scan_thread_main(void *arg)
+{
+	pthread_mutex_lock(&scan_mutex);
+	for (;;)
+	{
+		while (!scan_job.posted || scan_job.done)
+			pthread_cond_wait(&scan_cond, &scan_mutex);
+		pthread_mutex_unlock(&scan_mutex);
+		scan_job.ok = etl_scan_page(scan_job.spec, scan_job.body, scan_job.len, scan_job.result);
+		pthread_mutex_lock(&scan_mutex);
+		scan_job.done = true;
+		pthread_cond_broadcast(&scan_cond);
+	}
+	return NULL;
+}
+
+/* Start scanning a page in the background; false if no thread can run. */
+bool
+etl_scan_start(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResult *result)
+{
+	if (!scan_thread_started)
+	{
+		sigset_t	all;
+		sigset_t	old;
+		int			rc;
+
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, &old);
+		rc = pthread_create(&scan_thread, NULL, scan_thread_main, NULL);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (rc != 0)
+			return false;
+		scan_thread_started = true;
+	}
+	pthread_mutex_lock(&scan_mutex);
+	Assert(!scan_job.posted);
+	scan_job.spec = spec;
+	scan_job.body = body;
+	scan_job.len = len;
+	scan_job.result = result;
+	scan_job.done = false;
+	scan_job.posted = true;
+	pthread_cond_broadcast(&scan_cond);
+	pthread_mutex_unlock(&scan_mutex);
 	return true;
+}
+
+/*
+ * Wait for the background scan (a page's worth of work: milliseconds) and
+ * return what etl_scan_page returned; false when none was started.
+ */
+bool
+etl_scan_finish(void)
+{
+	bool		ok;
+
+	pthread_mutex_lock(&scan_mutex);
+	if (!scan_job.posted)
+	{
+		pthread_mutex_unlock(&scan_mutex);
+		return false;
+	}
+	while (!scan_job.done)
+		pthread_cond_wait(&scan_cond, &scan_mutex);
+	scan_job.posted = false;
+	ok = scan_job.ok;
+	pthread_mutex_unlock(&scan_mutex);
+	return ok;
 }

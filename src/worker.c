@@ -213,6 +213,13 @@ typedef struct RunState
 	/* hashes of the next links / cursors this segment followed: no cycles */
 	uint64	   *seen_links;
 	int			nseen_links;
+	/* the next page, fetched and being scanned while this one loads */
+	EtlScanResult scan_results[2];
+	int			scan_slot;		/* the result the next page goes to */
+	bool		prefetched;
+	ErrorData  *deferred_error; /* the prefetch's; shows after this page */
+	char	   *prefetch_url;
+	EtlHttpResponse prefetch_resp;
 } RunState;
 
 #define MAX_SEEN_LINKS 100000
@@ -305,10 +312,88 @@ check_records_present(RunState *st, Jsonb *body)
  * the checkpoint after it.  Returns a stop reason when the run must stop
  * before the page was complete (the page is then not loaded).
  */
+/* Keep what the next iteration needs of a prefetched response. */
+static void
+keep_prefetch(RunState *st, const char *url, const EtlHttpResponse *resp)
+{
+	MemoryContext old = MemoryContextSwitchTo(st->run_cxt);
+	ListCell   *lc;
+
+	/* the previous one's copies: the run's memory must not grow with pages */
+	if (st->prefetch_url)
+		pfree(st->prefetch_url);
+	if (st->prefetch_resp.effective_url)
+		pfree(st->prefetch_resp.effective_url);
+	list_free_deep(st->prefetch_resp.link_headers);
+	st->prefetch_url = pstrdup(url);
+	st->prefetch_resp = *resp;
+	st->prefetch_resp.effective_url = resp->effective_url ? pstrdup(resp->effective_url) : NULL;
+	st->prefetch_resp.link_headers = NIL;
+	foreach(lc, resp->link_headers)
+		st->prefetch_resp.link_headers = lappend(st->prefetch_resp.link_headers,
+												 pstrdup((char *) lfirst(lc)));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * GET the page after this one, in a subtransaction of its own: if that
+ * fails, this page still loads and commits, and the run fails after it
+ * (st->deferred_error) instead of losing it.
+ */
+static EtlStopReason
+prefetch_get(RunState *st, const char *url, EtlHttpResponse *resp)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile EtlStopReason stop = ETL_STOP_NONE;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		stop = etl_http_get(url, etl_request_headers, &st->job, resp);
+		st->retries += resp->retries;
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(st->run_cxt);
+		st->deferred_error = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		stop = ETL_STOP_CANCELLED;	/* anything but NONE: no prefetch */
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return stop;
+}
+
+/* Wait for a background scan still running (after an error or a stop). */
+static void
+drain_prefetch(RunState *st)
+{
+	if (!st->prefetched)
+		return;
+	(void) etl_scan_finish();
+	etl_scan_result_free(&st->scan_results[st->scan_slot]);
+	st->prefetched = false;
+}
+
+/*
+ * Fetch, parse and load the page that follows st->cp.  On success *next is
+ * the checkpoint after it.  Returns a stop reason when the run must stop
+ * before the page was complete (the page is then not loaded).
+ *
+ * When the page reader can read the job's pages, the next page is fetched
+ * before this one is loaded, and scanned in the background while this one
+ * goes through COPY: the two cores each do half the work.
+ */
 static EtlStopReason
 process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 {
-	char	   *url = etl_pagination_request_url(&st->job, &st->cp);
+	const EtlScanSpec *spec = dry_run ? NULL : etl_loader_scan_spec(st->loader);
+	char	   *url;
 	EtlHttpResponse resp;
 	EtlStopReason stop;
 	Jsonb	   *body;
@@ -317,25 +402,95 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 	EtlPageOutcome outcome;
 	EtlPageFacts facts;
 	ErrorContextCallback errcb;
-	char	   *redacted = etl_url_redact(url);
+	char	   *redacted;
+	EtlScanResult *scanned = NULL;
+	bool		scanned_ok = false;
 
-	if (st->from_stored_link)
+	if (st->prefetched)
 	{
-		errcb.callback = stored_link_error_context;
-		errcb.arg = st;
-		errcb.previous = error_context_stack;
-		error_context_stack = &errcb;
+		/* fetched, and scanned in the background, while the last page loaded */
+		url = st->prefetch_url;
+		resp = st->prefetch_resp;
+		scanned_ok = etl_scan_finish();
+		scanned = &st->scan_results[st->scan_slot];
+		st->prefetched = false;
 	}
-	stop = etl_http_get(url, etl_request_headers, &st->job, &resp);
-	if (st->from_stored_link)
-		error_context_stack = errcb.previous;
-	st->retries += resp.retries;
-	if (stop != ETL_STOP_NONE)
-		return stop;
+	else
+	{
+		url = etl_pagination_request_url(&st->job, &st->cp);
+		if (st->from_stored_link)
+		{
+			errcb.callback = stored_link_error_context;
+			errcb.arg = st;
+			errcb.previous = error_context_stack;
+			error_context_stack = &errcb;
+		}
+		stop = etl_http_get(url, etl_request_headers, &st->job, &resp);
+		if (st->from_stored_link)
+			error_context_stack = errcb.previous;
+		st->retries += resp.retries;
+		if (stop != ETL_STOP_NONE)
+			return stop;
+		if (spec)
+		{
+			scanned = &st->scan_results[st->scan_slot];
+			scanned_ok = etl_scan_page(spec, resp.body, resp.body_len, scanned);
+		}
+	}
+	redacted = etl_url_redact(url);
 
 	memset(&facts, 0, sizeof(facts));
-	if (dry_run || !etl_loader_scan_and_load(st->loader, resp.body, resp.body_len,
-											 st->cp.page_index, &facts))
+	if (scanned && (!scanned_ok || (scanned->nrec == 0 && !scanned->container_seen && st->cp.page_index == 0)))
+	{
+		/* counts the miss; the page goes the jsonb way below */
+		(void) etl_loader_load_scanned(st->loader, scanned, scanned_ok, st->cp.page_index, &facts);
+		etl_scan_result_free(scanned);
+		scanned = NULL;
+	}
+
+	if (scanned)
+	{
+		EtlScanResult *this_page = scanned;
+
+		facts.record_count = this_page->nrec;
+		facts.total_text = this_page->total_text ? pstrdup(this_page->total_text) : NULL;
+		facts.next_text = this_page->next_text ? pstrdup(this_page->next_text) : NULL;
+		etl_pagination_advance(&st->job, &st->cp, url, &facts, &resp, &outcome);
+		check_link_cycle(st, outcome.next_url, false);
+		check_link_cycle(st, outcome.cursor, true);
+
+		if (!outcome.last_page)
+		{
+			/* fetch the next page now; scan it while this one loads */
+			EtlCheckpoint after = st->cp;
+			char	   *next_url;
+			EtlHttpResponse next_resp;
+
+			after.skip += facts.record_count;
+			after.page_index += 1;
+			after.next_url = outcome.next_url;
+			after.cursor = outcome.cursor;
+			next_url = etl_pagination_request_url(&st->job, &after);
+			stop = prefetch_get(st, next_url, &next_resp);
+			if (stop == ETL_STOP_NONE)
+			{
+				int			other = 1 - st->scan_slot;
+
+				/* (no thread to be had: the next turn fetches it again) */
+				if (etl_scan_start(spec, next_resp.body, next_resp.body_len, &st->scan_results[other]))
+				{
+					keep_prefetch(st, next_url, &next_resp);
+					st->scan_slot = other;
+					st->prefetched = true;
+				}
+			}
+			/* else the stop shows at the next turn: this page still loads */
+		}
+
+		(void) etl_loader_load_scanned(st->loader, this_page, true, st->cp.page_index, &facts);
+		etl_scan_result_free(this_page);
+	}
+	else
 	{
 		errcb.callback = parse_error_context;
 		errcb.arg = redacted;
@@ -369,11 +524,11 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 			st->dry_run_report = report.data;
 			MemoryContextSwitchTo(old);
 		}
+		etl_pagination_advance(&st->job, &st->cp, url, &facts, &resp, &outcome);
+		check_link_cycle(st, outcome.next_url, false);
+		check_link_cycle(st, outcome.cursor, true);
 	}
 
-	etl_pagination_advance(&st->job, &st->cp, url, &facts, &resp, &outcome);
-	check_link_cycle(st, outcome.next_url, false);
-	check_link_cycle(st, outcome.cursor, true);
 	if (outcome.last_page && !dry_run)
 		etl_loader_finish(st->loader);
 	*next = st->cp;
@@ -627,6 +782,7 @@ run_pages(int64 run_id)
 			RollbackAndReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(st.run_cxt);
 			CurrentResourceOwner = owner;
+			drain_prefetch(&st);
 			stop = stop_for_error(edata);
 			if (stop == ETL_STOP_NONE)
 			{
@@ -644,6 +800,19 @@ run_pages(int64 run_id)
 		st.pages_fetched++;
 		st.from_stored_link = false;
 		adopt_checkpoint(&st, &st.next);
+		if (st.deferred_error)
+		{
+			/* fetching the next page failed: this one is in; now stop */
+			st.rate_pages++;
+			stop = stop_for_error(st.deferred_error);
+			if (stop == ETL_STOP_NONE)
+			{
+				error_message = format_error(st.deferred_error);
+				error_sqlstate = pstrdup(unpack_sql_state(st.deferred_error->sqlerrcode));
+			}
+			QueryCancelPending = false;
+			break;
+		}
 		st.rate_pages++;
 		etl_report_activity(run_id, &st.cp, st.pages_fetched, recent_rate(&st),
 							st.expected_total, st.retries);
@@ -667,6 +836,7 @@ run_pages(int64 run_id)
 		}
 	}
 
+	drain_prefetch(&st);			/* a page fetched but not to be loaded now */
 	etl_http_cleanup();
 	MemoryContextSwitchTo(st.run_cxt);
 

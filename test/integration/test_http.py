@@ -36,6 +36,7 @@ def run_in_session(db, sql, args=(), settings=()):
 
 
 def test_5xx_then_success_is_retried(db):
+    reset()                                  # fail_at counts are the mock's, across tests
     db.patients_table("h_500")
     job = db.job("h500", "/odata/Patients?n=2000&fail_at=1000&fail_status=500&fail_times=2", "h_500",
                  page_size=500, pagination_options=TOTAL)
@@ -48,6 +49,7 @@ def test_5xx_then_success_is_retried(db):
 
 
 def test_429_retry_after_is_honoured(db):
+    reset()                                  # fail_at counts are the mock's, across tests
     db.patients_table("h_429")
     job = db.job("h429", "/odata/Patients?n=1000&fail_at=500&fail_status=429&fail_times=1&retry_after=2",
                  "h_429", page_size=500, pagination_options=TOTAL)
@@ -60,6 +62,7 @@ def test_429_retry_after_is_honoured(db):
 
 
 def test_a_retry_wait_past_the_deadline_times_out_at_once(db):
+    reset()                                  # fail_at counts are the mock's, across tests
     db.patients_table("h_ra")
     job = db.job("hra", "/odata/Patients?n=2000&fail_at=1000&fail_status=503&retry_after=60", "h_ra",
                  page_size=500, pagination_options=TOTAL, checkpoint_interval_seconds=0)
@@ -73,6 +76,7 @@ def test_a_retry_wait_past_the_deadline_times_out_at_once(db):
 
 
 def test_retries_are_limited(db):
+    reset()                                  # fail_at counts are the mock's, across tests
     db.patients_table("h_lim")
     job = db.job("hlim", "/odata/Patients?n=1000&fail_at=0&fail_status=503&retry_after=0", "h_lim",
                  page_size=500, max_retries=2)
@@ -117,6 +121,7 @@ def test_a_worker_stops_within_a_second_mid_transfer(db, how, status):
 
 
 def test_a_truncated_body_is_retried_then_fails_clearly(db):
+    reset()                                  # fail_at counts are the mock's, across tests
     db.patients_table("h_trunc")
     job = db.job("htrunc", "/odata/Patients?n=1000&truncate_at=500", "h_trunc", page_size=500, max_retries=1)
     run_id = run_in_session(db, "SELECT etl_execute_job(%s)", (job,), ["SET etl_exec.retry_base_delay_ms = 10"])
