@@ -83,6 +83,7 @@ DATA ENDPOINTS (GET only; POST/other -> 405; unknown path -> 404 {"error":..})
    relative=1       the link is relative: "Patients?$skiptoken=TOK&$top=T&..."
    trailing_empty=1 the last page holding data still gets a nextLink; it
                     leads to a page with "value": [] and no nextLink.
+   cycle_link=1     the third page links back to the second (a cycle)
    repeat_link=1    the second page (the one reached through the first link)
                     carries a nextLink identical to the link that led to it.
    Bad/unknown $skiptoken -> 400 {"error": "invalid skiptoken"}.
@@ -413,6 +414,9 @@ def ep_nextlink(h, q, n):
         if q.flag("repeat_link") and tok is not None and offset == eff:
             # second page: repeat the link that led here
             obj["@odata.nextLink"] = link(offset)
+        elif q.flag("cycle_link") and offset == 2 * eff:
+            # third page: back to the second (A -> B -> C -> B ...)
+            obj["@odata.nextLink"] = link(eff)
         elif end < n:
             obj["@odata.nextLink"] = link(end)
         elif q.flag("trailing_empty") and offset < n:
