@@ -206,6 +206,30 @@ LANGUAGE sql STABLE AS $$
     WHERE c.oid = pg_catalog.to_regclass(p_target)
 $$;
 
+-- The run a function acts on, with the liveness rule applied to its status;
+-- refuses an unknown run, and a caller who is not the run's role, a member
+-- of it, or a superuser (p_action says what was refused).
+CREATE FUNCTION _etl_run_for(p_run_id bigint, p_action text) RETURNS dw_etl_runs
+LANGUAGE plpgsql AS $$
+DECLARE
+    r @extschema@.dw_etl_runs;
+BEGIN
+    SELECT * INTO r FROM @extschema@.dw_etl_runs x WHERE x.run_id = p_run_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(p_run_id::text, 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
+    END IF;
+    IF NOT pg_has_role(current_user, r.started_by::oid, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to % etl_exec run %: it belongs to role %', p_action, r.run_id, r.started_by
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('Only the role that started a run, its members and superusers may %s it.', p_action);
+    END IF;
+    r.status := @extschema@._etl_run_state(r.status, r.run_id);
+    RETURN r;
+END
+$$;
+
 -- The job, checked for a start: it exists, is enabled, its table exists.
 CREATE FUNCTION _etl_job_for_run(p_job_id int) RETURNS dw_etl_jobs
 LANGUAGE plpgsql AS $$
@@ -538,18 +562,7 @@ DECLARE
     diff text;
     rid bigint;
 BEGIN
-    SELECT * INTO r FROM @extschema@.dw_etl_runs x WHERE x.run_id = etl_resume_run.run_id;
-    r.status := @extschema@._etl_run_state(r.status, r.run_id);
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_resume_run.run_id::text, 'NULL')
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
-    END IF;
-    IF NOT pg_has_role(current_user, r.started_by::oid, 'MEMBER') THEN
-        RAISE EXCEPTION 'permission denied to resume etl_exec run %: it belongs to role %', r.run_id, r.started_by
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Only the role that started a run, its members and superusers may resume it.';
-    END IF;
+    r := @extschema@._etl_run_for(etl_resume_run.run_id, 'resume');
     IF r.dry_run THEN
         RAISE EXCEPTION 'etl_exec run % is a dry run and cannot be resumed', r.run_id
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -647,18 +660,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r @extschema@.dw_etl_runs;
 BEGIN
-    SELECT * INTO r FROM @extschema@.dw_etl_runs x WHERE x.run_id = etl_retry_run.run_id;
-    r.status := @extschema@._etl_run_state(r.status, r.run_id);
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_retry_run.run_id::text, 'NULL')
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
-    END IF;
-    IF NOT pg_has_role(current_user, r.started_by::oid, 'MEMBER') THEN
-        RAISE EXCEPTION 'permission denied to retry etl_exec run %: it belongs to role %', r.run_id, r.started_by
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Only the role that started a run, its members and superusers may retry it.';
-    END IF;
+    r := @extschema@._etl_run_for(etl_retry_run.run_id, 'retry');
     IF r.status IN ('queued', 'running') THEN
         RAISE EXCEPTION 'etl_exec run % is still running (worker pid %)', r.run_id, r.worker_pid
             USING ERRCODE = 'object_in_use',
@@ -700,17 +702,7 @@ DECLARE
     r @extschema@.dw_etl_runs;
 BEGIN
     PERFORM @extschema@._etl_reap(NULL, etl_cancel_run.run_id);
-    SELECT * INTO r FROM @extschema@.dw_etl_runs x WHERE x.run_id = etl_cancel_run.run_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_cancel_run.run_id::text, 'NULL')
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
-    END IF;
-    IF NOT pg_has_role(current_user, r.started_by::oid, 'MEMBER') THEN
-        RAISE EXCEPTION 'permission denied to cancel etl_exec run %: it belongs to role %', r.run_id, r.started_by
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Only the role that started a run, its members and superusers may cancel it.';
-    END IF;
+    r := @extschema@._etl_run_for(etl_cancel_run.run_id, 'cancel');
     IF r.status NOT IN ('queued', 'running') THEN
         RAISE NOTICE 'etl_exec run % is not running (it is %); nothing to cancel', r.run_id, r.status;
         RETURN false;
@@ -887,7 +879,8 @@ REVOKE EXECUTE ON FUNCTION
     _etl_start_worker(text, int, bigint, int, boolean, jsonb, oid, text),
     _etl_wait_run_end(bigint, int), _etl_fresh_run(bigint), _etl_signal_run(bigint),
     _etl_paging_of(int), _etl_add_segment(jsonb, jsonb), _etl_json_differences(jsonb, jsonb, text, text),
-    _etl_reap(int, bigint), _etl_run_state(text, bigint), _etl_resolve_target(text), _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
+    _etl_reap(int, bigint), _etl_run_state(text, bigint), _etl_run_for(bigint, text), _etl_resolve_target(text),
+    _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
     etl_recommended_timeout(int), _etl_check_url_parameters(text, jsonb), _etl_raise_outcome(bigint),
     _etl_start_new_run(dw_etl_jobs, jsonb, int, boolean, boolean),
     etl_resume_run(bigint, int, boolean),
@@ -901,7 +894,8 @@ GRANT EXECUTE ON FUNCTION
     _etl_start_worker(text, int, bigint, int, boolean, jsonb, oid, text),
     _etl_wait_run_end(bigint, int), _etl_fresh_run(bigint), _etl_signal_run(bigint),
     _etl_paging_of(int), _etl_add_segment(jsonb, jsonb), _etl_json_differences(jsonb, jsonb, text, text),
-    _etl_reap(int, bigint), _etl_run_state(text, bigint), _etl_resolve_target(text), _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
+    _etl_reap(int, bigint), _etl_run_state(text, bigint), _etl_run_for(bigint, text), _etl_resolve_target(text),
+    _etl_job_for_run(int), _etl_effective_timeout(dw_etl_jobs, int),
     etl_recommended_timeout(int), _etl_check_url_parameters(text, jsonb), _etl_raise_outcome(bigint),
     _etl_start_new_run(dw_etl_jobs, jsonb, int, boolean, boolean),
     etl_resume_run(bigint, int, boolean),

@@ -578,6 +578,28 @@ capture_column(Scanner *s, Slot *row, int column)
 	return true;
 }
 
+/*
+ * After an element or member: a ',' goes on (1), the closing bracket ends
+ * the container (0), anything else is bad JSON (-1).
+ */
+static int
+next_item(Scanner *s, char close)
+{
+	skip_ws(s);
+	if (s->p < s->end && *s->p == ',')
+	{
+		s->p++;
+		return 1;
+	}
+	if (s->p < s->end && *s->p == close)
+	{
+		s->p++;
+		return 0;
+	}
+	fail(s);
+	return -1;
+}
+
 static bool
 key_matches(const EtlKeyPath *path, int pos, const char *key, int len)
 {
@@ -591,6 +613,7 @@ scan_record(Scanner *s)
 	Slot	   *row;
 	int			position = 0;
 	int			ncols = s->spec->ncols;
+	int			more;
 
 	if (*s->p != '{')
 		return fail(s);			/* not an object: the jsonb path says so */
@@ -678,18 +701,10 @@ scan_record(Scanner *s)
 		}
 		else if (!scan_value(s, NULL, 0, NULL))
 			return false;
-		skip_ws(s);
-		if (s->p < s->end && *s->p == ',')
-		{
-			s->p++;
-			continue;
-		}
-		if (s->p < s->end && *s->p == '}')
-		{
-			s->p++;
+		if ((more = next_item(s, '}')) < 0)
+			return false;
+		if (more == 0)
 			break;
-		}
-		return fail(s);
 	}
 	s->nrec++;
 	return true;
@@ -700,6 +715,7 @@ static bool
 scan_records(Scanner *s)
 {
 	const EtlKeyPath *after = &s->spec->records_after;
+	int			more;
 
 	s->result->container_seen = true;
 	if (*s->p != '[')
@@ -729,18 +745,10 @@ scan_records(Scanner *s)
 			if (!scan_value(s, &m, 1, NULL))
 				return false;
 		}
-		skip_ws(s);
-		if (s->p < s->end && *s->p == ',')
-		{
-			s->p++;
-			continue;
-		}
-		if (s->p < s->end && *s->p == ']')
-		{
-			s->p++;
+		if ((more = next_item(s, ']')) < 0)
+			return false;
+		if (more == 0)
 			return true;
-		}
-		return fail(s);
 	}
 }
 
@@ -801,6 +809,7 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 	const char *start;
 	int			ncomplete = 0;
 	bool		seen[MAX_MATCHES];
+	int			more;
 
 	skip_ws(s);
 	if (s->p >= s->end)
@@ -905,18 +914,10 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 				s->p++;
 				if (!scan_value(s, nchild ? child : NULL, nchild, row))
 					return false;
-				skip_ws(s);
-				if (s->p < s->end && *s->p == ',')
-				{
-					s->p++;
-					continue;
-				}
-				if (s->p < s->end && *s->p == '}')
-				{
-					s->p++;
+				if ((more = next_item(s, '}')) < 0)
+					return false;
+				if (more == 0)
 					break;
-				}
-				return fail(s);
 			}
 			break;
 		case '[':
@@ -933,18 +934,10 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 			{
 				if (!scan_value(s, NULL, 0, NULL))
 					return false;
-				skip_ws(s);
-				if (s->p < s->end && *s->p == ',')
-				{
-					s->p++;
-					continue;
-				}
-				if (s->p < s->end && *s->p == ']')
-				{
-					s->p++;
+				if ((more = next_item(s, ']')) < 0)
+					return false;
+				if (more == 0)
 					break;
-				}
-				return fail(s);
 			}
 			break;
 		case '"':
