@@ -13,7 +13,7 @@ bash test/cluster.sh start
 psql -X -v ON_ERROR_STOP=1 -v mock="$MOCK_API" <<'SQL'
 \pset footer off
 \echo
-\echo '=== 1. A job: 20,000 patients from the mock OData API, 500 a page (slowed to ~40 ms a page)'
+\echo '=== 1. A job: 20,000 patients from the mock OData API, 500 a page (slowed to ~150 ms a page)'
 CREATE EXTENSION IF NOT EXISTS etl_exec;
 DROP TABLE IF EXISTS demo_patients;
 CREATE TABLE demo_patients (
@@ -23,12 +23,12 @@ DELETE FROM dw_etl_runs WHERE job_id IN (SELECT job_id FROM dw_etl_jobs WHERE na
 DELETE FROM dw_etl_jobs WHERE name = 'demo_patients';
 INSERT INTO dw_etl_jobs (name, url, pagination, page_size, pagination_options, target_table,
                          checkpoint_interval_seconds)
-VALUES ('demo_patients', :'mock' || '/odata/Patients?n=20000&delay_ms=40', 'offset', 500,
+VALUES ('demo_patients', :'mock' || '/odata/Patients?n=20000&delay_ms=150', 'offset', 500,
         '{"total_path": "$.\"@odata.count\""}', 'demo_patients', 1)
 RETURNING job_id, name, url \gset
 \echo
-\echo '=== 2. Start it with a 3-second timeout: the call returns the run_id at once'
-SELECT etl_execute_job(:job_id, timeout := 3) AS run_id \gset
+\echo '=== 2. Start it with a 2-second timeout: the call returns the run_id at once'
+SELECT etl_execute_job(:job_id, timeout := 2) AS run_id \gset
 \echo run_id = :run_id
 SELECT pg_sleep(1.5);
 \echo '--- live progress while it runs (etl_run_progress):'
@@ -45,10 +45,10 @@ SELECT count(*) AS rows_in_table FROM demo_patients;
 DO $$
 DECLARE
     rid bigint := (SELECT max(run_id) FROM dw_etl_runs r JOIN dw_etl_jobs j USING (job_id) WHERE j.name = 'demo_patients');
-    st text := 'timed_out';
+    st text := (SELECT status FROM dw_etl_runs WHERE run_id = rid);
 BEGIN
     WHILE st <> 'succeeded' LOOP
-        PERFORM etl_resume_run(rid, timeout := 3);
+        PERFORM etl_resume_run(rid, timeout := 2);
         st := etl_wait_run(rid);
         RAISE NOTICE 'resumed run %: %, % records so far', rid, st,
             (SELECT records_loaded FROM dw_etl_runs WHERE run_id = rid);
