@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential postgresql-15 postgresql-server-dev-15 postgresql-15-cron
           libcurl4-openssl-dev libipc-run-perl python3 python3-pytest python3-psycopg2
-          python3-requests curl nginx-light)
+          python3-requests curl nginx-light openssl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
