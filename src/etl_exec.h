@@ -299,8 +299,8 @@ extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
 									MemoryContext cxt, int64 run_id, bool dry_run);
 extern void etl_loader_finish(EtlLoader *loader);
 extern const EtlScanSpec *etl_loader_scan_spec(EtlLoader *loader);
-extern bool etl_loader_load_scanned(EtlLoader *loader, EtlScanResult *result, bool scanned_ok,
-									int32 page_index, EtlPageFacts *facts);
+extern void etl_loader_note_scan(EtlLoader *loader, bool scanned_ok);
+extern void etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, int32 page_index);
 extern int	etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec,
 								 int32 page_index, bool dry_run);
 extern char *etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec);

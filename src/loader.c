@@ -1096,37 +1096,27 @@ etl_loader_scan_spec(EtlLoader *loader)
 	return loader->scan;
 }
 
-/*
- * Load a page page_scan.c has read (scanned_ok: what it returned).  Fills
- * *facts and returns true; false means the caller must parse the page as
- * jsonb (nothing was loaded).  The caller frees the result.
- */
-bool
-etl_loader_load_scanned(EtlLoader *loader, EtlScanResult *result, bool scanned_ok,
-						int32 page_index, EtlPageFacts *facts)
+/* Whether page_scan.c could read a page: an API it cannot read, it stops trying. */
+void
+etl_loader_note_scan(EtlLoader *loader, bool scanned_ok)
+{
+	if (scanned_ok)
+		loader->scan_misses = 0;
+	else if (++loader->scan_misses >= 3)
+		loader->scan = NULL;	/* do not read its pages twice */
+}
+
+/* Load the records of a page page_scan.c has read. */
+void
+etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, int32 page_index)
 {
 	bool		any = false;
 
-	if (!scanned_ok)
-	{
-		/* an API whose pages it cannot read: stop reading them twice */
-		if (++loader->scan_misses >= 3)
-			loader->scan = NULL;
-		return false;
-	}
-	loader->scan_misses = 0;
-	/* nothing at records_path on the first page: the jsonb path explains */
-	if (result->nrec == 0 && !result->container_seen && page_index == 0)
-		return false;
-	facts->record_count = result->nrec;
-	facts->total_text = result->total_text ? pstrdup(result->total_text) : NULL;
-	facts->next_text = result->next_text ? pstrdup(result->next_text) : NULL;
 	if (result->nrec == 0)
-		return true;
+		return;
 	for (int c = 0; c < loader->ncols; c++)
 		any |= result->present[c];
 	if (!any)
 		no_column_matches(loader, page_index);
 	copy_rows(loader, result->copy_text, result->copy_len, result->present, page_index);
-	return true;
 }

@@ -600,6 +600,36 @@ next_item(Scanner *s, char close)
 	return -1;
 }
 
+/*
+ * A member's key at s->p and the ':' after it.  *key points into the body,
+ * or into the scanner's key buffer when the key holds escapes (valid until
+ * the next key).
+ */
+static bool
+scan_key(Scanner *s, const char **key, int *len)
+{
+	int			off;
+	bool		escaped;
+
+	skip_ws(s);
+	if (s->p >= s->end || *s->p != '"' || !scan_string(s, &off, len, &escaped))
+		return fail(s);
+	*key = s->body + off;
+	if (escaped)
+	{
+		s->keybuf.len = 0;
+		if (!unescape(s, off, *len, &s->keybuf) || s->keybuf.oom)
+			return fail(s);
+		*key = s->keybuf.data;
+		*len = s->keybuf.len;
+	}
+	skip_ws(s);
+	if (s->p >= s->end || *s->p != ':')
+		return fail(s);
+	s->p++;
+	return true;
+}
+
 static bool
 key_matches(const EtlKeyPath *path, int pos, const char *key, int len)
 {
@@ -666,28 +696,12 @@ scan_record(Scanner *s)
 	}
 	for (;;)
 	{
-		int			off;
 		int			len;
-		bool		escaped;
 		int			column;
 		const char *key;
 
-		skip_ws(s);
-		if (s->p >= s->end || *s->p != '"' || !scan_string(s, &off, &len, &escaped))
-			return fail(s);
-		key = s->body + off;
-		if (escaped)
-		{
-			s->keybuf.len = 0;
-			if (!unescape(s, off, len, &s->keybuf) || s->keybuf.oom)
-				return fail(s);
-			key = s->keybuf.data;
-			len = s->keybuf.len;
-		}
-		skip_ws(s);
-		if (s->p >= s->end || *s->p != ':')
-			return fail(s);
-		s->p++;
+		if (!scan_key(s, &key, &len))
+			return false;
 		skip_ws(s);
 		if (s->p >= s->end)
 			return fail(s);
@@ -878,25 +892,13 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 			}
 			for (;;)
 			{
-				int			off;
 				int			len;
-				bool		escaped;
 				Match		child[MAX_MATCHES];
 				int			nchild = 0;
 				const char *key;
 
-				skip_ws(s);
-				if (s->p >= s->end || *s->p != '"' || !scan_string(s, &off, &len, &escaped))
-					return fail(s);
-				key = s->body + off;
-				if (escaped)
-				{
-					s->keybuf.len = 0;
-					if (!unescape(s, off, len, &s->keybuf) || s->keybuf.oom)
-						return fail(s);
-					key = s->keybuf.data;
-					len = s->keybuf.len;
-				}
+				if (!scan_key(s, &key, &len))
+					return false;
 				for (int i = 0; i < nmatches; i++)
 					if (key_matches(matches[i].path, matches[i].pos, key, len))
 					{
@@ -908,10 +910,6 @@ scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 						child[nchild].pos++;
 						nchild++;
 					}
-				skip_ws(s);
-				if (s->p >= s->end || *s->p != ':')
-					return fail(s);
-				s->p++;
 				if (!scan_value(s, nchild ? child : NULL, nchild, row))
 					return false;
 				if ((more = next_item(s, '}')) < 0)

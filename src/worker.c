@@ -402,7 +402,6 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 	EtlPageOutcome outcome;
 	EtlPageFacts facts;
 	ErrorContextCallback errcb;
-	char	   *redacted;
 	EtlScanResult *scanned = NULL;
 	bool		scanned_ok = false;
 
@@ -437,13 +436,12 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 			scanned_ok = etl_scan_page(spec, resp.body, resp.body_len, scanned);
 		}
 	}
-	redacted = etl_url_redact(url);
-
 	memset(&facts, 0, sizeof(facts));
+	if (scanned)
+		etl_loader_note_scan(st->loader, scanned_ok);
+	/* unreadable, or nothing at records_path on the first page: jsonb explains */
 	if (scanned && (!scanned_ok || (scanned->nrec == 0 && !scanned->container_seen && st->cp.page_index == 0)))
 	{
-		/* counts the miss; the page goes the jsonb way below */
-		(void) etl_loader_load_scanned(st->loader, scanned, scanned_ok, st->cp.page_index, &facts);
 		etl_scan_result_free(scanned);
 		scanned = NULL;
 	}
@@ -487,11 +485,13 @@ process_page(RunState *st, EtlCheckpoint *next, bool *last_page, bool dry_run)
 			/* else the stop shows at the next turn: this page still loads */
 		}
 
-		(void) etl_loader_load_scanned(st->loader, this_page, true, st->cp.page_index, &facts);
+		etl_loader_copy_scanned(st->loader, this_page, st->cp.page_index);
 		etl_scan_result_free(this_page);
 	}
 	else
 	{
+		char	   *redacted = etl_url_redact(url);	/* for messages only */
+
 		errcb.callback = parse_error_context;
 		errcb.arg = redacted;
 		errcb.previous = error_context_stack;
@@ -593,6 +593,24 @@ stop_for_error(ErrorData *edata)
 	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 		return ETL_STOP_CANCELLED;
 	return ETL_STOP_NONE;
+}
+
+/*
+ * How an error ends the run: a stop (timeout, cancel, terminate), or else a
+ * failure whose message and SQLSTATE are kept for the run row.
+ */
+static EtlStopReason
+end_for_error(ErrorData *edata, char *volatile *message, char *volatile *sqlstate)
+{
+	EtlStopReason stop = stop_for_error(edata);
+
+	if (stop == ETL_STOP_NONE)
+	{
+		*message = format_error(edata);
+		*sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
+	}
+	QueryCancelPending = false;
+	return stop;
 }
 
 static const char *
@@ -739,13 +757,7 @@ run_pages(int64 run_id)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		stop = stop_for_error(edata);
-		if (stop == ETL_STOP_NONE)
-		{
-			error_message = format_error(edata);
-			error_sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
-		}
-		QueryCancelPending = false;
+		stop = end_for_error(edata, &error_message, &error_sqlstate);
 		begin_transaction();
 		MemoryContextSwitchTo(st.run_cxt);
 	}
@@ -783,14 +795,8 @@ run_pages(int64 run_id)
 			MemoryContextSwitchTo(st.run_cxt);
 			CurrentResourceOwner = owner;
 			drain_prefetch(&st);
-			stop = stop_for_error(edata);
-			if (stop == ETL_STOP_NONE)
-			{
-				failed = true;
-				error_message = format_error(edata);
-				error_sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
-			}
-			QueryCancelPending = false;
+			stop = end_for_error(edata, &error_message, &error_sqlstate);
+			failed = (stop == ETL_STOP_NONE);
 		}
 		PG_END_TRY();
 
@@ -800,20 +806,13 @@ run_pages(int64 run_id)
 		st.pages_fetched++;
 		st.from_stored_link = false;
 		adopt_checkpoint(&st, &st.next);
+		st.rate_pages++;
 		if (st.deferred_error)
 		{
 			/* fetching the next page failed: this one is in; now stop */
-			st.rate_pages++;
-			stop = stop_for_error(st.deferred_error);
-			if (stop == ETL_STOP_NONE)
-			{
-				error_message = format_error(st.deferred_error);
-				error_sqlstate = pstrdup(unpack_sql_state(st.deferred_error->sqlerrcode));
-			}
-			QueryCancelPending = false;
+			stop = end_for_error(st.deferred_error, &error_message, &error_sqlstate);
 			break;
 		}
-		st.rate_pages++;
 		etl_report_activity(run_id, &st.cp, st.pages_fetched, recent_rate(&st),
 							st.expected_total, st.retries);
 		if (st.last_page || st.row.dry_run)
