@@ -14,17 +14,28 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/bufmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "etl_exec.h"
 
@@ -528,55 +539,279 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	job->url = render_url(job->url, merged);
 }
 
-/* Record the checkpoint of everything loaded so far (same transaction). */
+static void
+push_key(JsonbParseState **state, const char *key)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) key;
+	v.val.string.len = strlen(key);
+	pushJsonbValue(state, WJB_KEY, &v);
+}
+
+static void
+push_int(JsonbParseState **state, const char *key, int64 value)
+{
+	JsonbValue	v;
+
+	push_key(state, key);
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(value);
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+static void
+push_text(JsonbParseState **state, const char *key, const char *value)
+{
+	JsonbValue	v;
+
+	if (value == NULL)
+		return;					/* absent, as jsonb_strip_nulls would leave it */
+	push_key(state, key);
+	v.type = jbvString;
+	v.val.string.val = (char *) value;
+	v.val.string.len = strlen(value);
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/*
+ * What a checkpoint write merges into run_context:
+ * {"checkpoint": {...}, "retries": n[, "expected_total": n]}.
+ */
+static Jsonb *
+checkpoint_patch(const EtlCheckpoint *cp, int retries, int64 expected_total)
+{
+	JsonbParseState *state = NULL;
+	char		saved_at[MAXDATELEN + 1];
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_key(&state, "checkpoint");
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_int(&state, "skip", cp->skip);
+	push_int(&state, "page_index", cp->page_index);
+	push_int(&state, "total_records", cp->total_records);
+	push_text(&state, "saved_at",
+			  JsonEncodeDateTime(saved_at, TimestampTzGetDatum(GetCurrentTimestamp()),
+								 TIMESTAMPTZOID, NULL));
+	push_text(&state, "next_url", cp->next_url);
+	push_text(&state, "cursor", cp->cursor);
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	push_int(&state, "retries", retries);
+	if (expected_total >= 0)
+		push_int(&state, "expected_total", expected_total);
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
+/* index of dw_etl_runs' column name, of type typid; -1 if there is none */
+static int
+attnum_of(TupleDesc desc, const char *name, Oid typid)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->atttypid == typid ? i : -1;
+	}
+	return -1;
+}
+
+/*
+ * May a checkpoint write skip the executor?  Only when the plain UPDATE
+ * would do nothing more than write the row and its index entries: no
+ * trigger but the foreign key's own (which checks nothing when job_id does
+ * not change), no CHECK constraint but the extension's own on status
+ * (which the write does not touch), no stored generated column.  A user's
+ * trigger, constraint or generated column on dw_etl_runs sends every write
+ * through the UPDATE.
+ */
+static bool
+runs_table_is_plain(Relation rel)
+{
+	TupleConstr *constr = rel->rd_att->constr;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relam != HEAP_TABLE_AM_OID)
+		return false;
+	if (rel->trigdesc)
+	{
+		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
+			if (!rel->trigdesc->triggers[i].tgisinternal)
+				return false;
+	}
+	if (constr)
+	{
+		if (constr->has_generated_stored)
+			return false;
+		for (int i = 0; i < constr->num_check; i++)
+			if (strcmp(constr->check[i].ccname, "dw_etl_runs_status_check") != 0)
+				return false;
+	}
+	return true;
+}
+
+/*
+ * Write the checkpoint straight into the version of the run row at *tid,
+ * as the UPDATE below would, without planning and starting an executor
+ * for one row on every page.  Returns false, having written nothing, when
+ * that version is not the row's current one (another session updated it)
+ * or the table is not plain (above): the caller then runs the UPDATE.
+ *
+ * Before writing, the versions earlier checkpoints left on the row's page
+ * are cleared (as any heap scan passing by would), so that the new version
+ * fits on the same page and needs no new index entries.
+ */
+static bool
+write_checkpoint_direct(Oid runs_relid, ItemPointer tid, int64 run_id, int64 total_records,
+						int64 pages_fetched, Jsonb *patch)
+{
+	Relation	rel = table_open(runs_relid, RowExclusiveLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	BlockNumber block = ItemPointerGetBlockNumber(tid);
+	HeapTupleData old;
+	HeapTuple	new;
+	Buffer		buffer;
+	Datum	   *values;
+	bool	   *nulls;
+	bool	   *replace;
+	TM_Result	result;
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	int			att_records = attnum_of(desc, "records_loaded", INT8OID);
+	int			att_pages = attnum_of(desc, "pages_fetched", INT8OID);
+	int			att_context = attnum_of(desc, "run_context", JSONBOID);
+	int			att_run_id = attnum_of(desc, "run_id", INT8OID);
+	bool		isnull;
+
+	if (!runs_table_is_plain(rel) || att_records < 0 || att_pages < 0 ||
+		att_context < 0 || att_run_id < 0 || block >= RelationGetNumberOfBlocks(rel))
+	{
+		table_close(rel, NoLock);
+		return false;
+	}
+	/* what the UPDATE would refuse (a publication without replica identity) */
+	CheckCmdReplicaIdentity(rel, CMD_UPDATE);
+	buffer = ReadBuffer(rel, block);
+	heap_page_prune_opt(rel, buffer);
+	ReleaseBuffer(buffer);
+
+	old.t_self = *tid;
+	if (!heap_fetch(rel, GetActiveSnapshot(), &old, &buffer, false) ||
+		DatumGetInt64(heap_getattr(&old, att_run_id + 1, desc, &isnull)) != run_id)
+	{
+		if (BufferIsValid(buffer))
+			ReleaseBuffer(buffer);
+		table_close(rel, NoLock);
+		return false;
+	}
+
+	values = palloc0(desc->natts * sizeof(Datum));
+	nulls = palloc0(desc->natts * sizeof(bool));
+	replace = palloc0(desc->natts * sizeof(bool));
+	values[att_records] = Int64GetDatum(total_records);
+	values[att_pages] = Int64GetDatum(pages_fetched);
+	values[att_context] = DirectFunctionCall2(jsonb_concat,
+											  heap_getattr(&old, att_context + 1, desc, &isnull),
+											  JsonbPGetDatum(patch));
+	replace[att_records] = replace[att_pages] = replace[att_context] = true;
+	new = heap_modify_tuple(&old, desc, values, nulls, replace);
+	ReleaseBuffer(buffer);
+
+	result = heap_update(rel, tid, new, GetCurrentCommandId(true), InvalidSnapshot,
+						 true, &tmfd, &lockmode);
+	if (result != TM_Ok)
+	{
+		table_close(rel, NoLock);
+		return false;			/* updated meanwhile: the UPDATE follows it */
+	}
+
+	/* a version on another page needs index entries of its own */
+	if (!HeapTupleIsHeapOnly(new))
+	{
+		EState	   *estate = CreateExecutorState();
+		ResultRelInfo *rri = makeNode(ResultRelInfo);
+		TupleTableSlot *slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsHeapTuple);
+
+		InitResultRelInfo(rri, rel, 1, NULL, 0);
+		ExecOpenIndices(rri, false);
+		ExecStoreHeapTuple(new, slot, false);
+		(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+		ExecCloseIndices(rri);
+		ExecResetTupleTable(estate->es_tupleTable, false);
+		FreeExecutorState(estate);
+	}
+	CommandCounterIncrement();
+	*tid = new->t_self;
+	table_close(rel, NoLock);
+	return true;
+}
+
+/*
+ * Record the checkpoint of everything loaded so far (same transaction).
+ *
+ * With per-page checkpoints this runs for every page, so it is kept cheap:
+ * the JSON is built here and, once the row's place is known, written
+ * directly (above).  The first write of a run, and any write the direct
+ * path declines, is a plain UPDATE that returns where the row now lives.
+ */
 void
 etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 					int64 expected_total, int retries)
 {
 	static SPIPlanPtr plan = NULL;
-	const char *args[9];
-	Datum		values[9];
-	char		nulls[9];
+	static Oid	runs_relid = InvalidOid;
+	static int64 tid_run_id = 0;
+	static ItemPointerData tid;
+	static MemoryContext write_cxt = NULL;
+	MemoryContext caller_cxt;
+	Jsonb	   *patch;
+	Datum		values[4];
+	bool		isnull;
+
+	/* the caller's context may live as long as the run: not there */
+	if (write_cxt == NULL)
+		write_cxt = AllocSetContextCreate(TopMemoryContext, "etl_exec checkpoint write",
+										  ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(write_cxt);
+	caller_cxt = MemoryContextSwitchTo(write_cxt);
+	patch = checkpoint_patch(cp, retries, expected_total);
+
+	if (!OidIsValid(runs_relid))
+		runs_relid = get_relname_relid("dw_etl_runs",
+									   get_namespace_oid(etl_extension_schema(), false));
+	if (tid_run_id == run_id && ActiveSnapshotSet() &&
+		write_checkpoint_direct(runs_relid, &tid, run_id, cp->total_records, pages_fetched, patch))
+	{
+		MemoryContextSwitchTo(caller_cxt);
+		return;
+	}
 
 	SPI_connect();
 	if (plan == NULL)
 	{
-		/* prepared once: with per-page checkpoints this runs for every page */
-		Oid			types[9];
-		char	   *sql;
+		Oid			types[4] = {INT8OID, INT8OID, INT8OID, JSONBOID};
 
-		for (int i = 0; i < 9; i++)
-			types[i] = TEXTOID;
-		sql = psprintf("UPDATE %s SET records_loaded = $2::bigint, pages_fetched = $3::bigint, "
-					   "  run_context = run_context "
-					   "    || jsonb_build_object('checkpoint', jsonb_strip_nulls(jsonb_build_object("
-					   "         'skip', $4::bigint, 'page_index', $5::int, 'total_records', $2::bigint, "
-					   "         'saved_at', clock_timestamp(), 'next_url', $6::text, 'cursor', $7::text)), "
-					   "       'retries', $9::int) "
-					   "    || CASE WHEN $8 IS NULL THEN '{}'::jsonb "
-					   "       ELSE jsonb_build_object('expected_total', $8::bigint) END "
-					   "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
-		plan = SPI_prepare(sql, 9, types);
+		plan = SPI_prepare(psprintf("UPDATE %s SET records_loaded = $2, pages_fetched = $3, "
+									"  run_context = run_context || $4 "
+									"WHERE run_id = $1 RETURNING ctid",
+									etl_qualified("dw_etl_runs")), 4, types);
 		if (plan == NULL || SPI_keepplan(plan) != 0)
 			elog(ERROR, "etl_exec: could not prepare the checkpoint update");
 	}
-	args[0] = int64_str(run_id);
-	args[1] = int64_str(cp->total_records);
-	args[2] = int64_str(pages_fetched);
-	args[3] = int64_str(cp->skip);
-	args[4] = psprintf("%d", cp->page_index);
-	args[5] = cp->next_url;
-	args[6] = cp->cursor;
-	args[7] = expected_total >= 0 ? int64_str(expected_total) : NULL;
-	args[8] = psprintf("%d", retries);
-	for (int i = 0; i < 9; i++)
-	{
-		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
-		nulls[i] = args[i] ? ' ' : 'n';
-	}
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+	values[0] = Int64GetDatum(run_id);
+	values[1] = Int64GetDatum(cp->total_records);
+	values[2] = Int64GetDatum(pages_fetched);
+	values[3] = JsonbPGetDatum(patch);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
+		SPI_processed != 1)
 		elog(ERROR, "etl_exec: could not save the checkpoint of run " INT64_FORMAT, run_id);
+	/* where this version lives, for the next write */
+	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc, 1,
+																&isnull)), &tid);
+	tid_run_id = run_id;
 	SPI_finish();
+	MemoryContextSwitchTo(caller_cxt);
 }
 
 /*
@@ -585,10 +820,10 @@ etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
  */
 void
 etl_finish_run(int64 run_id, const char *status, int64 pages_fetched, int64 segment_ms,
-			   const char *error_message, const char *sqlstate,
-			   const char *dry_run_report)
+			   int64 commits, int64 commit_us, const char *error_message,
+			   const char *sqlstate, const char *dry_run_report)
 {
-	const char *args[7];
+	const char *args[9];
 	char	   *sql;
 
 	SPI_connect();
@@ -599,20 +834,23 @@ etl_finish_run(int64 run_id, const char *status, int64 pages_fetched, int64 segm
 	args[4] = sqlstate;
 	args[5] = dry_run_report;
 	args[6] = int64_str(pages_fetched);
+	args[7] = int64_str(commits);
+	args[8] = int64_str(commit_us);
 	sql = psprintf("WITH u AS ("
 				   " UPDATE %s SET status = $2, finished_at = clock_timestamp(), "
 				   "   duration_ms = coalesce(duration_ms, 0) + $3::bigint, "
 				   "   error_message = $4, sqlstate = $5, pages_fetched = $7::bigint, worker_pid = NULL, "
 				   "   run_context = %s._etl_add_segment(run_context, jsonb_build_object("
 				   "       'started_at', segment_started_at, 'ended_at', clock_timestamp(), 'status', $2, "
-				   "       'records_loaded', records_loaded, 'pages_fetched', $7::bigint)) "
+				   "       'records_loaded', records_loaded, 'pages_fetched', $7::bigint, "
+				   "       'commits', $8::bigint, 'commit_ms', round($9::bigint / 1000.0, 1))) "
 				   "     || CASE WHEN $6 IS NULL THEN '{}'::jsonb "
 				   "        ELSE jsonb_build_object('dry_run', $6::jsonb) END "
 				   " WHERE run_id = $1::bigint "
 				   " RETURNING run_id, job_id, status, records_loaded) "
 				   "SELECT pg_notify('etl_exec_run', row_to_json(u)::text) FROM u",
 				   etl_qualified("dw_etl_runs"), quote_identifier(etl_extension_schema()));
-	spi_run(sql, 7, args, SPI_OK_SELECT);
+	spi_run(sql, 9, args, SPI_OK_SELECT);
 	SPI_finish();
 }
 

@@ -338,6 +338,7 @@ extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,
 								int retries);
 extern void etl_finish_run(int64 run_id, const char *status,
 						   int64 pages_fetched, int64 segment_ms,
+						   int64 commits, int64 commit_us,
 						   const char *error_message, const char *sqlstate,
 						   const char *dry_run_report);
 extern void etl_report_activity(int64 run_id, const EtlCheckpoint *cp,

@@ -201,6 +201,9 @@ typedef struct RunState
 	int64		pages_fetched;
 	int64		expected_total;
 	int			retries;
+	/* this segment's commits while pages flowed, and the time they took */
+	int64		commits;
+	int64		commit_us;
 	EtlCheckpoint next;			/* after the page being processed */
 	bool		last_page;		/* that page was the last */
 	char	   *dry_run_report;
@@ -678,6 +681,7 @@ static char *
 commit_pages(RunState *st)
 {
 	char	   *volatile failure = NULL;
+	TimestampTz start = GetCurrentTimestamp();
 
 	HOLD_CANCEL_INTERRUPTS();
 	PG_TRY();
@@ -699,6 +703,8 @@ commit_pages(RunState *st)
 	begin_transaction();
 	MemoryContextSwitchTo(st->run_cxt);
 	RESUME_CANCEL_INTERRUPTS();
+	st->commits++;
+	st->commit_us += GetCurrentTimestamp() - start;
 	return failure;
 }
 
@@ -856,7 +862,8 @@ run_pages(int64 run_id)
 		if (error_message == NULL)
 			error_message = stop_message(&st, stop, ms_since(segment_start));
 		etl_finish_run(run_id, stop_status(stop), st.pages_fetched, ms_since(segment_start),
-					   error_message, error_sqlstate, st.dry_run_report);
+					   st.commits, st.commit_us, error_message, error_sqlstate,
+					   st.dry_run_report);
 		commit_transaction();
 	}
 	PG_CATCH();
@@ -874,7 +881,7 @@ run_pages(int64 run_id)
 		begin_transaction();
 		stop = ETL_STOP_NONE;
 		etl_finish_run(run_id, "failed", st.pages_fetched, ms_since(segment_start),
-					   format_error(edata), unpack_sql_state(edata->sqlerrcode), NULL);
+					   st.commits, st.commit_us, format_error(edata), unpack_sql_state(edata->sqlerrcode), NULL);
 		commit_transaction();
 	}
 	PG_END_TRY();

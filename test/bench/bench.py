@@ -197,12 +197,14 @@ def stage_etl(db, label, job_id, table, expected, primary_key=False, sample=True
     check_build(label)
     if run_id is None:
         run_id = latest_run(db, job_id)
-    st = db.q("SELECT status, records_loaded, pages_fetched, duration_ms, error_message "
+    st = db.q("SELECT status, records_loaded, pages_fetched, duration_ms, error_message, "
+              "  (run_context #>> '{segments,-1,commits}')::bigint, "
+              "  (run_context #>> '{segments,-1,commit_ms}')::float8 "
               "FROM dw_etl_runs WHERE run_id = %s", (run_id,))
-    status, loaded, pages, duration_ms, errmsg = st[0] if st else (None, None, None, None, None)
+    status, loaded, pages, duration_ms, errmsg, commits, commit_ms = st[0] if st else (None,) * 7
     n = db.one("SELECT count(*) FROM %s" % table)
     res = {"seconds": secs, "run_id": run_id, "status": status, "rows": n, "pages": pages,
-           "duration_ms": duration_ms,
+           "duration_ms": duration_ms, "commits": commits, "commit_ms": commit_ms,
            "rss_peak_kb": sampler.peak_kb if sampler else None,
            "rss_first_kb": sampler.first_kb if sampler else None,
            "rss_samples": sampler.samples if sampler else 0}
@@ -211,8 +213,9 @@ def stage_etl(db, label, job_id, table, expected, primary_key=False, sample=True
     elif n != expected or loaded != expected:
         fail("%s: run %s: %s rows in %s, records_loaded %s, expected %d" %
              (label, run_id, n, table, loaded, expected))
-    log("%-22s run %-4s %-9s %8.3f s  %10s rows/s  (duration_ms %s, pages %s, peak RssAnon %s kB over %d samples)" %
-        (label, run_id, status, secs, fmt_int(expected / secs), duration_ms, pages,
+    log("%-22s run %-4s %-9s %8.3f s  %10s rows/s  (duration_ms %s, pages %s, %s commits in %s ms, "
+        "peak RssAnon %s kB over %d samples)" %
+        (label, run_id, status, secs, fmt_int(expected / secs), duration_ms, pages, commits, commit_ms,
          res["rss_peak_kb"], res["rss_samples"]))
     return res
 
@@ -506,6 +509,18 @@ def main():
         median = overheads[mid] if len(overheads) % 2 else (overheads[mid - 1] + overheads[mid]) / 2
         return "%+.1f %% (rounds: %s)" % (median, ", ".join("%+.1f" % o for o in overheads))
 
+    def commit_share(key):
+        # the worker's own account: time in its commits while pages flowed
+        # (checkpoint write + commit) against the rest of the run
+        shares = sorted(x["commit_ms"] / (x["duration_ms"] - x["commit_ms"]) * 100 for x in results[key]
+                        if x.get("commit_ms") is not None and x.get("duration_ms"))
+        if not shares:
+            return "n/a"
+        mid = len(shares) // 2
+        median = shares[mid] if len(shares) % 2 else (shares[mid - 1] + shares[mid]) / 2
+        per = [x["commit_ms"] / x["commits"] * 1000 for x in results[key] if x.get("commits")]
+        return "+%.1f %% (%.0f us per commit)" % (median, sorted(per)[len(per) // 2] if per else 0)
+
     t_fetch, t_copy = best("fetch"), best("copy")
     t_app, t_cp0, t_ups = best("append"), best("cp0"), best("upsert")
     mb = meta["bytes"] / 1e6
@@ -531,6 +546,7 @@ def main():
         return "%.1f MB" % (res["rss_peak_kb"] / 1024)
 
     peak1 = max((x["rss_peak_kb"] for x in results["append"] if x.get("rss_peak_kb")), default=None)
+    peak_cp0 = max((x["rss_peak_kb"] for x in results["cp0"] if x.get("rss_peak_kb")), default=None)
     ratios = [
         ["etl_exec / max(fetch, load), time", "%.2f x" % (t_app / max(t_fetch, t_copy)), "target <= 1.5 x"],
         ["etl_exec / (fetch + load), time", "%.2f x" % (t_app / (t_fetch + t_copy)), ""],
@@ -540,9 +556,13 @@ def main():
          "target <= 3 %"],
         ["per-page checkpoint overhead (median of rounds, paired)", paired_overhead("append", "cp0"),
          "target <= 3 %"],
+        ["per-page checkpoint cost, worker's commit time / rest of run", commit_share("cp0"),
+         "target <= 3 %"],
         ["upsert overhead, throughput", "%+.1f %%" % ((1 - t_app / t_ups) * 100), ""],
         ["worker peak RssAnon, %s records" % fmt_int(n),
          "%.1f MB" % (peak1 / 1024) if peak1 else "n/a", "target < 64 MB"],
+        ["worker peak RssAnon, %s records, checkpoint every page" % fmt_int(n),
+         "%.1f MB" % (peak_cp0 / 1024) if peak_cp0 else "n/a", "target < 64 MB"],
     ]
     if m3 is not None:
         ratio = ("(%+.1f %% vs %s)" % ((m3["rss_peak_kb"] / peak1 - 1) * 100, fmt_int(n))

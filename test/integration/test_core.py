@@ -558,3 +558,73 @@ def test_a_load_blocked_on_a_lock_does_not_outlive_the_deadline(db):
     db.q("SELECT etl_resume_run(%s)", (run_id,))
     assert db.wait(run_id) == "succeeded"
     assert db.one("SELECT count(*) FROM p_locked") == 1000
+
+
+def test_per_page_checkpoints_go_through_user_triggers_on_the_runs_table(db):
+    """A user's trigger on dw_etl_runs sees every checkpoint write: the
+    worker's direct write steps aside for tables with triggers of their own."""
+    db.patients_table("p_trig")
+    db.q("DROP TABLE IF EXISTS cp_writes")
+    db.q("CREATE TABLE cp_writes (run_id bigint, total_records bigint)")
+    db.q("""CREATE FUNCTION cp_writes_log() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.run_context->'checkpoint' IS DISTINCT FROM OLD.run_context->'checkpoint' THEN
+                    INSERT INTO public.cp_writes VALUES (NEW.run_id, (NEW.run_context #>> '{checkpoint,total_records}')::bigint);
+                END IF;
+                RETURN NEW;
+            END $$""")
+    db.q("CREATE TRIGGER cp_writes_log AFTER UPDATE ON dw_etl_runs FOR EACH ROW EXECUTE FUNCTION cp_writes_log()")
+    try:
+        job = db.job("trig", "/odata/Patients?n=5000", "p_trig", page_size=500, pagination_options=TOTAL,
+                     checkpoint_interval_seconds=0)
+        run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+        assert db.run_row(run_id)["status"] == "succeeded"
+        # one checkpoint write per page, each covering the pages before it
+        assert [r[0] for r in db.q("SELECT total_records FROM cp_writes WHERE run_id = %s ORDER BY 1", (run_id,))] \
+            == list(range(500, 5001, 500))
+        segment = db.run_row(run_id)["run_context"]["segments"][-1]
+        assert segment["commits"] == 9             # after pages 1..9; page 10 commits with the run's end
+        assert segment["commit_ms"] >= 0
+    finally:
+        db.q("DROP TRIGGER IF EXISTS cp_writes_log ON dw_etl_runs")
+        db.q("DROP FUNCTION IF EXISTS cp_writes_log()")
+        db.q("DROP TABLE IF EXISTS cp_writes")
+    db.assert_patients_exact("p_trig", 5000)
+
+
+def test_per_page_checkpoints_keep_concurrent_updates_of_the_run_row(db):
+    """Another session updating the run row mid-run loses nothing: the
+    worker's next checkpoint write merges into the row as it now is.  A
+    snapshot held meanwhile keeps old versions of the row alive, so writes
+    move it to other pages: its index entries must all be right after."""
+    db.patients_table("p_conc")
+    db.q("CREATE EXTENSION IF NOT EXISTS amcheck")
+    job = db.job("conc", "/odata/Patients?n=6000&delay_ms=60", "p_conc", page_size=500, pagination_options=TOTAL,
+                 checkpoint_interval_seconds=0)
+    holder = connect(db.dbname)
+    holder.set_session(isolation_level="REPEATABLE READ")
+    holder.cursor().execute("SELECT count(*) FROM dw_etl_runs")     # holds its snapshot from here
+    try:
+        run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
+        _worker_pid(db, run_id)
+        for i in range(3):
+            db.q("UPDATE dw_etl_runs SET run_context = run_context || jsonb_build_object('note' || %s, 'kept') "
+                 "WHERE run_id = %s", (i, run_id))
+            time.sleep(0.15)
+        assert db.wait(run_id) == "succeeded"
+    finally:
+        holder.rollback()
+        holder.close()
+    row = db.run_row(run_id)
+    assert [row["run_context"].get("note%d" % i) for i in range(3)] == ["kept"] * 3
+    assert row["records_loaded"] == 6000
+    assert db.q("SELECT skip, page_index, total_records FROM etl_get_checkpoint(%s)", (run_id,)) == [(6000, 12, 6000)]
+    assert row["run_context"]["segments"][-1]["commits"] == 11
+    for index in db.q("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'dw_etl_runs'::regclass"):
+        db.q("SELECT bt_index_check(%s::regclass, true)", (index[0],))   # every row version indexed
+    db.q("SET enable_seqscan = off")
+    try:
+        assert db.one("SELECT count(*) FROM dw_etl_runs WHERE run_id = %s", (run_id,)) == 1
+    finally:
+        db.q("RESET enable_seqscan")
+    db.assert_patients_exact("p_conc", 6000)
