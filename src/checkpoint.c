@@ -20,6 +20,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "commands/extension.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -619,10 +620,11 @@ attnum_of(TupleDesc desc, const char *name, Oid typid)
 
 /*
  * May a checkpoint write skip the executor?  Only when the plain UPDATE
- * would do nothing more than write the row and its index entries: no
- * trigger but the foreign key's own (which checks nothing when job_id does
- * not change), no CHECK constraint but the extension's own on status
- * (which the write does not touch), no stored generated column.  A user's
+ * would do nothing more than write the row and its index entries: no rule,
+ * no trigger but the foreign key's own (which checks nothing when job_id
+ * does not change; a deferrable constraint's recheck trigger does not
+ * qualify), no CHECK constraint but the extension's own on status (which
+ * the write does not touch), no stored generated column.  A user's rule,
  * trigger, constraint or generated column on dw_etl_runs sends every write
  * through the UPDATE.
  */
@@ -631,12 +633,13 @@ runs_table_is_plain(Relation rel)
 {
 	TupleConstr *constr = rel->rd_att->constr;
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relam != HEAP_TABLE_AM_OID)
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
+		rel->rd_rules != NULL)
 		return false;
 	if (rel->trigdesc)
 	{
 		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
-			if (!rel->trigdesc->triggers[i].tgisinternal)
+			if (RI_FKey_trigger_type(rel->trigdesc->triggers[i].tgfoid) == RI_TRIGGER_NONE)
 				return false;
 	}
 	if (constr)
@@ -654,8 +657,9 @@ runs_table_is_plain(Relation rel)
  * Write the checkpoint straight into the version of the run row at *tid,
  * as the UPDATE below would, without planning and starting an executor
  * for one row on every page.  Returns false, having written nothing, when
- * that version is not the row's current one (another session updated it)
- * or the table is not plain (above): the caller then runs the UPDATE.
+ * that version is not the row's current one (another session updated it,
+ * or this transaction did, through a trigger on the target, say) or the
+ * table is not plain (above): the caller then runs the UPDATE.
  *
  * Before writing, the versions earlier checkpoints left on the row's page
  * are cleared (as any heap scan passing by would), so that the new version
@@ -681,6 +685,8 @@ write_checkpoint_direct(Oid runs_relid, ItemPointer tid, int64 run_id, int64 tot
 	int			att_pages = attnum_of(desc, "pages_fetched", INT8OID);
 	int			att_context = attnum_of(desc, "run_context", JSONBOID);
 	int			att_run_id = attnum_of(desc, "run_id", INT8OID);
+	Datum		old_context;
+	bool		context_null;
 	bool		isnull;
 
 	if (!runs_table_is_plain(rel) || att_records < 0 || att_pages < 0 ||
@@ -695,12 +701,17 @@ write_checkpoint_direct(Oid runs_relid, ItemPointer tid, int64 run_id, int64 tot
 	heap_page_prune_opt(rel, buffer);
 	ReleaseBuffer(buffer);
 
+	/* a snapshot as of now: a version this transaction replaced is not seen */
 	old.t_self = *tid;
-	if (!heap_fetch(rel, GetActiveSnapshot(), &old, &buffer, false) ||
-		DatumGetInt64(heap_getattr(&old, att_run_id + 1, desc, &isnull)) != run_id)
+	if (!heap_fetch(rel, GetLatestSnapshot(), &old, &buffer, false))
 	{
-		if (BufferIsValid(buffer))
-			ReleaseBuffer(buffer);
+		table_close(rel, NoLock);
+		return false;
+	}
+	old_context = heap_getattr(&old, att_context + 1, desc, &context_null);
+	if (DatumGetInt64(heap_getattr(&old, att_run_id + 1, desc, &isnull)) != run_id || context_null)
+	{
+		ReleaseBuffer(buffer);
 		table_close(rel, NoLock);
 		return false;
 	}
@@ -710,9 +721,7 @@ write_checkpoint_direct(Oid runs_relid, ItemPointer tid, int64 run_id, int64 tot
 	replace = palloc0(desc->natts * sizeof(bool));
 	values[att_records] = Int64GetDatum(total_records);
 	values[att_pages] = Int64GetDatum(pages_fetched);
-	values[att_context] = DirectFunctionCall2(jsonb_concat,
-											  heap_getattr(&old, att_context + 1, desc, &isnull),
-											  JsonbPGetDatum(patch));
+	values[att_context] = DirectFunctionCall2(jsonb_concat, old_context, JsonbPGetDatum(patch));
 	replace[att_records] = replace[att_pages] = replace[att_context] = true;
 	new = heap_modify_tuple(&old, desc, values, nulls, replace);
 	ReleaseBuffer(buffer);
@@ -779,7 +788,7 @@ etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 	if (!OidIsValid(runs_relid))
 		runs_relid = get_relname_relid("dw_etl_runs",
 									   get_namespace_oid(etl_extension_schema(), false));
-	if (tid_run_id == run_id && ActiveSnapshotSet() &&
+	if (tid_run_id == run_id &&
 		write_checkpoint_direct(runs_relid, &tid, run_id, cp->total_records, pages_fetched, patch))
 	{
 		MemoryContextSwitchTo(caller_cxt);
@@ -802,9 +811,13 @@ etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 	values[1] = Int64GetDatum(cp->total_records);
 	values[2] = Int64GetDatum(pages_fetched);
 	values[3] = JsonbPGetDatum(patch);
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
-		SPI_processed != 1)
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "etl_exec: could not save the checkpoint of run " INT64_FORMAT, run_id);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etl_exec run " INT64_FORMAT " is no longer in dw_etl_runs", run_id),
+				 errdetail("Its row was deleted while the run was loading; its checkpoint cannot be saved.")));
 	/* where this version lives, for the next write */
 	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
 																SPI_tuptable->tupdesc, 1,

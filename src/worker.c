@@ -703,8 +703,11 @@ commit_pages(RunState *st)
 	begin_transaction();
 	MemoryContextSwitchTo(st->run_cxt);
 	RESUME_CANCEL_INTERRUPTS();
-	st->commits++;
-	st->commit_us += GetCurrentTimestamp() - start;
+	if (failure == NULL)
+	{
+		st->commits++;
+		st->commit_us += GetCurrentTimestamp() - start;
+	}
 	return failure;
 }
 

@@ -594,37 +594,94 @@ def test_per_page_checkpoints_go_through_user_triggers_on_the_runs_table(db):
 
 def test_per_page_checkpoints_keep_concurrent_updates_of_the_run_row(db):
     """Another session updating the run row mid-run loses nothing: the
-    worker's next checkpoint write merges into the row as it now is.  A
-    snapshot held meanwhile keeps old versions of the row alive, so writes
-    move it to other pages: its index entries must all be right after."""
+    worker's next checkpoint write merges into the row as it now is."""
     db.patients_table("p_conc")
-    db.q("CREATE EXTENSION IF NOT EXISTS amcheck")
     job = db.job("conc", "/odata/Patients?n=6000&delay_ms=60", "p_conc", page_size=500, pagination_options=TOTAL,
                  checkpoint_interval_seconds=0)
-    holder = connect(db.dbname)
-    holder.set_session(isolation_level="REPEATABLE READ")
-    holder.cursor().execute("SELECT count(*) FROM dw_etl_runs")     # holds its snapshot from here
-    try:
-        run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
-        _worker_pid(db, run_id)
-        for i in range(3):
-            db.q("UPDATE dw_etl_runs SET run_context = run_context || jsonb_build_object('note' || %s, 'kept') "
-                 "WHERE run_id = %s", (i, run_id))
-            time.sleep(0.15)
-        assert db.wait(run_id) == "succeeded"
-    finally:
-        holder.rollback()
-        holder.close()
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
+    _worker_pid(db, run_id)
+    for i in range(3):
+        # each lands while the run is still loading
+        assert db.q("UPDATE dw_etl_runs SET run_context = run_context || jsonb_build_object('note' || %s, 'kept') "
+                    "WHERE run_id = %s AND status = 'running' RETURNING 1", (i, run_id)) == [(1,)]
+        time.sleep(0.15)
+    assert db.wait(run_id) == "succeeded"
     row = db.run_row(run_id)
     assert [row["run_context"].get("note%d" % i) for i in range(3)] == ["kept"] * 3
     assert row["records_loaded"] == 6000
     assert db.q("SELECT skip, page_index, total_records FROM etl_get_checkpoint(%s)", (run_id,)) == [(6000, 12, 6000)]
     assert row["run_context"]["segments"][-1]["commits"] == 11
-    for index in db.q("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'dw_etl_runs'::regclass"):
-        db.q("SELECT bt_index_check(%s::regclass, true)", (index[0],))   # every row version indexed
+    db.assert_patients_exact("p_conc", 6000)
+
+
+def test_per_page_checkpoints_survive_an_update_of_the_run_row_in_the_same_transaction(db):
+    """A trigger on the target that updates the run row runs inside the
+    worker's transaction: the checkpoint write that follows must build on
+    that version, not fail on the one it replaced."""
+    db.patients_table("p_self")
+    db.q("""CREATE OR REPLACE FUNCTION p_self_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                UPDATE public.dw_etl_runs SET run_context = run_context || '{"touched": true}'
+                 WHERE status = 'running' AND job_id = (SELECT job_id FROM public.dw_etl_jobs WHERE name = 'self');
+                RETURN NULL;
+            END $$""")
+    db.q("CREATE TRIGGER p_self_touch AFTER INSERT ON p_self FOR EACH STATEMENT EXECUTE FUNCTION p_self_touch()")
+    job = db.job("self", "/odata/Patients?n=3000", "p_self", page_size=250, pagination_options=TOTAL,
+                 checkpoint_interval_seconds=0)
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert (row["status"], row["error_message"]) == ("succeeded", None)
+    assert row["run_context"]["touched"] is True
+    assert db.q("SELECT skip, page_index, total_records FROM etl_get_checkpoint(%s)", (run_id,)) == [(3000, 12, 3000)]
+    db.assert_patients_exact("p_self", 3000)
+    db.q("DROP FUNCTION p_self_touch() CASCADE")
+
+
+def test_per_page_checkpoint_writes_keep_the_run_rows_indexes_right(db):
+    """While a snapshot is held, old versions of the run row cannot be
+    cleared, so checkpoint writes move it to other pages and must index
+    each new version: mid-run, an index lookup finds the row as a
+    sequential scan does, and amcheck finds every visible version indexed."""
+    db.patients_table("p_idx")
+    db.q("CREATE EXTENSION IF NOT EXISTS amcheck")
+    job = db.job("idx", "/odata/Patients?n=10000&delay_ms=80", "p_idx", page_size=250, pagination_options=TOTAL,
+                 checkpoint_interval_seconds=0)
+    holder = connect(db.dbname)
+    holder.set_session(isolation_level="REPEATABLE READ", autocommit=False)
+    holder.cursor().execute("SELECT count(*) FROM dw_etl_runs")     # holds its snapshot from here
+    indexes = [r[0] for r in db.q("SELECT indexrelid::regclass::text FROM pg_index "
+                                  "WHERE indrelid = 'dw_etl_runs'::regclass")]
+    blocks = set()
+    checks = 0
+    try:
+        run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
+        _worker_pid(db, run_id)
+        while True:
+            db.q("SET enable_seqscan = on; SET enable_indexscan = off; SET enable_bitmapscan = off")
+            by_heap = db.q("SELECT ctid::text, records_loaded, status FROM dw_etl_runs WHERE run_id = %s", (run_id,))
+            db.q("SET enable_seqscan = off; SET enable_indexscan = on")
+            by_index = db.q("SELECT ctid::text, records_loaded, status FROM dw_etl_runs WHERE run_id = %s",
+                            (run_id,))
+            db.q("RESET enable_seqscan; RESET enable_indexscan; RESET enable_bitmapscan")
+            if by_heap[0][2] != "running" or by_index != by_heap:
+                # the worker may have written between the two reads: read again
+                if by_heap[0][2] != "running":
+                    break
+                continue
+            blocks.add(by_heap[0][0].split(",")[0])
+            for index in indexes:
+                db.q("SELECT bt_index_check(%s::regclass, true)", (index,))
+            checks += 1
+            time.sleep(0.1)
+        assert db.wait(run_id) == "succeeded"
+    finally:
+        holder.rollback()
+        holder.close()
+    assert checks >= 5
+    assert len(blocks) >= 2, blocks            # the row did move to other pages mid-run
     db.q("SET enable_seqscan = off")
     try:
-        assert db.one("SELECT count(*) FROM dw_etl_runs WHERE run_id = %s", (run_id,)) == 1
+        assert db.one("SELECT records_loaded FROM dw_etl_runs WHERE run_id = %s", (run_id,)) == 10000
     finally:
         db.q("RESET enable_seqscan")
-    db.assert_patients_exact("p_conc", 6000)
+    db.assert_patients_exact("p_idx", 10000)
