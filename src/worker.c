@@ -339,6 +339,22 @@ keep_prefetch(RunState *st, const char *url, const EtlHttpResponse *resp)
 }
 
 /*
+ * In a PG_CATCH block: the error being handled, copied into the run's
+ * memory, and the error state cleared, ready for the caller to abort or
+ * roll back what failed.
+ */
+static ErrorData *
+take_error(RunState *st)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(st->run_cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	return edata;
+}
+
+/*
  * GET the page after this one, in a subtransaction of its own: if that
  * fails, this page still loads and commits, and the run fails after it
  * (st->deferred_error) instead of losing it.
@@ -360,9 +376,7 @@ prefetch_get(RunState *st, const char *url, EtlHttpResponse *resp)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(st->run_cxt);
-		st->deferred_error = CopyErrorData();
-		FlushErrorState();
+		st->deferred_error = take_error(st);
 		RollbackAndReleaseCurrentSubTransaction();
 		stop = ETL_STOP_CANCELLED;	/* anything but NONE: no prefetch */
 	}
@@ -691,11 +705,8 @@ commit_pages(RunState *st)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = take_error(st);
 
-		MemoryContextSwitchTo(st->run_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
 		AbortCurrentTransaction();
 		failure = format_error(edata);
 	}
@@ -760,11 +771,8 @@ run_pages(int64 run_id)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = take_error(&st);
 
-		MemoryContextSwitchTo(st.run_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
 		AbortCurrentTransaction();
 		stop = end_for_error(edata, &error_message, &error_sqlstate);
 		begin_transaction();
@@ -795,11 +803,8 @@ run_pages(int64 run_id)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
+			ErrorData  *edata = take_error(&st);
 
-			MemoryContextSwitchTo(st.run_cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
 			RollbackAndReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(st.run_cxt);
 			CurrentResourceOwner = owner;
@@ -871,15 +876,12 @@ run_pages(int64 run_id)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		/*
 		 * The last commit itself failed (a deferred constraint, say): its
 		 * pages are lost, the checkpoint before them stands.  Say why.
 		 */
-		MemoryContextSwitchTo(st.run_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
+		ErrorData  *edata = take_error(&st);
+
 		AbortCurrentTransaction();
 		begin_transaction();
 		stop = ETL_STOP_NONE;

@@ -505,21 +505,17 @@ def main():
         if not pairs:
             return "n/a"
         overheads = sorted((1 - a / b) * 100 for a, b in pairs)
-        mid = len(overheads) // 2
-        median = overheads[mid] if len(overheads) % 2 else (overheads[mid - 1] + overheads[mid]) / 2
-        return "%+.1f %% (rounds: %s)" % (median, ", ".join("%+.1f" % o for o in overheads))
+        return "%+.1f %% (rounds: %s)" % (statistics.median(overheads), ", ".join("%+.1f" % o for o in overheads))
 
     def commit_share(key):
         # the worker's own account: time in its commits while pages flowed
         # (checkpoint write + commit) against the rest of the run
-        shares = sorted(x["commit_ms"] / (x["duration_ms"] - x["commit_ms"]) * 100 for x in results[key]
-                        if x.get("commit_ms") is not None and x.get("duration_ms"))
-        if not shares:
+        runs = [x for x in results[key] if x.get("commits") and x.get("duration_ms")]
+        if not runs:
             return "n/a"
-        mid = len(shares) // 2
-        median = shares[mid] if len(shares) % 2 else (shares[mid - 1] + shares[mid]) / 2
-        per = [x["commit_ms"] / x["commits"] * 1000 for x in results[key] if x.get("commits")]
-        return "+%.1f %% (%.0f us per commit)" % (median, sorted(per)[len(per) // 2] if per else 0)
+        share = statistics.median(x["commit_ms"] / (x["duration_ms"] - x["commit_ms"]) * 100 for x in runs)
+        per_commit = statistics.median(x["commit_ms"] / x["commits"] * 1000 for x in runs)
+        return "+%.1f %% (%.0f us per commit)" % (share, per_commit)
 
     t_fetch, t_copy = best("fetch"), best("copy")
     t_app, t_cp0, t_ups = best("append"), best("cp0"), best("upsert")
