@@ -885,8 +885,9 @@ run_pages(int64 run_id)
 		AbortCurrentTransaction();
 		begin_transaction();
 		stop = ETL_STOP_NONE;
+		error_message = format_error(edata);
 		etl_finish_run(run_id, "failed", st.pages_fetched, ms_since(segment_start),
-					   st.commits, st.commit_us, format_error(edata), unpack_sql_state(edata->sqlerrcode), NULL);
+					   st.commits, st.commit_us, error_message, unpack_sql_state(edata->sqlerrcode), NULL);
 		commit_transaction();
 	}
 	PG_END_TRY();
@@ -897,8 +898,10 @@ run_pages(int64 run_id)
 				(errmsg("etl_exec run " INT64_FORMAT " succeeded: " INT64_FORMAT " records, " INT64_FORMAT " pages",
 						run_id, st.cp.total_records, st.pages_fetched)));
 	else
+		/* why, here too: the run row may be gone (deleted mid-run, say) */
 		ereport(LOG,
-				(errmsg("etl_exec run " INT64_FORMAT " ended %s", run_id, stop_status(stop))));
+				(errmsg("etl_exec run " INT64_FORMAT " ended %s", run_id, stop_status(stop)),
+				 error_message ? errdetail("%s", error_message) : 0));
 }
 
 void

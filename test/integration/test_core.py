@@ -685,3 +685,27 @@ def test_per_page_checkpoint_writes_keep_the_run_rows_indexes_right(db):
     finally:
         db.q("RESET enable_seqscan")
     db.assert_patients_exact("p_idx", 10000)
+
+
+def test_deleting_a_running_runs_row_stops_it_keeping_what_committed(db):
+    """A user deletes a run's row mid-run: the worker stops with a clear
+    message in the log, the pages it committed stay, the one in flight is
+    rolled back, and the server carries on."""
+    db.patients_table("p_del")
+    job = db.job("del", "/odata/Patients?n=6000&delay_ms=60", "p_del", page_size=500, pagination_options=TOTAL,
+                 checkpoint_interval_seconds=0)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
+    pid = _worker_pid(db, run_id)
+    time.sleep(0.2)
+    db.q("DELETE FROM dw_etl_runs WHERE run_id = %s", (run_id,))
+    deadline = time.time() + 10
+    while db.one("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert db.one("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 0
+    loaded = db.one("SELECT count(*) FROM p_del")
+    assert 0 < loaded < 6000 and loaded % 500 == 0        # whole pages only
+    assert db.q("SELECT patientid FROM p_del ORDER BY 1") == [(i,) for i in range(1, loaded + 1)]
+    log = open(os.path.join(os.environ["ETL_TEST_ROOT"], "server.log")).read()
+    assert f"etl_exec run {run_id} ended failed" in log
+    assert f"etl_exec run {run_id} is no longer in dw_etl_runs" in log
+    assert db.one("SELECT 1") == 1
