@@ -1,12 +1,15 @@
 # etl_exec — PGXS build.  `make && make install && make installcheck`.
 MODULE_big = etl_exec
 OBJS = \
+	src/api.o \
 	src/etl_exec.o \
 	src/settings.o \
 	src/run_lock.o \
 	src/launcher.o \
 	src/worker.o \
 	src/http_client.o \
+	src/url.o \
+	src/redact.o \
 	src/pagination.o \
 	src/json_path.o \
 	src/page_scan.o \

@@ -113,7 +113,10 @@ SELECT t AS table_name,
        has_table_privilege('regress_operator', t, 'INSERT') AS operator_insert
 FROM unnest(ARRAY['dw_etl_jobs', 'dw_etl_runs', 'dw_etl_secrets']) AS t;
 
+-- a secret must say where it may go (host, or host:port)
 INSERT INTO dw_etl_secrets (name, value) VALUES ('api_token', 'do-not-show');
+INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('api_token', 'do-not-show', '{"api.example.com/path"}');
+INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('api_token', 'do-not-show', '{api.example.com:8443}');
 
 SET ROLE regress_nobody;
 SELECT * FROM dw_etl_secrets;

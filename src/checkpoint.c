@@ -14,19 +14,12 @@
  */
 #include "postgres.h"
 
-#include "access/heapam.h"
-#include "access/table.h"
 #include "access/xact.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
-#include "commands/trigger.h"
 #include "commands/extension.h"
-#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "storage/bufmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -35,7 +28,6 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
-#include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 #include "etl_exec.h"
@@ -361,7 +353,8 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 				   "  run_context #>> '{checkpoint,skip}', run_context #>> '{checkpoint,page_index}', "
 				   "  run_context #>> '{checkpoint,total_records}', run_context #>> '{checkpoint,next_url}', "
 				   "  run_context #>> '{checkpoint,cursor}', parameters, settings, "
-				   "  coalesce((run_context ->> 'retries')::int, 0), run_context ->> 'target' "
+				   "  coalesce((run_context ->> 'retries')::int, 0), run_context ->> 'target', "
+				   "  run_context #>> '{staging,table}' "
 				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
 	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
@@ -391,6 +384,7 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 	settings = jsonb_from_cstring(cxt, spi_value(cxt, 16));
 	row->retries = pg_strtoint32(spi_value(cxt, 17));
 	row->target = spi_value(cxt, 18);
+	row->staging_table = spi_value(cxt, 19);
 	SPI_finish();
 
 	row->settings.checkpoint_interval_seconds = json_int(settings, "checkpoint_interval_seconds", 60);
@@ -408,7 +402,8 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 
 /*
  * Fill the {name} placeholders of a URL from the run's parameters, each
- * value URL-encoded.  A placeholder without a value is an error.
+ * value URL-encoded.  A placeholder without a value is an error, and so is
+ * "." or ".." in the path (URL-encoding leaves dots as they are).
  */
 static char *
 render_url(const char *template, Jsonb *parameters)
@@ -447,6 +442,14 @@ render_url(const char *template, Jsonb *parameters)
 				text = v->val.boolean ? "true" : "false";
 			else
 				text = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+			/* a whole "." or ".." segment would move the request up the path */
+			if ((strcmp(text, ".") == 0 || strcmp(text, "..") == 0) &&
+				strpbrk(buf.data, "?#") == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("URL placeholder {%s} must not be \"%s\" in the URL's path", name, text),
+						 errdetail("A dot segment would send the request, with the job's secrets, to another path."),
+						 errhint("Pass the value the API expects for {%s}.", name)));
 			appendStringInfoString(&buf, etl_url_encode(text));
 			p = close + 1;
 		}
@@ -604,178 +607,23 @@ checkpoint_patch(const EtlCheckpoint *cp, int retries, int64 expected_total)
 	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
 
-/* index of dw_etl_runs' column name, of type typid; -1 if there is none */
-static int
-attnum_of(TupleDesc desc, const char *name, Oid typid)
-{
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
-			return att->atttypid == typid ? i : -1;
-	}
-	return -1;
-}
-
-/*
- * May a checkpoint write skip the executor?  Only when the plain UPDATE
- * would do nothing more than write the row and its index entries: no rule,
- * no trigger but the foreign key's own (which checks nothing when job_id
- * does not change; a deferrable constraint's recheck trigger does not
- * qualify), no CHECK constraint but the extension's own on status (which
- * the write does not touch), no stored generated column.  A user's rule,
- * trigger, constraint or generated column on dw_etl_runs sends every write
- * through the UPDATE.
- */
-static bool
-runs_table_is_plain(Relation rel)
-{
-	TupleConstr *constr = rel->rd_att->constr;
-
-	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
-		rel->rd_rules != NULL)
-		return false;
-	if (rel->trigdesc)
-	{
-		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
-			if (RI_FKey_trigger_type(rel->trigdesc->triggers[i].tgfoid) == RI_TRIGGER_NONE)
-				return false;
-	}
-	if (constr)
-	{
-		if (constr->has_generated_stored)
-			return false;
-		for (int i = 0; i < constr->num_check; i++)
-			if (strcmp(constr->check[i].ccname, "dw_etl_runs_status_check") != 0)
-				return false;
-	}
-	return true;
-}
-
-/*
- * Write the checkpoint straight into the version of the run row at *tid,
- * as the UPDATE below would, without planning and starting an executor
- * for one row on every page.  Returns false, having written nothing, when
- * that version is not the row's current one (another session updated it,
- * or this transaction did, through a trigger on the target, say) or the
- * table is not plain (above): the caller then runs the UPDATE.
- *
- * Before writing, the versions earlier checkpoints left on the row's page
- * are cleared (as any heap scan passing by would), so that the new version
- * fits on the same page and needs no new index entries.
- */
-static bool
-write_checkpoint_direct(Oid runs_relid, ItemPointer tid, int64 run_id, int64 total_records,
-						int64 pages_fetched, Jsonb *patch)
-{
-	Relation	rel = table_open(runs_relid, RowExclusiveLock);
-	TupleDesc	desc = RelationGetDescr(rel);
-	BlockNumber block = ItemPointerGetBlockNumber(tid);
-	HeapTupleData old;
-	HeapTuple	new;
-	Buffer		buffer;
-	Datum	   *values;
-	bool	   *nulls;
-	bool	   *replace;
-	TM_Result	result;
-	TM_FailureData tmfd;
-	LockTupleMode lockmode;
-	int			att_records = attnum_of(desc, "records_loaded", INT8OID);
-	int			att_pages = attnum_of(desc, "pages_fetched", INT8OID);
-	int			att_context = attnum_of(desc, "run_context", JSONBOID);
-	int			att_run_id = attnum_of(desc, "run_id", INT8OID);
-	Datum		old_context;
-	bool		context_null;
-	bool		isnull;
-
-	if (!runs_table_is_plain(rel) || att_records < 0 || att_pages < 0 ||
-		att_context < 0 || att_run_id < 0 || block >= RelationGetNumberOfBlocks(rel))
-	{
-		table_close(rel, NoLock);
-		return false;
-	}
-	/* what the UPDATE would refuse (a publication without replica identity) */
-	CheckCmdReplicaIdentity(rel, CMD_UPDATE);
-	buffer = ReadBuffer(rel, block);
-	heap_page_prune_opt(rel, buffer);
-	ReleaseBuffer(buffer);
-
-	/* a snapshot as of now: a version this transaction replaced is not seen */
-	old.t_self = *tid;
-	if (!heap_fetch(rel, GetLatestSnapshot(), &old, &buffer, false))
-	{
-		table_close(rel, NoLock);
-		return false;
-	}
-	old_context = heap_getattr(&old, att_context + 1, desc, &context_null);
-	if (DatumGetInt64(heap_getattr(&old, att_run_id + 1, desc, &isnull)) != run_id || context_null)
-	{
-		ReleaseBuffer(buffer);
-		table_close(rel, NoLock);
-		return false;
-	}
-
-	values = palloc0(desc->natts * sizeof(Datum));
-	nulls = palloc0(desc->natts * sizeof(bool));
-	replace = palloc0(desc->natts * sizeof(bool));
-	values[att_records] = Int64GetDatum(total_records);
-	values[att_pages] = Int64GetDatum(pages_fetched);
-	values[att_context] = DirectFunctionCall2(jsonb_concat, old_context, JsonbPGetDatum(patch));
-	replace[att_records] = replace[att_pages] = replace[att_context] = true;
-	new = heap_modify_tuple(&old, desc, values, nulls, replace);
-	ReleaseBuffer(buffer);
-
-	result = heap_update(rel, tid, new, GetCurrentCommandId(true), InvalidSnapshot,
-						 true, &tmfd, &lockmode);
-	if (result != TM_Ok)
-	{
-		table_close(rel, NoLock);
-		return false;			/* updated meanwhile: the UPDATE follows it */
-	}
-
-	/* a version on another page needs index entries of its own */
-	if (!HeapTupleIsHeapOnly(new))
-	{
-		EState	   *estate = CreateExecutorState();
-		ResultRelInfo *rri = makeNode(ResultRelInfo);
-		TupleTableSlot *slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsHeapTuple);
-
-		InitResultRelInfo(rri, rel, 1, NULL, 0);
-		ExecOpenIndices(rri, false);
-		ExecStoreHeapTuple(new, slot, false);
-		(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
-		ExecCloseIndices(rri);
-		ExecResetTupleTable(estate->es_tupleTable, false);
-		FreeExecutorState(estate);
-	}
-	CommandCounterIncrement();
-	*tid = new->t_self;
-	table_close(rel, NoLock);
-	return true;
-}
-
 /*
  * Record the checkpoint of everything loaded so far (same transaction).
  *
- * With per-page checkpoints this runs for every page, so it is kept cheap:
- * the JSON is built here and, once the row's place is known, written
- * directly (above).  The first write of a run, and any write the direct
- * path declines, is a plain UPDATE that returns where the row now lives.
+ * With per-page checkpoints this runs for every page: one saved plan, and
+ * the patch merged into run_context built here as jsonb, so the statement
+ * has nothing to parse or plan per page.  It goes through SPI like any
+ * other UPDATE: triggers, constraints, rules, auditing and statistics
+ * hooks on dw_etl_runs all see it.
  */
 void
 etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 					int64 expected_total, int retries)
 {
 	static SPIPlanPtr plan = NULL;
-	static Oid	runs_relid = InvalidOid;
-	static int64 tid_run_id = 0;
-	static ItemPointerData tid;
 	static MemoryContext write_cxt = NULL;
 	MemoryContext caller_cxt;
-	Jsonb	   *patch;
 	Datum		values[4];
-	bool		isnull;
 
 	/* the caller's context may live as long as the run: not there */
 	if (write_cxt == NULL)
@@ -783,17 +631,6 @@ etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 										  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextReset(write_cxt);
 	caller_cxt = MemoryContextSwitchTo(write_cxt);
-	patch = checkpoint_patch(cp, retries, expected_total);
-
-	if (!OidIsValid(runs_relid))
-		runs_relid = get_relname_relid("dw_etl_runs",
-									   get_namespace_oid(etl_extension_schema(), false));
-	if (tid_run_id == run_id &&
-		write_checkpoint_direct(runs_relid, &tid, run_id, cp->total_records, pages_fetched, patch))
-	{
-		MemoryContextSwitchTo(caller_cxt);
-		return;
-	}
 
 	SPI_connect();
 	if (plan == NULL)
@@ -802,7 +639,7 @@ etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 
 		plan = SPI_prepare(psprintf("UPDATE %s SET records_loaded = $2, pages_fetched = $3, "
 									"  run_context = run_context || $4 "
-									"WHERE run_id = $1 RETURNING ctid",
+									"WHERE run_id = $1",
 									etl_qualified("dw_etl_runs")), 4, types);
 		if (plan == NULL || SPI_keepplan(plan) != 0)
 			elog(ERROR, "etl_exec: could not prepare the checkpoint update");
@@ -810,21 +647,35 @@ etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 	values[0] = Int64GetDatum(run_id);
 	values[1] = Int64GetDatum(cp->total_records);
 	values[2] = Int64GetDatum(pages_fetched);
-	values[3] = JsonbPGetDatum(patch);
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+	values[3] = JsonbPGetDatum(checkpoint_patch(cp, retries, expected_total));
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "etl_exec: could not save the checkpoint of run " INT64_FORMAT, run_id);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("etl_exec run " INT64_FORMAT " is no longer in dw_etl_runs", run_id),
 				 errdetail("Its row was deleted while the run was loading; its checkpoint cannot be saved.")));
-	/* where this version lives, for the next write */
-	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
-																SPI_tuptable->tupdesc, 1,
-																&isnull)), &tid);
-	tid_run_id = run_id;
 	SPI_finish();
 	MemoryContextSwitchTo(caller_cxt);
+}
+
+/*
+ * Record the staging table a replace run made, in the transaction that
+ * made it: a resume takes this table and no other.
+ */
+void
+etl_record_staging(int64 run_id, const char *staging)
+{
+	const char *args[2];
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	args[1] = staging;
+	spi_run(psprintf("UPDATE %s SET run_context = run_context || "
+					 "jsonb_build_object('staging', jsonb_build_object('table', $2::text)) "
+					 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
+			2, args, SPI_OK_UPDATE);
+	SPI_finish();
 }
 
 /*

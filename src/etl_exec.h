@@ -34,6 +34,7 @@ extern char *etl_ca_file;
 extern int	etl_run_retention_days;
 
 extern void etl_define_settings(void);
+extern bool etl_header_value_is_safe(const char *value);
 extern Datum etl_settings_snapshot(PG_FUNCTION_ARGS);
 
 /*
@@ -54,6 +55,11 @@ typedef struct EtlRunSettings
 	char	   *ca_file;
 	char	   *search_path;
 } EtlRunSettings;
+
+/* ---------- api.c ---------- */
+
+extern Oid	etl_api_caller(void);
+extern char *etl_resolve_target(const char *name);
 
 /* ---------- run_lock.c ---------- */
 
@@ -144,10 +150,20 @@ typedef List *(*EtlHeaderBuilder) (void *arg, const char *url);
 extern EtlStopReason etl_http_get(const char *url, EtlHeaderBuilder build_headers,
 								  void *arg, EtlHttpResponse *resp);
 extern char *etl_http_post_form(const char *url, const char *form, const char *what);
+
+/* ---------- url.c ---------- */
+
 extern char *etl_url_encode(const char *s);
 extern char *etl_url_resolve(const char *base, const char *relative);
 extern char *etl_url_host(const char *url);
+extern int	etl_url_port(const char *url);
 extern char *etl_url_redact(const char *url);
+
+/* ---------- redact.c ---------- */
+
+extern void etl_redact_register(const char *value);
+extern char *etl_redact(const char *text);
+extern void etl_redact_error(ErrorData *edata);
 
 /* ---------- json_path.c ---------- */
 
@@ -296,7 +312,8 @@ extern void etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 typedef struct EtlLoader EtlLoader;
 
 extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
-									MemoryContext cxt, int64 run_id, bool dry_run);
+									MemoryContext cxt, int64 run_id, bool dry_run,
+									const char *staging, bool has_loaded_pages);
 extern void etl_loader_finish(EtlLoader *loader);
 extern const EtlScanSpec *etl_loader_scan_spec(EtlLoader *loader);
 extern void etl_loader_note_scan(EtlLoader *loader, bool scanned_ok);
@@ -320,6 +337,7 @@ typedef struct EtlRunRow
 	int32		resume_count;
 	int32		retries;
 	char	   *target;			/* frozen at the run's start (quoted, qualified) */
+	char	   *staging_table;	/* replace mode: the run's staging table, or NULL */
 	bool		has_checkpoint;
 	EtlCheckpoint checkpoint;
 	Jsonb	   *parameters;
@@ -336,6 +354,7 @@ extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
 extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,
 								int64 pages_fetched, int64 expected_total,
 								int retries);
+extern void etl_record_staging(int64 run_id, const char *staging);
 extern void etl_finish_run(int64 run_id, const char *status,
 						   int64 pages_fetched, int64 segment_ms,
 						   int64 commits, int64 commit_us,

@@ -140,6 +140,11 @@ etl_http_init(const EtlRunSettings *settings)
 		elog(ERROR, "etl_exec: could not create a libcurl handle");
 	run_settings = settings;
 	body_buf.max = (size_t) settings->max_response_bytes;
+	/* settings stored before user_agent was checked when set */
+	if (settings->user_agent && !etl_header_value_is_safe(settings->user_agent))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etl_exec.user_agent must not contain control characters such as line breaks")));
 
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	/* no proxy from the server's environment: addresses are checked directly */
@@ -293,16 +298,48 @@ body_snippet(void)
 	for (char *p = s; *p; p++)
 		if (*p == '\n' || *p == '\r')
 			*p = ' ';
-	return s;
+	return etl_redact(s);
 }
 
 /*
- * Refuse link-local and cloud-metadata addresses (169.254.0.0/16,
- * fe80::/10, fd00:ec2::254) on the address curl is about to connect to,
- * whatever name led there, unless etl_exec.allowed_hosts names that
- * address itself.  Runs inside a curl callback: only sets a flag.
+ * Refuse addresses that reach this host's unspecified address or the cloud
+ * metadata service, whatever name led there and in whichever form:
+ * 0.0.0.0/8 and link-local 169.254.0.0/16 (IPv4, and IPv4-mapped or NAT64
+ * IPv6 forms of them), ::, IPv4-compatible ::a.b.c.d, fe80::/10 and
+ * fd00:ec2::254 -- unless etl_exec.allowed_hosts names that address itself.
+ * Loopback (127.0.0.0/8, ::1) stays allowed: local APIs are common.  Runs
+ * inside a curl callback: only sets a flag.
  */
 static char blocked_address[INET6_ADDRSTRLEN + 1];
+
+static bool
+ipv4_blocked(uint32 a)
+{
+	return (a >> 24) == 0 || (a >> 16) == ((169 << 8) | 254);
+}
+
+static bool
+ipv6_blocked(const unsigned char *b)
+{
+	static const unsigned char metadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
+	static const unsigned char zeros[12] = {0};
+	static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+	static const unsigned char nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 0x01};
+	uint32		v4 = ((uint32) b[12] << 24) | ((uint32) b[13] << 16) | ((uint32) b[14] << 8) | b[15];
+
+	if ((b[0] == 0xfe && (b[1] & 0xc0) == 0x80) || memcmp(b, metadata, 16) == 0)
+		return true;
+	/* ::, and IPv4-compatible ::a.b.c.d (all but ::1) */
+	if (memcmp(b, zeros, 12) == 0)
+		return v4 != 1;
+	if (memcmp(b, mapped, 12) == 0)
+		return ipv4_blocked(v4);
+	/* NAT64 (64:ff9b::/96, 64:ff9b:1::/48) to a blocked or loopback address */
+	if (memcmp(b, nat64, 12) == 0 || memcmp(b, nat64_local, 6) == 0)
+		return ipv4_blocked(v4) || (v4 >> 24) == 127;
+	return false;
+}
 
 static bool
 address_listed(const char *addr)
@@ -335,22 +372,16 @@ open_checked_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a
 	if (address->family == AF_INET)
 	{
 		struct sockaddr_in *in = (struct sockaddr_in *) &address->addr;
-		uint32		a = ntohl(in->sin_addr.s_addr);
 
 		inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
-		blocked = (a >> 16) == ((169 << 8) | 254);
+		blocked = ipv4_blocked(ntohl(in->sin_addr.s_addr));
 	}
 	else if (address->family == AF_INET6)
 	{
 		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &address->addr;
-		const unsigned char *b = in6->sin6_addr.s6_addr;
-		static const unsigned char metadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
 
 		inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
-		blocked = (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||
-			memcmp(b, metadata, 16) == 0 ||
-		/* IPv4-mapped link-local */
-			(memcmp(b, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0 && b[12] == 169 && b[13] == 254);
+		blocked = ipv6_blocked(in6->sin6_addr.s6_addr);
 	}
 	if (blocked && !address_listed(text))
 	{
@@ -431,7 +462,7 @@ etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
 		if (blocked_address[0])
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("refused to connect to %s for %s: link-local and cloud-metadata addresses are blocked",
+					 errmsg("refused to connect to %s for %s: unspecified, link-local and cloud-metadata addresses are blocked",
 							blocked_address, etl_url_redact(current_url)),
 					 errhint("A superuser can allow the address by listing it in etl_exec.allowed_hosts.")));
 
@@ -574,90 +605,7 @@ etl_http_post_form(const char *url, const char *form, const char *what)
 	if (status < 200 || status >= 300)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-				 errmsg("%s: HTTP %ld from %s: %.300s", what, status, etl_url_redact(url), result)));
-	return result;
-}
-
-char *
-etl_url_encode(const char *s)
-{
-	char	   *enc = curl_easy_escape(NULL, s, 0);
-	char	   *result;
-
-	if (enc == NULL)
-		elog(ERROR, "etl_exec: could not URL-encode a value");
-	result = pstrdup(enc);
-	curl_free(enc);
-	return result;
-}
-
-/* Resolve a (possibly relative) link against the URL it came from. */
-char *
-etl_url_resolve(const char *base, const char *relative)
-{
-	CURLU	   *u = curl_url();
-	char	   *out = NULL;
-	char	   *result;
-
-	if (curl_url_set(u, CURLUPART_URL, base, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
-		curl_url_set(u, CURLUPART_URL, relative, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
-		curl_url_get(u, CURLUPART_URL, &out, 0) != CURLUE_OK)
-	{
-		curl_url_cleanup(u);
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid link \"%s\" (relative to %s)", relative, etl_url_redact(base))));
-	}
-	result = pstrdup(out);
-	curl_free(out);
-	curl_url_cleanup(u);
-	return result;
-}
-
-char *
-etl_url_host(const char *url)
-{
-	CURLU	   *u = curl_url();
-	char	   *host = NULL;
-	char	   *result;
-
-	if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
-		curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-	{
-		curl_url_cleanup(u);
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid URL \"%s\"", url),
-				 errhint("URLs must look like https://host/path?query.")));
-	}
-	result = pstrdup(host);
-	curl_free(host);
-	curl_url_cleanup(u);
-	return result;
-}
-
-/* A URL fit for messages: no user name or password. */
-char *
-etl_url_redact(const char *url)
-{
-	CURLU	   *u = curl_url();
-	char	   *out = NULL;
-	char	   *result;
-
-	if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK)
-	{
-		curl_url_cleanup(u);
-		return pstrdup(url);
-	}
-	curl_url_set(u, CURLUPART_USER, NULL, 0);
-	curl_url_set(u, CURLUPART_PASSWORD, NULL, 0);
-	if (curl_url_get(u, CURLUPART_URL, &out, 0) != CURLUE_OK)
-	{
-		curl_url_cleanup(u);
-		return pstrdup(url);
-	}
-	result = pstrdup(out);
-	curl_free(out);
-	curl_url_cleanup(u);
+				 errmsg("%s: HTTP %ld from %s: %.300s", what, status, etl_url_redact(url),
+						etl_redact(result))));
 	return result;
 }

@@ -32,6 +32,7 @@
 #include "utils/backend_status.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "catalog/pg_type.h"
 #include "utils/jsonb.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -47,14 +48,84 @@ jsonb_arg_to_cstring(Jsonb *jb)
 }
 
 /*
+ * What a launch is derived from, read from the job and run rows: the table
+ * a new run loads (the job's, as the caller's search_path finds it), and
+ * for a resume the run's job and role, which the caller must speak for.
+ */
+static void
+derive_launch(EtlLaunchShared *shared)
+{
+	Oid			caller = etl_api_caller();
+	char	   *target_table = NULL;
+	char	   *target;
+	int64		run_id = shared->run_id;
+	int32		job_id = shared->job_id;
+	Oid			argtypes[1];
+	Datum		values[1];
+
+	SPI_connect();
+	if (shared->mode == ETL_LAUNCH_RESUME)
+	{
+		bool		isnull;
+
+		argtypes[0] = INT8OID;
+		values[0] = Int64GetDatum(run_id);
+		if (SPI_execute_with_args(psprintf("SELECT job_id, started_by::oid FROM %s WHERE run_id = $1",
+										   etl_qualified("dw_etl_runs")),
+								  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("etl_exec run " INT64_FORMAT " does not exist", run_id)));
+		job_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		shared->role_oid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 2, &isnull));
+		if (!is_member_of_role(caller, shared->role_oid))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to resume etl_exec run " INT64_FORMAT, run_id),
+					 errhint("Only the role that started a run, its members and superusers may resume it.")));
+	}
+	else
+		shared->role_oid = caller;
+	shared->job_id = job_id;
+
+	argtypes[0] = INT4OID;
+	values[0] = Int32GetDatum(job_id);
+	if (SPI_execute_with_args(psprintf("SELECT target_table FROM %s WHERE job_id = $1",
+									   etl_qualified("dw_etl_jobs")),
+							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		target_table = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (target_table == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("etl_exec job %d does not exist", job_id)));
+	target = etl_resolve_target(target_table);
+	/* a resume loads the table its run froze; the worker reads it */
+	if (target == NULL && shared->mode == ETL_LAUNCH_NEW)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("target table \"%s\" of etl_exec job %d does not exist", target_table, job_id),
+				 errhint("Create the table before starting the job, or fix dw_etl_jobs.target_table.")));
+	if (target && strlen(target) >= sizeof(shared->target))
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("target table name \"%s\" is too long", target)));
+	if (target)
+		strlcpy(shared->target, target, sizeof(shared->target));
+	SPI_finish();
+}
+
+/*
  * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
- *					 parameters, run_as, target) RETURNS bigint
+ *					 parameters) RETURNS bigint
  *
- * Validation the caller can do has been done by the SQL wrapper; this
- * starts the worker and waits until it has committed the run row.  What a
- * worker must be able to trust (the role to act as, who may resume a run)
- * is checked here or in the worker, not only in the SQL wrappers: the
- * function is callable by etl_operator members.
+ * Starts the worker and waits until it has committed the run row.  Only
+ * the extension's own entry points call it (it is executable by no one
+ * else), for the caller etl_api_caller() names; everything the worker does
+ * beyond the call's options (timeout, dry run, parameters) is derived from
+ * the job and run rows, here and in the worker.
  */
 PG_FUNCTION_INFO_V1(etl_start_worker);
 Datum
@@ -67,6 +138,7 @@ etl_start_worker(PG_FUNCTION_ARGS)
 	Size		parameters_len;
 	dsm_segment *seg;
 	EtlLaunchShared *shared;
+	EtlLaunchShared launch;
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 	EtlLaunchState state;
@@ -81,11 +153,12 @@ etl_start_worker(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("_etl_start_worker: mode must be 'new', or 'resume' with a run_id")));
-	if ((strcmp(mode, "new") == 0 && PG_ARGISNULL(7)) ||
-		(!PG_ARGISNULL(7) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(7)) >= 300))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("_etl_start_worker: a new run needs its target table")));
+	memset(&launch, 0, sizeof(launch));
+	launch.mode = strcmp(mode, "resume") == 0 ? ETL_LAUNCH_RESUME : ETL_LAUNCH_NEW;
+	launch.job_id = PG_GETARG_INT32(1);
+	launch.run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
+	derive_launch(&launch);
+
 	parameters_json = jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
 	/* the settings in force in this session; never taken from the caller */
 	settings_json = jsonb_arg_to_cstring(DatumGetJsonbP(DirectFunctionCall1(etl_settings_snapshot,
@@ -99,22 +172,14 @@ etl_start_worker(PG_FUNCTION_ARGS)
 	memset(shared, 0, offsetof(EtlLaunchShared, payload));
 	SpinLockInit(&shared->mutex);
 	shared->caller_pid = MyProcPid;
-	shared->mode = strcmp(mode, "resume") == 0 ? ETL_LAUNCH_RESUME : ETL_LAUNCH_NEW;
+	shared->mode = launch.mode;
 	shared->database_oid = MyDatabaseId;
-	shared->role_oid = PG_ARGISNULL(6) ? GetUserId() : PG_GETARG_OID(6);
-	if (shared->role_oid != GetUserId() &&
-		!is_member_of_role(GetUserId(), shared->role_oid))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to run as role \"%s\"",
-						GetUserNameFromId(shared->role_oid, true) ? GetUserNameFromId(shared->role_oid, true) : "?"),
-				 errhint("Only the role that started a run, its members and superusers may resume it.")));
-	shared->job_id = PG_GETARG_INT32(1);
-	shared->run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
+	shared->role_oid = launch.role_oid;
+	shared->job_id = launch.job_id;
+	shared->run_id = launch.run_id;
 	shared->timeout_seconds = PG_GETARG_INT32(3);
 	shared->dry_run = PG_GETARG_BOOL(4);
-	if (!PG_ARGISNULL(7))
-		text_to_cstring_buffer(PG_GETARG_TEXT_PP(7), shared->target, sizeof(shared->target));
+	memcpy(shared->target, launch.target, sizeof(shared->target));
 	shared->state = ETL_LAUNCH_PENDING;
 	shared->settings_len = settings_len;
 	shared->parameters_len = parameters_len;
@@ -315,7 +380,7 @@ etl_signal_run(PG_FUNCTION_ARGS)
 
 	if (pid == 0)
 		PG_RETURN_BOOL(false);
-	if (!is_member_of_role(GetUserId(), owner))
+	if (!is_member_of_role(etl_api_caller(), owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to cancel etl_exec run " INT64_FORMAT, run_id),

@@ -39,9 +39,9 @@
 #include "catalog/namespace.h"
 #include "common/hashfn.h"
 #include "catalog/pg_attribute.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
-#include "commands/copyfrom_internal.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -61,6 +61,7 @@
 #include "utils/rls.h"
 #include "utils/syscache.h"
 
+#include "compat.h"
 #include "etl_exec.h"
 
 #define KEY_CACHE_SIZE 256
@@ -111,6 +112,7 @@ struct EtlLoader
 	bool		upsert;
 	Oid			insert_relid;	/* where pages load: target or staging */
 	bool		use_copy;		/* load through COPY (not upsert, no RLS) */
+	bool		has_deferrable; /* the target has deferrable constraints */
 	EtlScanSpec *scan;			/* for page_scan.c, or NULL: jsonb only */
 	int			scan_misses;	/* pages in a row the fast reader gave up on */
 	char	   *final_target;	/* replace mode: the target swapped into */
@@ -174,31 +176,107 @@ back_from_run_role(RoleSwitch *sw)
 }
 
 /*
+ * Deferred constraints (REFERENCES ... DEFERRABLE INITIALLY DEFERRED) are
+ * checked within the page: a load is a restricted operation, where
+ * PostgreSQL will not queue a trigger past the statement, and a page must
+ * fail or commit whole in any case.  Called before each statement that
+ * writes the target; nothing is pending then, so it fires nothing itself.
+ */
+static void
+check_constraints_in_page(EtlLoader *loader)
+{
+	if (!loader->has_deferrable)
+		return;
+	SPI_connect();
+	if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "etl_exec: could not make constraints immediate");
+	SPI_finish();
+}
+
+/*
  * Replace mode: pages load into a staging table that lives as long as the
- * run (resumes reuse it); the run's last page swaps it into the target in
- * one transaction.  The staging table belongs to the run's role, so the
- * loads and the swap need nothing the role does not already have on the
- * target.
+ * run; the run's last page swaps it into the target in one transaction.
+ *
+ * The run makes the table itself, fresh, with a name no one can guess
+ * (plain CREATE TABLE: a name that is taken is an error, never a table to
+ * adopt), records it in run_context in the same transaction, and gives it
+ * to the run's role, so the loads and the swap need nothing the role does
+ * not already have on the target.  A resume takes the table its run
+ * recorded, after checking that it is still that role's.
  */
 static void
 create_staging(EtlLoader *loader, const char *nspname, int64 run_id)
 {
-	char	   *name = psprintf("_etl_stage_" INT64_FORMAT, run_id);
+	uint8		random[8];
+	char		suffix[sizeof(random) * 2 + 1];
 	char	   *role = GetUserNameFromId(loader->role_oid, false);
 
-	loader->staging = quote_qualified_identifier(nspname, name);
-	loader->final_target = loader->target;
+	if (!pg_strong_random(random, sizeof(random)))
+		elog(ERROR, "etl_exec: could not generate a random staging table name");
+	for (int i = 0; i < (int) sizeof(random); i++)
+		snprintf(suffix + 2 * i, 3, "%02x", random[i]);
+	loader->staging = quote_qualified_identifier(nspname,
+												 psprintf("_etl_stage_" INT64_FORMAT "_%s", run_id, suffix));
 	SPI_connect();
-	if (SPI_execute(psprintf("CREATE TABLE IF NOT EXISTS %s (LIKE %s INCLUDING DEFAULTS "
+	if (SPI_execute(psprintf("CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS "
 							 "INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)",
 							 loader->staging, loader->final_target), false, 0) != SPI_OK_UTILITY ||
 		SPI_execute(psprintf("ALTER TABLE %s OWNER TO %s", loader->staging, quote_identifier(role)),
 					false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "etl_exec: could not create staging table %s", loader->staging);
 	SPI_finish();
+	etl_record_staging(run_id, loader->staging);
+}
+
+/* The staging table a resumed run recorded: it must still be its role's. */
+static void
+adopt_staging(EtlLoader *loader, const char *staging, int64 run_id)
+{
+	Oid			relid = RangeVarGetRelid(makeRangeVarFromNameList(etl_qualified_name_list(staging)),
+										 NoLock, true);
+	HeapTuple	tup;
+	bool		ok = false;
+
+	if (OidIsValid(relid) && (tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid))) != NULL)
+	{
+		Form_pg_class rel = (Form_pg_class) GETSTRUCT(tup);
+
+		ok = rel->relowner == loader->role_oid && rel->relkind == RELKIND_RELATION;
+		ReleaseSysCache(tup);
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the staging table %s of etl_exec run " INT64_FORMAT " is gone or no longer belongs to the run's role",
+						staging, run_id),
+				 errdetail("A replace run loads into its own staging table until its last page; the pages loaded so far were there."),
+				 errhint("Start the job over with SELECT etl_execute_job(%d).", loader->job->job_id)));
+	loader->staging = pstrdup(staging);
+}
+
+/*
+ * Where a replace run's pages load: a new staging table, or the one the run
+ * recorded.  A run checkpointed before staging tables were recorded (0.2)
+ * cannot be resumed: its table is not known to be the run's own.
+ */
+static void
+set_up_staging(EtlLoader *loader, Oid target_relid, int64 run_id,
+			   const char *recorded, bool has_loaded_pages)
+{
+	loader->final_target = loader->target;
+	if (recorded)
+		adopt_staging(loader, recorded, run_id);
+	else if (has_loaded_pages)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etl_exec run " INT64_FORMAT " has no recorded staging table to resume into", run_id),
+				 errdetail("The run was checkpointed by an etl_exec version that did not record its staging table."),
+				 errhint("Start the job over with SELECT etl_execute_job(%d).", loader->job->job_id)));
+	else
+		create_staging(loader, get_namespace_name(get_rel_namespace(target_relid)), run_id);
 	MemoryContextSwitchTo(loader->cxt);
 	loader->target = loader->staging;
-	loader->insert_relid = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(loader->staging)),
+	loader->insert_relid = RangeVarGetRelid(makeRangeVarFromNameList(etl_qualified_name_list(loader->staging)),
 											NoLock, false);
 }
 
@@ -219,6 +297,7 @@ etl_loader_finish(EtlLoader *loader)
 	for (int i = 0; i < loader->ncols; i++)
 		appendStringInfo(&cols, "%s%s", i ? ", " : "", quote_identifier(loader->cols[i].name));
 
+	check_constraints_in_page(loader);
 	SPI_connect();
 	act_as_run_role(loader, &sw);
 	if (SPI_execute(psprintf("DELETE FROM %s", loader->final_target), false, 0) != SPI_OK_DELETE ||
@@ -284,7 +363,7 @@ build_scan_spec(EtlLoader *loader, const EtlJob *job)
 
 EtlLoader *
 etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
-				  int64 run_id, bool dry_run)
+				  int64 run_id, bool dry_run, const char *staging, bool has_loaded_pages)
 {
 	MemoryContext cxt = AllocSetContextCreate(parent, "etl_exec loader", ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -300,7 +379,7 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	loader->role_oid = role_oid;
 	loader->upsert = strcmp(job->load_mode, "upsert") == 0;
 
-	rv = makeRangeVarFromNameList(stringToQualifiedNameList(job->target_table));
+	rv = makeRangeVarFromNameList(etl_qualified_name_list(job->target_table));
 	relid = RangeVarGetRelid(rv, AccessShareLock, true);
 	if (!OidIsValid(relid))
 		ereport(ERROR,
@@ -341,6 +420,9 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 		col->typalign = typ->typalign;
 		ReleaseSysCache(tup);
 	}
+	if (rel->trigdesc)
+		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
+			loader->has_deferrable |= rel->trigdesc->triggers[i].tgdeferrable;
 	relation_close(rel, NoLock);
 
 	if (job->column_map)
@@ -391,8 +473,7 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 
 	loader->insert_relid = relid;
 	if (strcmp(job->load_mode, "replace") == 0 && !dry_run)
-		create_staging(loader, get_namespace_name(get_rel_namespace(relid)),
-					   run_id);
+		set_up_staging(loader, relid, run_id, staging, has_loaded_pages);
 	loader->use_copy = !loader->upsert;
 	if (loader->use_copy)
 		loader->scan = build_scan_spec(loader, job);
@@ -786,26 +867,54 @@ copy_read_page(void *outbuf, int minread, int maxread)
 	return n;
 }
 
-/* where COPY is, for the error context: page, record, column, value */
-typedef struct CopyPosition
-{
-	int32		page_index;
-	CopyFromState cstate;
-} CopyPosition;
-
+/*
+ * COPY's own error context says "COPY table, line N, column c: "value""
+ * (or ": null input", or no column); a run's errors name the page too, and
+ * call a line what it is, a record.  Rewrites that line of an error's
+ * context in place; leaves a context it does not recognise (a translated
+ * one, say) as it is.
+ */
 static void
-copy_error_context(void *arg)
+name_copy_position(ErrorData *edata, int32 page_index)
 {
-	CopyPosition *pos = (CopyPosition *) arg;
+	StringInfoData buf;
+	const char *line;
+	const char *line_end;
+	const char *p;
+	char	   *end;
+	unsigned long long record;
 
-	if (pos->cstate == NULL || pos->cstate->cur_lineno == 0)
+	if (edata->context == NULL)
 		return;
-	if (pos->cstate->cur_attname)
-		errcontext("page %d, record " UINT64_FORMAT ", column \"%s\", value \"%.200s\"",
-				   pos->page_index + 1, pos->cstate->cur_lineno, pos->cstate->cur_attname,
-				   pos->cstate->cur_attval ? pos->cstate->cur_attval : "null");
-	else
-		errcontext("page %d, record " UINT64_FORMAT, pos->page_index + 1, pos->cstate->cur_lineno);
+	for (line = edata->context; line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+		if (strncmp(line, "COPY ", 5) == 0)
+			break;
+	if (line == NULL || (p = strstr(line, ", line ")) == NULL)
+		return;
+	line_end = line + strcspn(line, "\n");
+	record = strtoull(p + 7, &end, 10);
+	if (end == p + 7 || end > line_end)
+		return;
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, edata->context, line - edata->context);
+	appendStringInfo(&buf, "page %d, record %llu", page_index + 1, record);
+	if (strncmp(end, ", column ", 9) == 0)
+	{
+		const char *colon = strstr(end + 9, ": ");
+
+		if (colon == NULL || colon > line_end)
+			return;
+		appendStringInfoString(&buf, ", column \"");
+		appendBinaryStringInfo(&buf, end + 9, colon - (end + 9));
+		appendStringInfoString(&buf, "\", value ");
+		if (strncmp(colon + 2, "null input", 10) == 0)
+			appendStringInfoString(&buf, "null");
+		else
+			appendBinaryStringInfo(&buf, colon + 2, line_end - (colon + 2));
+	}
+	appendStringInfoString(&buf, line_end);
+	edata->context = buf.data;
 }
 
 /* one value as COPY text: what the column type's input function takes */
@@ -836,8 +945,8 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	ParseState *pstate;
 	ParseNamespaceItem *nsitem;
 	CopyFromState cstate;
-	CopyPosition pos = {page_index, NULL};
-	ErrorContextCallback errcb;
+	Bitmapset  *inserted = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
 	RoleSwitch	sw;
 
 	for (int c = 0; c < ncols; c++)
@@ -848,29 +957,36 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	copy_source.pos = 0;
 	/* a load blocked on a lock must not carry the run past its deadline */
 	etl_cap_lock_waits();
+	check_constraints_in_page(loader);
 	act_as_run_role(loader, &sw);
 
 	rel = table_open(loader->insert_relid, RowExclusiveLock);
 	pstate = make_parsestate(NULL);
 	nsitem = addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
-	nsitem->p_rte->requiredPerms = ACL_INSERT;
 	for (int c = 0; c < ncols; c++)
 		if (present[c])
-			nsitem->p_rte->insertedCols =
-				bms_add_member(nsitem->p_rte->insertedCols,
-							   attnameAttNum(rel, loader->cols[c].name, false) - FirstLowInvalidHeapAttributeNumber);
-	ExecCheckRTPerms(pstate->p_rtable, true);
+			inserted = bms_add_member(inserted,
+									  attnameAttNum(rel, loader->cols[c].name, false) - FirstLowInvalidHeapAttributeNumber);
+	etl_check_insert_permission(pstate, nsitem, inserted);
 
 	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_read_page, attnames,
 						   list_make1(makeDefElem("encoding",
 												  (Node *) makeString((char *) GetDatabaseEncodingName()), -1)));
-	pos.cstate = cstate;
-	errcb.callback = copy_error_context;
-	errcb.arg = &pos;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-	(void) CopyFrom(cstate);
-	error_context_stack = errcb.previous;
+	PG_TRY();
+	{
+		(void) CopyFrom(cstate);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		name_copy_position(edata, page_index);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
 	EndCopyFrom(cstate);
 	table_close(rel, NoLock);
 
@@ -947,6 +1063,7 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 
 	/* input functions (domain checks) are user code too */
 	etl_cap_lock_waits();
+	check_constraints_in_page(loader);
 	act_as_run_role(loader, &sw);
 	pos.page_index = page_index;
 	errcb.callback = convert_error_context;

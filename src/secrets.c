@@ -7,14 +7,15 @@
  * or {oauth2:NAME} (an access token fetched with the OAuth2 client
  * credentials grant; dw_etl_secrets NAME holds a JSON object with
  * token_url, client_id, client_secret and optionally scope).  A header is
- * sent only to the hosts its secret lists (allowed_hosts; NULL means the
- * host of the job's URL, unless run parameters choose that host): for any
- * other host the whole header is
- * left out, so a next link or a redirect elsewhere never receives it.
+ * sent only to the origins its secret lists (allowed_hosts: host or
+ * host:port, no port meaning the scheme's default; an empty list means
+ * nowhere): for any other origin the whole header is left out, so a next
+ * link or a redirect elsewhere never receives it.
  * Tokens are cached, fetched anew shortly before they expire, and once
  * more when the API answers 401.  Secrets are read as the extension
- * owner (no ordinary role can read dw_etl_secrets) and never written to
- * run_context, error messages or the log.
+ * owner (no ordinary role can read dw_etl_secrets), never written to
+ * run_context, and every value in use is redacted from error messages and
+ * the log (redact.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -29,12 +30,18 @@
 
 #include "etl_exec.h"
 
+/* an origin a secret may go to: host, and port (0: the scheme's default) */
+typedef struct SecretOrigin
+{
+	char	   *host;
+	int			port;
+} SecretOrigin;
+
 typedef struct SecretEntry
 {
 	char	   *name;
 	char	   *value;
-	bool		job_host_only;	/* allowed_hosts NULL: the host of the job's URL */
-	List	   *hosts;			/* else these hosts (an empty list: none) */
+	List	   *origins;		/* of SecretOrigin; empty or NULL list: nowhere */
 } SecretEntry;
 
 typedef struct OAuthToken
@@ -46,6 +53,30 @@ typedef struct OAuthToken
 
 static List *secret_cache = NIL;
 static List *token_cache = NIL;
+
+/* "host", "host:port", "[v6]" or "[v6]:port" (validated when written) */
+static SecretOrigin *
+parse_origin(const char *entry)
+{
+	SecretOrigin *o = palloc0(sizeof(SecretOrigin));
+	const char *colon;
+
+	if (entry[0] == '[')
+	{
+		const char *close = strchr(entry, ']');
+
+		o->host = pnstrdup(entry, close ? (Size) (close - entry + 1) : strlen(entry));
+		colon = close ? strchr(close, ':') : NULL;
+	}
+	else
+	{
+		colon = strchr(entry, ':');
+		o->host = colon ? pnstrdup(entry, colon - entry) : pstrdup(entry);
+	}
+	if (colon)
+		o->port = atoi(colon + 1);
+	return o;
+}
 
 static SecretEntry *
 lookup_secret(const EtlJob *job, const char *name, const char *header)
@@ -67,7 +98,7 @@ lookup_secret(const EtlJob *job, const char *name, const char *header)
 
 	SPI_connect();
 	values[0] = CStringGetTextDatum(name);
-	sql = psprintf("SELECT value, array_to_string(allowed_hosts, ','), allowed_hosts IS NULL "
+	sql = psprintf("SELECT value, array_to_string(allowed_hosts, ',') "
 				   "FROM %s WHERE name = $1", etl_qualified("dw_etl_secrets"));
 	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "etl_exec: could not read dw_etl_secrets");
@@ -81,8 +112,8 @@ lookup_secret(const EtlJob *job, const char *name, const char *header)
 	entry = MemoryContextAllocZero(top, sizeof(SecretEntry));
 	entry->name = MemoryContextStrdup(top, name);
 	entry->value = MemoryContextStrdup(top, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	etl_redact_register(entry->value);
 	hosts = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	entry->job_host_only = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "t") == 0;
 	if (hosts)
 	{
 		char	   *save = NULL;
@@ -90,7 +121,7 @@ lookup_secret(const EtlJob *job, const char *name, const char *header)
 
 		hosts = pstrdup(hosts);
 		for (char *tok = strtok_r(hosts, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-			entry->hosts = lappend(entry->hosts, pstrdup(tok));
+			entry->origins = lappend(entry->origins, parse_origin(tok));
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
@@ -105,45 +136,29 @@ lookup_secret(const EtlJob *job, const char *name, const char *header)
 }
 
 /*
- * The host of the job's URL as the job defines it; NULL when a run's
- * parameters choose it ({name} in the host part), for then a caller, not
- * the job's owner, would decide where the secret goes.
+ * Whether a secret may go to url: its host and port must be an origin the
+ * secret lists (an entry without a port means the scheme's default one).
  */
-static char *
-job_host(const EtlJob *job)
-{
-	const char *p = strstr(job->url_template, "://");
-	size_t		n;
-
-	if (p == NULL)
-		return NULL;
-	p += 3;
-	n = strcspn(p, "/?#");
-	if (memchr(p, '{', n) || memchr(p, '@', n))
-		return NULL;
-	if (*p == '[')				/* [IPv6]:port */
-	{
-		const char *close = memchr(p, ']', n);
-
-		return close ? pnstrdup(p, close - p + 1) : NULL;
-	}
-	return pnstrdup(p, strcspn(p, ":/?#"));
-}
-
 static bool
-secret_allowed_for(const EtlJob *job, SecretEntry *entry, const char *host)
+secret_allowed_for(SecretEntry *entry, const char *url)
 {
 	ListCell   *lc;
+	char	   *host;
+	int			port;
+	int			default_port;
 
-	if (entry->job_host_only)
+	if (entry->origins == NIL)
+		return false;
+	host = etl_url_host(url);
+	port = etl_url_port(url);
+	default_port = pg_strncasecmp(url, "https://", 8) == 0 ? 443 : 80;
+	foreach(lc, entry->origins)
 	{
-		char	   *own = job_host(job);
+		SecretOrigin *o = (SecretOrigin *) lfirst(lc);
 
-		return own != NULL && pg_strcasecmp(host, own) == 0;
-	}
-	foreach(lc, entry->hosts)
-		if (pg_strcasecmp((char *) lfirst(lc), host) == 0)
+		if (pg_strcasecmp(o->host, host) == 0 && (o->port ? o->port : default_port) == port)
 			return true;
+	}
 	return false;
 }
 
@@ -188,6 +203,7 @@ oauth_token(const EtlJob *job, SecretEntry *secret)
 	client_id = token_url ? json_string_member(conf, "client_id") : NULL;
 	client_secret = token_url ? json_string_member(conf, "client_secret") : NULL;
 	scope = token_url ? json_string_member(conf, "scope") : NULL;
+	etl_redact_register(client_secret);
 	if (token_url == NULL || client_id == NULL || client_secret == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -202,6 +218,7 @@ oauth_token(const EtlJob *job, SecretEntry *secret)
 	answer = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 												CStringGetDatum(etl_http_post_form(token_url, form.data, what))));
 	access_token = JB_ROOT_IS_OBJECT(answer) ? json_string_member(answer, "access_token") : NULL;
+	etl_redact_register(access_token);
 	if (access_token == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
@@ -258,8 +275,6 @@ etl_request_headers(void *arg, const char *url)
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
-	char	   *host = etl_url_host(url);
-
 	if (job->headers == NULL || !JB_ROOT_IS_OBJECT(job->headers))
 		return NIL;
 	it = JsonbIteratorInit(&job->headers->root);
@@ -291,7 +306,7 @@ etl_request_headers(void *arg, const char *url)
 				SecretEntry *entry = lookup_secret(job, name, key);
 
 				/* nor in clear text when the job itself speaks https */
-				if (!secret_allowed_for(job, entry, host) ||
+				if (!secret_allowed_for(entry, url) ||
 					(pg_strncasecmp(url, "http://", 7) == 0 &&
 					 pg_strncasecmp(job->url_template, "https://", 8) == 0))
 				{
@@ -304,11 +319,11 @@ etl_request_headers(void *arg, const char *url)
 			else
 				appendStringInfoChar(&line, *p++);
 		}
-		if (strpbrk(line.data, "\r\n") != NULL)
+		if (!etl_header_value_is_safe(line.data))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("header \"%s\" of job %d would hold a line break", key, job->job_id),
-					 errhint("Check the secrets it uses: a header value must be one line.")));
+					 errmsg("header \"%s\" of job %d would hold a line break or another control character", key, job->job_id),
+					 errhint("Check the secrets it uses: a header value must be one line of printable text.")));
 		if (send)
 			result = lappend(result, line.data);
 	}

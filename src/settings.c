@@ -32,6 +32,33 @@ char	   *etl_user_agent = NULL;
 char	   *etl_ca_file = NULL;
 int			etl_run_retention_days = 90;
 
+/*
+ * A value that goes into a request line or header must be one line of
+ * text: a CR or LF (or any other control character) in it would let it end
+ * the header and start another, or a second request.
+ */
+bool
+etl_header_value_is_safe(const char *value)
+{
+	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
+		if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+			return false;
+	return true;
+}
+
+static bool
+check_user_agent(char **newval, void **extra, GucSource source)
+{
+	if (*newval && !etl_header_value_is_safe(*newval))
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errmsg("etl_exec.user_agent must not contain control characters such as line breaks");
+		GUC_check_errhint("It is sent as the User-Agent header: one line of printable text.");
+		return false;
+	}
+	return true;
+}
+
 void
 etl_define_settings(void)
 {
@@ -72,11 +99,11 @@ etl_define_settings(void)
 							500, 0, 600000,
 							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("etl_exec.max_response_bytes",
-							"Largest response body a run accepts; a larger one fails the run.",
+							"Largest response body a run accepts, counted after decompression; a larger one fails the run.",
 							NULL,
 							&etl_max_response_bytes,
 							256 * 1024 * 1024, 1024, INT_MAX,
-							PGC_USERSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
+							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
 	DefineCustomIntVariable("etl_exec.low_speed_time_seconds",
 							"A transfer that moves less than one byte a second for this long is cut.",
 							NULL,
@@ -94,7 +121,7 @@ etl_define_settings(void)
 							   NULL,
 							   &etl_user_agent,
 							   "etl_exec/0.1",
-							   PGC_USERSET, 0, NULL, NULL, NULL);
+							   PGC_SUSET, 0, check_user_agent, NULL, NULL);
 	DefineCustomStringVariable("etl_exec.ca_file",
 							   "File of CA certificates to verify API servers with (empty: the system's).",
 							   NULL,
@@ -155,9 +182,6 @@ etl_settings_snapshot(PG_FUNCTION_ARGS)
 	append_json_string(&buf, "user_agent", etl_user_agent);
 	appendStringInfoChar(&buf, ',');
 	append_json_string(&buf, "ca_file", etl_ca_file);
-	appendStringInfoChar(&buf, ',');
-	append_json_string(&buf, "search_path",
-					   GetConfigOption("search_path", false, false));
 	appendStringInfoChar(&buf, '}');
 
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));

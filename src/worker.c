@@ -351,6 +351,8 @@ take_error(RunState *st)
 	MemoryContextSwitchTo(st->run_cxt);
 	edata = CopyErrorData();
 	FlushErrorState();
+	/* a secret echoed back by the API goes no further */
+	etl_redact_error(edata);
 	return edata;
 }
 
@@ -765,7 +767,8 @@ run_pages(int64 run_id)
 		if (st.row.target)
 			st.job.target_table = st.row.target;
 		apply_job_overrides(&st);
-		st.loader = etl_loader_create(&st.job, st.row.role_oid, st.run_cxt, run_id, st.row.dry_run);
+		st.loader = etl_loader_create(&st.job, st.row.role_oid, st.run_cxt, run_id, st.row.dry_run,
+									  st.row.staging_table, st.cp.page_index > 0);
 		etl_http_init(&st.settings);
 		setup_done = true;
 	}
@@ -957,6 +960,11 @@ etl_worker_main(Datum main_arg)
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * The claim commits synchronously (once per segment): after a crash,
+	 * resume_count must still count every resume that started.
+	 */
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	PG_TRY();
 	{
 		begin_transaction();
@@ -979,6 +987,8 @@ etl_worker_main(Datum main_arg)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	SpinLockAcquire(&shared->mutex);
 	shared->run_id = run_id;

@@ -162,6 +162,9 @@ render (badjson_at / nokey_at / oversize_at) -> gzip -> send (stall, truncate).
                         issued by /oauth/token and not yet expired, else 401.
   n=N                   size of the data set (default 20000).
   gzip=1                allow gzip (see above).
+  echo_headers=1        answer 400 with the request's headers in the body
+                        ({"error": "bad request", "request_headers": {...}}),
+                        as some APIs do in their error pages.
 
   Every integer switch must be a non-negative integer, else 400.
 
@@ -176,7 +179,10 @@ CONTROL ENDPOINTS (not counted as data requests)
                                 "headers_seen": [last 50 data requests:
                                    {"path": ..., "query": ...,
                                     "Authorization": value|null,
-                                    "X-Api-Key": value|null}],
+                                    "X-Api-Key": value|null,
+                                    "User-Agent": value|null}],
+                                "unknown_paths": [paths asked for that are
+                                   no endpoint (a smuggled request, say)],
                                 "token_requests": <POSTs to /oauth/token>,
                                 "fail_at": {"<path>@<K>": times asked}}
   POST /oauth/token         form body grant_type=client_credentials&client_id=
@@ -289,6 +295,7 @@ class State:
         self.fail_at_counts = {}    # (path, K) -> times asked
         self.fail_every_counts = {}  # path -> requests carrying fail_every
         self.fail_every_last = {}   # path -> did the previous one fail?
+        self.unknown_paths = []
 
 
 class BadRequest(Exception):
@@ -651,6 +658,8 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     self._data(path, q, DATA_ENDPOINTS[path])
             else:
+                with self.server.state.lock:
+                    self.server.state.unknown_paths.append(path)
                 self.send_json(404, {"error": "not found: " + path})
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -688,6 +697,7 @@ class Handler(BaseHTTPRequestHandler):
             obj = {"requests": st.requests,
                    "by_path": dict(st.by_path),
                    "headers_seen": list(st.headers_seen),
+                   "unknown_paths": list(st.unknown_paths),
                    "token_requests": st.token_requests,
                    "fail_at": {"%s@%d" % k: v
                                for k, v in st.fail_at_counts.items()}}
@@ -758,7 +768,8 @@ class Handler(BaseHTTPRequestHandler):
             st.headers_seen.append({
                 "path": path, "query": q.raw,
                 "Authorization": self.headers.get("Authorization"),
-                "X-Api-Key": self.headers.get("X-Api-Key")})
+                "X-Api-Key": self.headers.get("X-Api-Key"),
+                "User-Agent": self.headers.get("User-Agent")})
         self.gzip_ok = q.flag("gzip") and self._accepts_gzip()
         try:
             # delay_ms: before answering anything
@@ -774,6 +785,10 @@ class Handler(BaseHTTPRequestHandler):
                     "?" + qs if qs else "")
                 return self.send_json(302, {"redirect": loc},
                                       [("Location", loc)])
+
+            if q.flag("echo_headers"):
+                return self.send_json(400, {"error": "bad request",
+                                            "request_headers": dict(self.headers.items())})
 
             # authentication switches
             if q.has("token") and self._bearer() != q.get("token"):

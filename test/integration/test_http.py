@@ -186,11 +186,15 @@ def test_link_local_and_metadata_addresses_are_refused(db):
 
 
 SECRET = "s3cr3t-Value-Do-Not-Leak-7f1c"
+# secrets are bound to origins: the mock API's host and port
+ORIGIN = MOCK_API.split("://", 1)[1]
+LOCALHOST_ORIGIN = "localhost:" + ORIGIN.rsplit(":", 1)[1]
 
 
 def test_secret_headers_go_only_to_their_hosts(db):
     db.q("DELETE FROM dw_etl_secrets")
-    db.q("INSERT INTO dw_etl_secrets (name, value) VALUES ('api_token', %s), ('api_key', %s)", (SECRET, SECRET))
+    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('api_token', %s, %s), ('api_key', %s, %s)",
+         (SECRET, [ORIGIN], SECRET, [ORIGIN]))
     db.patients_table("h_sec")
     job = db.job("hsec", f"/odata/Patients?n=1000&token={SECRET}&apikey={SECRET}", "h_sec", page_size=500,
                  headers={"Authorization": "Bearer {secret:api_token}", "X-Api-Key": "{secret:api_key}"},
@@ -211,7 +215,7 @@ def test_secret_headers_go_only_to_their_hosts(db):
     assert redirected and all(not h["Authorization"] and not h["X-Api-Key"] for h in redirected)
 
     # listing the other host on the secrets lets them through
-    db.q("UPDATE dw_etl_secrets SET allowed_hosts = '{127.0.0.1,localhost}'")
+    db.q("UPDATE dw_etl_secrets SET allowed_hosts = %s", ([ORIGIN, LOCALHOST_ORIGIN],))
     run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
     db.assert_patients_exact("h_sec", 1000)
 
@@ -227,9 +231,9 @@ def test_a_missing_secret_is_a_clear_error(db):
 
 def test_oauth2_tokens_are_fetched_cached_and_refreshed(db):
     db.q("DELETE FROM dw_etl_secrets WHERE name = 'oauth'")
-    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('oauth', %s, '{127.0.0.1}')",
+    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('oauth', %s, %s)",
          (json.dumps({"token_url": MOCK_API + "/oauth/token?ttl=2", "client_id": "etl",
-                      "client_secret": "s3cret"}),))
+                      "client_secret": "s3cret"}), [ORIGIN]))
     db.patients_table("h_oauth")
     # 15 pages of 200 at 400 ms: 6 s, with tokens that live 2 s
     job = db.job("hoauth", "/odata/Patients?n=3000&oauth=1&delay_ms=400", "h_oauth", page_size=200,
@@ -244,8 +248,9 @@ def test_oauth2_tokens_are_fetched_cached_and_refreshed(db):
 
 def test_a_revoked_oauth_token_is_fetched_again_once(db):
     db.q("DELETE FROM dw_etl_secrets WHERE name = 'oauth_rev'")
-    db.q("INSERT INTO dw_etl_secrets (name, value) VALUES ('oauth_rev', %s)",
-         (json.dumps({"token_url": MOCK_API + "/oauth/token", "client_id": "etl", "client_secret": "s3cret"}),))
+    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('oauth_rev', %s, %s)",
+         (json.dumps({"token_url": MOCK_API + "/oauth/token", "client_id": "etl", "client_secret": "s3cret"}),
+          [ORIGIN]))
     db.patients_table("h_oauth_rev")
     job = db.job("hoauthrev", "/odata/Patients?n=2000&oauth=1&delay_ms=300", "h_oauth_rev", page_size=200,
                  headers={"Authorization": "Bearer {oauth2:oauth_rev}"}, pagination_options=TOTAL)
@@ -261,8 +266,9 @@ def test_a_revoked_oauth_token_is_fetched_again_once(db):
 
 def test_bad_oauth_client_fails_clearly(db):
     db.q("DELETE FROM dw_etl_secrets WHERE name = 'oauth_bad'")
-    db.q("INSERT INTO dw_etl_secrets (name, value) VALUES ('oauth_bad', %s)",
-         (json.dumps({"token_url": MOCK_API + "/oauth/token", "client_id": "etl", "client_secret": "wrong"}),))
+    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('oauth_bad', %s, %s)",
+         (json.dumps({"token_url": MOCK_API + "/oauth/token", "client_id": "etl", "client_secret": "wrong"}),
+          [ORIGIN]))
     db.patients_table("h_oauth_bad")
     job = db.job("hoauthbad", "/odata/Patients?n=10&oauth=1", "h_oauth_bad", page_size=10,
                  headers={"Authorization": "Bearer {oauth2:oauth_bad}"})
@@ -278,7 +284,7 @@ def test_secrets_never_leak_into_runs_or_the_log(db):
     nowhere but in the request itself (runs after the secret tests above)."""
     hidden = "hidden-Secret-4b9e-Never-Logged"
     db.q("DELETE FROM dw_etl_secrets WHERE name = 'hidden'")
-    db.q("INSERT INTO dw_etl_secrets (name, value) VALUES ('hidden', %s)", (hidden,))
+    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('hidden', %s, %s)", (hidden, [ORIGIN]))
     db.patients_table("h_leak")
     headers = {"X-Api-Key": "{secret:hidden}", "Authorization": "Basic {secret:hidden}"}
     reset()

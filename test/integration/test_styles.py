@@ -134,12 +134,13 @@ def test_replace_swaps_in_only_on_success(db):
     assert db.wait(run_id) == "timed_out"
     # the target is untouched while the run is unfinished; pages wait in staging
     assert db.q("SELECT patientid, name FROM repl") == [(-1, "old row")]
-    staged = db.one(f"SELECT count(*) FROM _etl_stage_{run_id}")
+    staging = db.run_row(run_id)["run_context"]["staging"]["table"]     # the run's own, recorded
+    staged = db.one(f"SELECT count(*) FROM {staging}")
     assert staged == db.run_row(run_id)["records_loaded"] > 0
     statuses = db.resume_until_done(run_id, timeout=1)
     assert statuses[-1] == "succeeded"
     db.assert_patients_exact("repl", 3000)
-    assert db.one("SELECT to_regclass(%s) IS NULL", (f"_etl_stage_{run_id}",))
+    assert db.one("SELECT to_regclass(%s) IS NULL", (staging,))
     assert db.one("SELECT count(*) FROM pg_indexes WHERE indexname = 'repl_name_idx'") == 1
     assert db.one("SELECT has_table_privilege('etl_operator', 'repl', 'SELECT')")
 

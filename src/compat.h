@@ -1,0 +1,49 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *	  The server APIs that differ between the PostgreSQL majors etl_exec
+ *	  supports (15, 17, 18), behind PG_VERSION_NUM, in one place.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ETL_COMPAT_H
+#define ETL_COMPAT_H
+
+#include "postgres.h"
+
+#include "executor/executor.h"
+#include "nodes/bitmapset.h"
+#include "parser/parse_node.h"
+#include "parser/parse_relation.h"
+#include "utils/regproc.h"
+
+/* a possibly qualified name as a list of String nodes (16 added escontext) */
+#if PG_VERSION_NUM >= 160000
+#define etl_qualified_name_list(name) stringToQualifiedNameList((name), NULL)
+#else
+#define etl_qualified_name_list(name) stringToQualifiedNameList(name)
+#endif
+
+/*
+ * Require INSERT on the given columns (attribute numbers offset by
+ * FirstLowInvalidHeapAttributeNumber) of the relation an nsitem of pstate
+ * names, and check it as the current user -- what COPY FROM's caller does
+ * before BeginCopyFrom.  PostgreSQL 16 moved the required permissions from
+ * the range table entry into RTEPermissionInfo.
+ */
+static inline void
+etl_check_insert_permission(ParseState *pstate, ParseNamespaceItem *nsitem,
+							Bitmapset *inserted_cols)
+{
+#if PG_VERSION_NUM >= 160000
+	nsitem->p_perminfo->requiredPerms = ACL_INSERT;
+	nsitem->p_perminfo->insertedCols = inserted_cols;
+	(void) ExecCheckPermissions(pstate->p_rtable, pstate->p_rteperminfos, true);
+#else
+	nsitem->p_rte->requiredPerms = ACL_INSERT;
+	nsitem->p_rte->insertedCols = inserted_cols;
+	(void) ExecCheckRTPerms(pstate->p_rtable, true);
+#endif
+}
+
+#endif							/* ETL_COMPAT_H */

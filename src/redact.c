@@ -1,0 +1,99 @@
+/*-------------------------------------------------------------------------
+ *
+ * redact.c
+ *	  Keeps the secret values a run uses out of every text it stores,
+ *	  raises or logs.
+ *
+ * Whatever reads a secret (a header value, an OAuth2 client secret or
+ * access token) registers it here; error messages, body snippets and log
+ * lines pass through etl_redact() before they leave the worker, so an API
+ * that echoes a request's headers back in an error body does not put the
+ * secret into dw_etl_runs.error_message or the server log.  A leaf: it
+ * calls nothing of etl_exec's.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "utils/memutils.h"
+
+#include "etl_exec.h"
+
+#define REDACTED "[secret redacted]"
+
+/* the secret values in use (TopMemoryContext: they live as long as the run) */
+static List *secret_values = NIL;
+
+static void
+register_one(const char *value)
+{
+	ListCell   *lc;
+	MemoryContext old;
+
+	foreach(lc, secret_values)
+		if (strcmp((char *) lfirst(lc), value) == 0)
+			return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	secret_values = lappend(secret_values, pstrdup(value));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Remember a secret value, as given and as it looks URL-encoded (an API may
+ * echo a form or a query string).
+ */
+void
+etl_redact_register(const char *value)
+{
+	if (value == NULL || value[0] == '\0')
+		return;
+	register_one(value);
+	register_one(etl_url_encode(value));
+}
+
+/* text with every registered secret value replaced; text itself if none */
+char *
+etl_redact(const char *text)
+{
+	ListCell   *lc;
+	char	   *result = (char *) text;
+
+	if (text == NULL)
+		return NULL;
+	foreach(lc, secret_values)
+	{
+		const char *secret = (const char *) lfirst(lc);
+		size_t		len = strlen(secret);
+		const char *hit = strstr(result, secret);
+		StringInfoData buf;
+		const char *from = result;
+
+		if (hit == NULL)
+			continue;
+		initStringInfo(&buf);
+		for (; hit; hit = strstr(from, secret))
+		{
+			appendBinaryStringInfo(&buf, from, hit - from);
+			appendStringInfoString(&buf, REDACTED);
+			from = hit + len;
+		}
+		appendStringInfoString(&buf, from);
+		result = buf.data;
+	}
+	return result;
+}
+
+/* An error's texts, redacted in place (before it is stored or logged). */
+void
+etl_redact_error(ErrorData *edata)
+{
+	if (secret_values == NIL)
+		return;
+	edata->message = etl_redact(edata->message);
+	edata->detail = etl_redact(edata->detail);
+	edata->detail_log = etl_redact(edata->detail_log);
+	edata->hint = etl_redact(edata->hint);
+	edata->context = etl_redact(edata->context);
+}

@@ -1,0 +1,120 @@
+/*-------------------------------------------------------------------------
+ *
+ * url.c
+ *	  URL helpers: encode a value, resolve a link, take a URL's host and
+ *	  origin, redact a URL for messages.  A leaf, on libcurl's URL API.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "etl_exec.h"
+
+char *
+etl_url_encode(const char *s)
+{
+	char	   *enc = curl_easy_escape(NULL, s, 0);
+	char	   *result;
+
+	if (enc == NULL)
+		elog(ERROR, "etl_exec: could not URL-encode a value");
+	result = pstrdup(enc);
+	curl_free(enc);
+	return result;
+}
+
+/* Resolve a (possibly relative) link against the URL it came from. */
+char *
+etl_url_resolve(const char *base, const char *relative)
+{
+	CURLU	   *u = curl_url();
+	char	   *out = NULL;
+	char	   *result;
+
+	if (curl_url_set(u, CURLUPART_URL, base, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+		curl_url_set(u, CURLUPART_URL, relative, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+		curl_url_get(u, CURLUPART_URL, &out, 0) != CURLUE_OK)
+	{
+		curl_url_cleanup(u);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid link \"%s\" (relative to %s)", relative, etl_url_redact(base))));
+	}
+	result = pstrdup(out);
+	curl_free(out);
+	curl_url_cleanup(u);
+	return result;
+}
+
+char *
+etl_url_host(const char *url)
+{
+	CURLU	   *u = curl_url();
+	char	   *host = NULL;
+	char	   *result;
+
+	if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+		curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+	{
+		curl_url_cleanup(u);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid URL \"%s\"", url),
+				 errhint("URLs must look like https://host/path?query.")));
+	}
+	result = pstrdup(host);
+	curl_free(host);
+	curl_url_cleanup(u);
+	return result;
+}
+
+/* The port a URL connects to: its own, or its scheme's default. */
+int
+etl_url_port(const char *url)
+{
+	CURLU	   *u = curl_url();
+	char	   *port = NULL;
+	int			result;
+
+	if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+		curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
+	{
+		curl_url_cleanup(u);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid URL \"%s\"", etl_url_redact(url)),
+				 errhint("URLs must look like https://host/path?query.")));
+	}
+	result = atoi(port);
+	curl_free(port);
+	curl_url_cleanup(u);
+	return result;
+}
+
+/* A URL fit for messages: no user name or password. */
+char *
+etl_url_redact(const char *url)
+{
+	CURLU	   *u = curl_url();
+	char	   *out = NULL;
+	char	   *result;
+
+	if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK)
+	{
+		curl_url_cleanup(u);
+		return pstrdup(url);
+	}
+	curl_url_set(u, CURLUPART_USER, NULL, 0);
+	curl_url_set(u, CURLUPART_PASSWORD, NULL, 0);
+	if (curl_url_get(u, CURLUPART_URL, &out, 0) != CURLUE_OK)
+	{
+		curl_url_cleanup(u);
+		return pstrdup(url);
+	}
+	result = pstrdup(out);
+	curl_free(out);
+	curl_url_cleanup(u);
+	return result;
+}
