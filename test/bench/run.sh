@@ -161,5 +161,5 @@ echo "== nginx running: http://127.0.0.1:$NGINX_PORT/m1/Patients (pid $(cat "$NG
 
 # ---- the measurements
 args=(--data "$DATA" --base-url "http://127.0.0.1:$NGINX_PORT" --work "$ETL_TEST_ROOT/work" --repeat "$REPEAT")
-[ "$SMOKE" = 1 ] && args+=(--smoke)
+[ "$SMOKE" = 1 ] && args+=(--smoke --latency-rounds 1)
 "$PYTHON" "$HERE/bench.py" "${args[@]}"
