@@ -25,6 +25,15 @@ PGFILEDESC = "etl_exec - resumable ETL from paginated HTTP APIs"
 # test/run_tests.sh, which starts the cluster and mock API they expect.
 REGRESS = jobs_validation functions_bad_input checkpoint_bookkeeping
 
+# TAP tests (PostgreSQL::Test::Cluster: clusters of their own, killed and
+# restarted): `make prove_installcheck`, as a user other than root, with
+# PYTHON and MOCK_API_SCRIPT (test/mock_api.py) in the environment;
+# test/tap/run.sh does all that.  With TAP_TESTS set, PGXS's `make
+# installcheck` runs them after pg_regress too; `make installcheck
+# TAP_TESTS=` runs pg_regress alone.
+TAP_TESTS = 1
+PROVE_TESTS = test/tap/*.pl
+
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
@@ -35,6 +44,13 @@ override with_llvm = no
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# (after the include, which empties it) one line per TAP assertion
+PROVE_FLAGS = --verbose --timer
+# PGXS defines the recipe, not a target of this name
+.PHONY: prove_installcheck
+prove_installcheck:
+	$(prove_installcheck)
 
 # every module includes the shared header
 $(OBJS): src/etl_exec.h

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# test/cluster.sh start|stop: a throwaway PostgreSQL 15 cluster (owned by the
-# postgres OS user, as the server refuses to run as root) and the bundled
-# mock API, both on this machine only.
+# test/cluster.sh start|stop: a throwaway PostgreSQL cluster of major
+# PG_MAJOR (default 15; owned by the postgres OS user, as the server refuses
+# to run as root) and the bundled mock API, both on this machine only.
+# pg_cron is preloaded when postgresql-PG_MAJOR-cron is installed; without it
+# the pg_cron tests skip themselves.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/env.sh"
@@ -21,12 +23,18 @@ listen_addresses = '127.0.0.1'
 port = $PGPORT
 unix_socket_directories = '$PGHOST'
 max_worker_processes = 16
-shared_preload_libraries = 'pg_cron'
-cron.database_name = 'postgres'
-cron.host = '$PGHOST'
 log_line_prefix = '%m [%p] %b '
 fsync = off
 CONF
+    if [ -f "$("$PGBIN/pg_config" --pkglibdir)/pg_cron.so" ]; then
+        cat >>"$PGDATA/postgresql.conf" <<CONF
+shared_preload_libraries = 'pg_cron'
+cron.database_name = 'postgres'
+cron.host = '$PGHOST'
+CONF
+    else
+        echo "== pg_cron is not installed for PostgreSQL $PG_MAJOR: not preloaded, the pg_cron tests will be skipped"
+    fi
     as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -l "$ETL_TEST_ROOT/server.log" -w start >/dev/null
     echo "== PostgreSQL running: host=$PGHOST port=$PGPORT (log: $ETL_TEST_ROOT/server.log)"
 

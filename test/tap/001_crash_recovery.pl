@@ -9,6 +9,13 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
 use Digest::MD5 qw(md5_hex);
+use File::Basename qw(dirname);
+
+# run by `make prove_installcheck` from the top of the source tree
+# (test/tap/run.sh passes both)
+$ENV{PYTHON} ||= 'python3';
+$ENV{MOCK_API_SCRIPT} ||= 'test/mock_api.py';
+my $mock_dir = dirname($ENV{MOCK_API_SCRIPT});
 
 my $n = 10000;
 my $mock_port = 18180 + int(rand(500));
@@ -18,7 +25,7 @@ for (1 .. 50) { last if $mock_out =~ /listening/; $mock->pump_nb; select(undef, 
 like($mock_out, qr/listening/, 'mock API started');
 
 # the expected contents, from the data set's own generator
-my @names = split /\n/, `$ENV{PYTHON} -c "import sys; sys.path.insert(0, '.'); import mock_api; [print(mock_api.record(i)['Name'].replace(chr(10), ' ')) for i in range(1, $n + 1)]"`;
+my @names = split /\n/, `$ENV{PYTHON} -c "import sys; sys.path.insert(0, '$mock_dir'); import mock_api; [print(mock_api.record(i)['Name'].replace(chr(10), ' ')) for i in range(1, $n + 1)]"`;
 is(scalar(@names), $n, 'expected names generated');
 # the generator's output is UTF-8 bytes, as the server's md5() sees them
 my $expected_md5 = md5_hex(join("\n", map { ($_ + 1) . '|' . $names[$_] } 0 .. $n - 1));

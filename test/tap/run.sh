@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Runs the TAP tests (PostgreSQL::Test::Cluster) as the postgres OS user:
-# each test makes, kills and restarts clusters of its own.
+# Runs the TAP tests (test/tap/*.pl, PostgreSQL::Test::Cluster) through
+# PGXS's `make prove_installcheck` for PostgreSQL PG_MAJOR, as the postgres
+# OS user (the test clusters refuse to run as root): each test makes, kills
+# and restarts clusters of its own.  The make runs in a copy of the files it
+# needs under ETL_TEST_ROOT, owned by postgres, so that PGXS's tmp_check/
+# can be written whoever owns the checkout.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
 . "$HERE/../env.sh"
-PGXS_DIR="$(dirname "$("$PGBIN/pg_config" --pgxs)")/.."
 WORK="$ETL_TEST_ROOT/tap"
 rm -rf "$WORK"
-mkdir -p "$WORK"
-cp -r "$HERE"/*.pl "$HERE/../mock_api.py" "$WORK/"
+mkdir -p "$WORK/test"
+cp "$REPO/Makefile" "$REPO/etl_exec.control" "$WORK/"
+cp -r "$REPO/test/tap" "$REPO/test/mock_api.py" "$WORK/test/"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$WORK"
-cd "$WORK"
 run() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
+cd "$WORK"
 run env -i HOME="$WORK" PATH="$PGBIN:/usr/bin:/bin" LANG=C.UTF-8 \
-    PERL5LIB="$PGXS_DIR/test/perl" PG_REGRESS="$PGXS_DIR/test/regress/pg_regress" \
-    TESTDIR="$WORK" PYTHON="$PYTHON" MOCK_API_SCRIPT="$WORK/mock_api.py" \
-    prove -v --timer ./*.pl
+    PYTHON="$PYTHON" MOCK_API_SCRIPT="$WORK/test/mock_api.py" \
+    make -s prove_installcheck PG_CONFIG="$PGBIN/pg_config"
