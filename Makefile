@@ -1,21 +1,29 @@
 # etl_exec — PGXS build.  `make && make install && make installcheck`.
 MODULE_big = etl_exec
 OBJS = \
-	src/api.o \
 	src/etl_exec.o \
-	src/settings.o \
-	src/run_lock.o \
+	src/api.o \
+	src/caller.o \
 	src/launcher.o \
 	src/worker.o \
+	src/page.o \
 	src/http_client.o \
+	src/oauth.o \
+	src/secrets.o \
+	src/page_scan.o \
+	src/pagination.o \
+	src/job.o \
+	src/loader.o \
+	src/run_store.o \
+	src/run_clock.o \
+	src/run_lock.o \
+	src/ext_schema.o \
+	src/json_path.o \
+	src/key_resolver.o \
+	src/copy_text.o \
 	src/url.o \
 	src/redact.o \
-	src/pagination.o \
-	src/json_path.o \
-	src/page_scan.o \
-	src/loader.o \
-	src/checkpoint.o \
-	src/secrets.o
+	src/settings.o
 
 EXTENSION = etl_exec
 DATA = $(wildcard sql/etl_exec--*.sql)

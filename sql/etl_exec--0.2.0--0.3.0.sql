@@ -21,6 +21,7 @@ BEGIN
     END IF;
     SELECT coalesce(h, 'NULL') INTO bad FROM unnest(NEW.allowed_hosts) AS h
     WHERE h IS NULL OR h !~ '^([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$'
+          OR coalesce(substring(h from ':([0-9]{1,5})$')::int BETWEEN 1 AND 65535, true) IS NOT TRUE
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'allowed_hosts of secret "%" has an entry that is not a host or host:port: "%"', NEW.name, bad
@@ -46,6 +47,28 @@ UPDATE dw_etl_secrets s
 CREATE TRIGGER dw_etl_secrets_validate
     BEFORE INSERT OR UPDATE ON dw_etl_secrets
     FOR EACH ROW EXECUTE FUNCTION _etl_validate_secret();
+
+-- Say what the upgrade decided, and which entries now match nothing.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT s.name FROM dw_etl_secrets s WHERE s.allowed_hosts = '{}' LOOP
+        RAISE NOTICE 'etl_exec 0.3.0: secret "%" is sent nowhere (no job names a host it is used for); set its allowed_hosts', r.name;
+    END LOOP;
+    FOR r IN SELECT s.name, h FROM dw_etl_secrets s, unnest(s.allowed_hosts) AS h
+             WHERE h !~ '^([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$' LOOP
+        RAISE NOTICE 'etl_exec 0.3.0: allowed_hosts entry "%" of secret "%" is not a host or host:port and matches nothing', r.h, r.name;
+    END LOOP;
+END
+$$;
+
+-- Replace runs stage their pages in tables of this schema, which no one but
+-- the extension's owner may create in: a run makes its own, never adopts one.
+CREATE SCHEMA etl_exec_staging;
+REVOKE ALL ON SCHEMA etl_exec_staging FROM PUBLIC;
+GRANT USAGE ON SCHEMA etl_exec_staging TO PUBLIC;
+COMMENT ON SCHEMA etl_exec_staging IS 'etl_exec: staging tables of replace runs (each owned by its run''s role)';
 
 COMMENT ON TABLE dw_etl_secrets IS 'etl_exec: values for {secret:NAME} in job headers; sent only to the origins in allowed_hosts (host or host:port)';
 
@@ -349,12 +372,12 @@ BEGIN
             END IF;
             IF typ IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN
                 v := @extschema@._etl_select_as_caller(
-                         format('SELECT pg_catalog.to_char(max(%I) %s, ''YYYY-MM-DD"T"HH24:MI:SS"Z"'') FROM %s', col,
+                         format('SELECT pg_catalog.to_char(pg_catalog.max(%I) %s, ''YYYY-MM-DD"T"HH24:MI:SS"Z"'') FROM %s', col,
                                 CASE WHEN typ = 'timestamptz'::regtype THEN 'AT TIME ZONE ''UTC''' ELSE '' END,
                                 @extschema@._etl_resolve_target(j.target_table)));
             ELSE
                 v := @extschema@._etl_select_as_caller(
-                         format('SELECT max(%I)::text FROM %s', col, @extschema@._etl_resolve_target(j.target_table)));
+                         format('SELECT pg_catalog.max(%I)::text FROM %s', col, @extschema@._etl_resolve_target(j.target_table)));
             END IF;
         END IF;
         IF v IS NULL THEN
@@ -432,12 +455,18 @@ BEGIN
     FOR r IN
         DELETE FROM @extschema@.dw_etl_runs x
         WHERE x.status NOT IN ('queued', 'running') AND coalesce(x.finished_at, x.started_at) < now() - keep
-        RETURNING x.run_id, x.job_id, x.run_context #>> '{staging,table}' AS staging
+        RETURNING x.run_id, x.job_id, x.started_by, x.run_context #>> '{staging,table}' AS staging
     LOOP
         n := n + 1;
-        -- the staging table a replace run made (its name is in run_context)
-        stage := r.staging;
-        IF stage IS NOT NULL THEN
+        -- the staging table a replace run made, if it is still there: in
+        -- etl_exec_staging, named for the run, owned by the run's role
+        SELECT format('%I.%I', ns.nspname, c.relname) INTO stage
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+        WHERE ns.nspname = 'etl_exec_staging'
+          AND c.relname ~ ('^_etl_stage_' || r.run_id || '_[0-9a-f]{16}$')
+          AND c.relowner = r.started_by::oid
+          AND r.staging = format('%I.%I', ns.nspname, c.relname);
+        IF FOUND THEN
             EXECUTE 'DROP TABLE IF EXISTS ' || stage;
         END IF;
     END LOOP;

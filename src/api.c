@@ -1,8 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * api.c
- *	  The SQL-callable entry points operators call, and the identity of
- *	  their caller.
+ *	  The SQL-callable entry points operators call.
  *
  * etl_execute_job(), etl_resume_run() and the other public functions are
  * thin C functions: each runs its implementation (_etl_execute_job(), ...,
@@ -12,7 +11,8 @@
  * any other part of a job.  The implementation learns who called from
  * _etl_caller() -- current_user at the call, even a role reached by SET
  * ROLE -- and resolves the job's target table with the caller's
- * search_path and rights (_etl_resolve_target), never with its own.
+ * search_path and rights (_etl_resolve_target), never with its own
+ * (caller.c keeps who called, and acts as them).
  *
  *-------------------------------------------------------------------------
  */
@@ -34,17 +34,6 @@
 
 #include "compat.h"
 #include "etl_exec.h"
-
-/* the caller of the outermost entry point being run, and its search_path */
-static Oid	api_caller = InvalidOid;
-static char *api_caller_search_path = NULL;
-
-/* The role on whose behalf the current entry point runs. */
-Oid
-etl_api_caller(void)
-{
-	return OidIsValid(api_caller) ? api_caller : GetUserId();
-}
 
 /* The implementation of a public function: "_" + its name, same arguments. */
 static FmgrInfo *
@@ -75,39 +64,6 @@ implementation_of(FunctionCallInfo fcinfo)
 	return impl;
 }
 
-/* Call impl with the entry point's arguments, as the caller's agent. */
-static Datum
-call_implementation(FunctionCallInfo fcinfo, FmgrInfo *impl, bool *isnull)
-{
-	LOCAL_FCINFO(inner, FUNC_MAX_ARGS);
-	Oid			saved_caller = api_caller;
-	char	   *saved_path = api_caller_search_path;
-	Datum		result;
-
-	InitFunctionCallInfoData(*inner, impl, fcinfo->nargs, fcinfo->fncollation, NULL, NULL);
-	for (int i = 0; i < fcinfo->nargs; i++)
-		inner->args[i] = fcinfo->args[i];
-
-	/* an entry point reached from another keeps the outermost caller */
-	if (!OidIsValid(api_caller))
-	{
-		api_caller = GetUserId();
-		api_caller_search_path = pstrdup(GetConfigOption("search_path", false, false));
-	}
-	PG_TRY();
-	{
-		result = FunctionCallInvoke(inner);
-	}
-	PG_FINALLY();
-	{
-		api_caller = saved_caller;
-		api_caller_search_path = saved_path;
-	}
-	PG_END_TRY();
-	*isnull = inner->isnull;
-	return result;
-}
-
 /*
  * etl_execute_job(), etl_resume_run(), etl_retry_run(), etl_cancel_run(),
  * etl_wait_run(): run the implementation for the caller.
@@ -118,7 +74,7 @@ etl_api_call(PG_FUNCTION_ARGS)
 {
 	FmgrInfo   *impl = implementation_of(fcinfo);
 	bool		isnull;
-	Datum		result = call_implementation(fcinfo, impl, &isnull);
+	Datum		result = etl_call_for_caller(fcinfo, impl, &isnull);
 
 	fcinfo->isnull = isnull;
 	return result;
@@ -138,7 +94,7 @@ etl_api_call_rows(PG_FUNCTION_ARGS)
 	Datum		result;
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	result = call_implementation(fcinfo, impl, &isnull);
+	result = etl_call_for_caller(fcinfo, impl, &isnull);
 	if (!isnull)
 	{
 		ArrayType  *ids = DatumGetArrayTypeP(result);
@@ -160,60 +116,6 @@ Datum
 etl_caller_sql(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_OID(etl_api_caller());
-}
-
-/*
- * Act as the caller, with the caller's search_path, in a restricted
- * operation: for what the caller's own rights must decide.  Undone by
- * leave_caller_context(), or by the (sub)transaction's abort on error.
- */
-typedef struct CallerContext
-{
-	Oid			userid;
-	int			sec_context;
-	int			nestlevel;
-} CallerContext;
-
-static void
-enter_caller_context(CallerContext *cc)
-{
-	GetUserIdAndSecContext(&cc->userid, &cc->sec_context);
-	cc->nestlevel = NewGUCNestLevel();
-	if (api_caller_search_path)
-		(void) set_config_option("search_path", api_caller_search_path,
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	SetUserIdAndSecContext(etl_api_caller(),
-						   cc->sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-}
-
-static void
-leave_caller_context(CallerContext *cc)
-{
-	SetUserIdAndSecContext(cc->userid, cc->sec_context);
-	AtEOXact_GUC(true, cc->nestlevel);
-}
-
-/*
- * The table a (possibly unqualified) name means to the caller, quoted and
- * schema-qualified; NULL when there is none.
- */
-char *
-etl_resolve_target(const char *name)
-{
-	CallerContext cc;
-	RangeVar   *rv;
-	Oid			relid;
-	char	   *result = NULL;
-
-	enter_caller_context(&cc);
-	rv = makeRangeVarFromNameList(etl_qualified_name_list(name));
-	relid = RangeVarGetRelid(rv, NoLock, true);
-	leave_caller_context(&cc);
-	if (OidIsValid(relid))
-		result = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-											get_rel_name(relid));
-	return result;
 }
 
 /* _etl_resolve_target(name text) RETURNS text: see etl_resolve_target() */
@@ -240,11 +142,11 @@ Datum
 etl_select_as_caller(PG_FUNCTION_ARGS)
 {
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	CallerContext cc;
+	EtlCallerContext cc;
 	char	   *value = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	enter_caller_context(&cc);
+	etl_enter_caller_context(&cc);
 	SPI_connect();
 	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "etl_exec: unexpected result of %s", sql);
@@ -256,7 +158,7 @@ etl_select_as_caller(PG_FUNCTION_ARGS)
 			value = MemoryContextStrdup(cxt, v);
 	}
 	SPI_finish();
-	leave_caller_context(&cc);
+	etl_leave_caller_context(&cc);
 	if (value == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(value));

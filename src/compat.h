@@ -24,6 +24,13 @@
 #define etl_qualified_name_list(name) stringToQualifiedNameList(name)
 #endif
 
+/* the i-th (1-based) backend of pgstat's local snapshot (16 renamed it) */
+#if PG_VERSION_NUM >= 160000
+#define etl_local_backend_status(i) pgstat_get_local_beentry_by_index(i)
+#else
+#define etl_local_backend_status(i) pgstat_fetch_stat_local_beentry(i)
+#endif
+
 /*
  * Require INSERT on the given columns (attribute numbers offset by
  * FirstLowInvalidHeapAttributeNumber) of the relation an nsitem of pstate

@@ -1,9 +1,25 @@
 /*-------------------------------------------------------------------------
  *
  * etl_exec.h
- *	  Declarations shared by the etl_exec modules: settings, run locks, the
- *	  launch hand-shake between a SQL caller and its worker, the HTTP client,
- *	  pagination, loading and the checkpoint store.
+ *	  The map of the etl_exec module: its shared types, and each file's
+ *	  prototypes under its name, in layers from the leaves up.
+ *
+ * A run's life, top down:
+ *
+ *	  SQL entry points   api.c, launcher.c   (caller.c: who called)
+ *	  the worker         worker.c            (launch hand-shake, page loop)
+ *	  one page           page.c              fetch -> read -> advance -> load
+ *	  its parts          http_client.c (oauth.c, secrets.c: authentication)
+ *	                     page_scan.c         (the one-pass page reader)
+ *	                     pagination.c, job.c
+ *	                     loader.c            (into the target table)
+ *	  the run store      run_store.c         (dw_etl_runs)
+ *	  leaves             run_clock.c, run_lock.c, ext_schema.c, json_path.c,
+ *	                     key_resolver.c, copy_text.c, url.c, redact.c,
+ *	                     settings.c
+ *
+ * Every call between files points down this list (test/check_module_graph.sh
+ * checks that there is no cycle).
  *
  *-------------------------------------------------------------------------
  */
@@ -17,25 +33,10 @@
 #include "nodes/pg_list.h"
 #include "storage/spin.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
-/* ---------- settings.c ---------- */
-
-extern int	etl_default_timeout_seconds;
-extern int	etl_checkpoint_interval_seconds;
-extern int	etl_request_timeout_ms;
-extern int	etl_connect_timeout_ms;
-extern int	etl_max_retries;
-extern int	etl_retry_base_delay_ms;
-extern int	etl_max_response_bytes;
-extern int	etl_low_speed_time_seconds;
-extern char *etl_allowed_hosts;
-extern char *etl_user_agent;
-extern char *etl_ca_file;
-extern int	etl_run_retention_days;
-
-extern void etl_define_settings(void);
-extern bool etl_header_value_is_safe(const char *value);
-extern Datum etl_settings_snapshot(PG_FUNCTION_ARGS);
+/* an HTTP 4xx other than 408/429: the API refused the request */
+#define ETL_ERRCODE_HTTP_REFUSED MAKE_SQLSTATE('E','T','4','0','0')
 
 /*
  * Settings of one run, read in the SQL caller and stored with the run (the
@@ -56,61 +57,6 @@ typedef struct EtlRunSettings
 	char	   *search_path;
 } EtlRunSettings;
 
-/* ---------- api.c ---------- */
-
-extern Oid	etl_api_caller(void);
-extern char *etl_resolve_target(const char *name);
-
-/* ---------- run_lock.c ---------- */
-
-/* Lock held by a worker for as long as it lives; free lock = dead worker. */
-extern bool etl_run_lock_try_acquire(int64 run_id);
-extern bool etl_run_is_live(int64 run_id);
-extern void etl_job_claim_lock(int32 job_id);
-
-/* ---------- launcher.c: hand-shake between caller and worker ---------- */
-
-typedef enum EtlLaunchMode
-{
-	ETL_LAUNCH_NEW = 1,
-	ETL_LAUNCH_RESUME = 2
-} EtlLaunchMode;
-
-typedef enum EtlLaunchState
-{
-	ETL_LAUNCH_PENDING = 0,
-	ETL_LAUNCH_STARTED,			/* run row committed, run_id valid */
-	ETL_LAUNCH_REFUSED			/* worker refused: sqlstate/message set */
-} EtlLaunchState;
-
-#define ETL_LAUNCH_MESSAGE_LEN 1024
-
-typedef struct EtlLaunchShared
-{
-	slock_t		mutex;
-	pid_t		caller_pid;
-	EtlLaunchMode mode;
-	Oid			database_oid;
-	Oid			role_oid;
-	int32		job_id;
-	int64		run_id;			/* given for resume, set by worker for new */
-	int32		timeout_seconds;
-	bool		dry_run;
-	char		target[300];	/* new runs: target resolved by the caller */
-	EtlLaunchState state;
-	int			sqlerrcode;
-	char		message[ETL_LAUNCH_MESSAGE_LEN];
-	char		detail[ETL_LAUNCH_MESSAGE_LEN];
-	char		hint[ETL_LAUNCH_MESSAGE_LEN];
-	Size		settings_len;	/* settings JSON, then parameters JSON */
-	Size		parameters_len;
-	char		payload[FLEXIBLE_ARRAY_MEMBER];
-} EtlLaunchShared;
-
-/* ---------- worker.c ---------- */
-
-extern PGDLLEXPORT void etl_worker_main(Datum main_arg);
-
 /* Why a run stopped short of succeeding, as far as the worker can tell. */
 typedef enum EtlStopReason
 {
@@ -121,61 +67,73 @@ typedef enum EtlStopReason
 	ETL_STOP_INTERRUPTED		/* SIGTERM: pg_terminate_backend, shutdown */
 } EtlStopReason;
 
-extern EtlStopReason etl_pending_stop(void);
-extern int64 etl_ms_until_deadline(void);
-extern void etl_wait_ms(int64 ms);
-extern void etl_cap_lock_waits(void);
-
-/* ---------- http_client.c ---------- */
-
-/* an HTTP 4xx other than 408/429: the API refused the request */
-#define ETL_ERRCODE_HTTP_REFUSED MAKE_SQLSTATE('E','T','4','0','0')
-
-typedef struct EtlHttpResponse
+/* Pagination state: exactly what the checkpoint stores. */
+typedef struct EtlCheckpoint
 {
-	long		status;
-	char	   *body;			/* NUL-terminated; owned by the client */
-	size_t		body_len;
-	List	   *link_headers;	/* char * values of Link: headers */
-	char	   *retry_after;	/* value of Retry-After, or NULL */
-	char	   *effective_url;
-	int			retries;		/* retries this fetch needed */
-} EtlHttpResponse;
+	int64		skip;			/* records consumed so far (offset) */
+	int32		page_index;		/* pages consumed so far */
+	int64		total_records;	/* records loaded so far */
+	char	   *next_url;		/* next_link / link_header: next request */
+	char	   *cursor;			/* cursor: token for the next request */
+} EtlCheckpoint;
 
-extern void etl_http_init(const EtlRunSettings *settings);
-extern void etl_http_cleanup(void);
-/* the request headers ("Name: value" strings) for a URL */
-typedef List *(*EtlHeaderBuilder) (void *arg, const char *url);
+/* ================ leaves ================ */
 
-extern EtlStopReason etl_http_get(const char *url, EtlHeaderBuilder build_headers,
-								  void *arg, EtlHttpResponse *resp);
-extern char *etl_http_post_form(const char *url, const char *form, const char *what);
+/* in settings.c */
+extern int	etl_default_timeout_seconds;
+extern int	etl_checkpoint_interval_seconds;
+extern int	etl_request_timeout_ms;
+extern int	etl_connect_timeout_ms;
+extern int	etl_max_retries;
+extern int	etl_retry_base_delay_ms;
+extern int	etl_max_response_bytes;
+extern int	etl_low_speed_time_seconds;
+extern char *etl_allowed_hosts;
+extern char *etl_user_agent;
+extern char *etl_ca_file;
+extern int	etl_run_retention_days;
 
-/* ---------- url.c ---------- */
+extern void etl_define_settings(void);
+extern bool etl_header_value_is_safe(const char *value);
+extern Datum etl_settings_snapshot(PG_FUNCTION_ARGS);
 
+/* in run_clock.c */
+extern void etl_handle_sigterm(SIGNAL_ARGS);
+extern void etl_set_deadline(TimestampTz deadline);
+extern EtlStopReason etl_pending_stop(void);
+extern EtlStopReason etl_stop_for_error(int sqlerrcode);
+extern int64 etl_ms_since(TimestampTz start);
+extern int64 etl_ms_until_deadline(void);
+extern void etl_cap_lock_waits(void);
+extern void etl_wait_ms(int64 ms);
+
+/* in run_lock.c: held by a worker as long as it lives; free = dead worker */
+extern bool etl_run_lock_try_acquire(int64 run_id);
+extern bool etl_run_is_live(int64 run_id);
+extern void etl_job_claim_lock(int32 job_id);
+
+/* in url.c */
 extern char *etl_url_encode(const char *s);
 extern char *etl_url_resolve(const char *base, const char *relative);
 extern char *etl_url_host(const char *url);
 extern int	etl_url_port(const char *url);
 extern char *etl_url_redact(const char *url);
 
-/* ---------- redact.c ---------- */
-
+/* in redact.c */
 extern void etl_redact_register(const char *value);
 extern char *etl_redact(const char *text);
 extern void etl_redact_error(ErrorData *edata);
+extern void etl_redact_log(void);
+extern ErrorData *etl_catch_error(MemoryContext cxt);
 
-/* ---------- json_path.c ---------- */
+/* in ext_schema.c */
+extern char *etl_extension_schema(void);
+extern const char *etl_qualified(const char *relname);
+extern uint64 etl_spi_run(const char *sql, int nargs, const char **args, int expect);
+extern char *etl_spi_value(MemoryContext cxt, int col);
 
+/* in json_path.c */
 typedef struct EtlPath EtlPath;
-
-extern EtlPath *etl_path_compile(const char *text);
-extern const char *etl_path_text(const EtlPath *path);
-extern int	etl_path_query(const EtlPath *path, const JsonbValue *doc, JsonbValue **items);
-extern JsonbValue *etl_path_first(const EtlPath *path, const JsonbValue *doc);
-extern void etl_jsonb_as_value(Jsonb *doc, JsonbValue *v);
-extern char *etl_jsonb_top_keys(Jsonb *doc);
-extern char *etl_jsonb_value_text(const JsonbValue *v);
 
 /* a path of member steps: $.a.b */
 typedef struct EtlKeyPath
@@ -185,13 +143,35 @@ typedef struct EtlKeyPath
 	int		   *lens;
 } EtlKeyPath;
 
+extern EtlPath *etl_path_compile(const char *text);
+extern const char *etl_path_text(const EtlPath *path);
+extern int	etl_path_query(const EtlPath *path, const JsonbValue *doc, JsonbValue **items);
+extern JsonbValue *etl_path_first(const EtlPath *path, const JsonbValue *doc);
 extern bool etl_path_split(const EtlPath *path, EtlKeyPath *before, bool *star,
 						   EtlKeyPath *after);
+extern void etl_jsonb_as_value(Jsonb *doc, JsonbValue *v);
+extern char *etl_jsonb_top_keys(Jsonb *doc);
+extern char *etl_jsonb_value_text(const JsonbValue *v);
+extern Jsonb *etl_jsonb_from_cstring(MemoryContext cxt, const char *s);
+extern int	etl_jsonb_int(Jsonb *jb, const char *key, int dflt);
+extern char *etl_jsonb_str(Jsonb *jb, const char *key);
 
-/* ---------- page_scan.c ---------- */
+/* in key_resolver.c (malloc only: the page reader's thread uses it) */
+typedef struct EtlKeyResolver EtlKeyResolver;
 
-typedef struct EtlScanCache EtlScanCache;
+extern EtlKeyResolver *etl_key_resolver_create(int ncols, char *const *names);
+extern void etl_key_resolver_free(EtlKeyResolver *r);
+extern int	etl_key_resolver_column(EtlKeyResolver *r, int position,
+									const char *key, int len);
 
+/* in copy_text.c */
+extern int	etl_copy_escape(char *dst, const char *s, int len);
+extern void etl_append_copy_text(StringInfo buf, const char *s, int len);
+extern int	etl_quote_array_element(char *dst, const char *s, int len);
+
+/* ================ the parts of a page ================ */
+
+/* in page_scan.c: the one-pass page reader (no PostgreSQL state) */
 typedef struct EtlScanSpec
 {
 	EtlKeyPath	records_before; /* records_path = before[*]after */
@@ -203,9 +183,7 @@ typedef struct EtlScanSpec
 	bool	   *column_is_array;
 	bool		use_map;
 	EtlKeyPath *map;			/* per column; n = -1: not mapped */
-	char	  **column_names;
-	int		   *column_name_lens;
-	EtlScanCache *cache;		/* the scanner's own key cache */
+	EtlKeyResolver *keys;		/* the reader's own: record key -> column */
 } EtlScanSpec;
 
 typedef struct EtlScanResult
@@ -222,14 +200,55 @@ typedef struct EtlScanResult
 extern bool etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len,
 						  EtlScanResult *result);
 extern void etl_scan_result_free(EtlScanResult *result);
-extern EtlScanCache *etl_scan_cache_create(void);
 extern bool etl_scan_start(const EtlScanSpec *spec, const char *body, size_t len,
 						   EtlScanResult *result);
 extern bool etl_scan_finish(void);
-extern void etl_append_copy_text(StringInfo buf, const char *s, int len);
 
-/* ---------- pagination.c ---------- */
+/* in http_client.c */
 
+/* A response body: malloc'd, owned by the caller, reused request after request. */
+typedef struct EtlHttpBuffer
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+	size_t		max;			/* a longer body aborts the transfer */
+	bool		too_big;
+} EtlHttpBuffer;
+
+typedef struct EtlHttpResponse
+{
+	long		status;
+	char	   *body;			/* NUL-terminated; the EtlHttpBuffer's data */
+	size_t		body_len;
+	List	   *link_headers;	/* char * values of Link: headers */
+	char	   *retry_after;	/* value of Retry-After, or NULL */
+	char	   *effective_url;
+	int			retries;		/* retries this fetch needed */
+} EtlHttpResponse;
+
+/* How requests authenticate: the caller's, the client knows no secrets. */
+typedef struct EtlHttpAuth
+{
+	/* the request headers ("Name: value" strings) for a URL */
+	List	   *(*headers) (void *arg, const char *url);
+	/* after a 401: renew the credentials; true when one more try may help */
+	bool		(*renew) (void *arg);
+	void	   *arg;
+} EtlHttpAuth;
+
+extern void etl_http_init(const EtlRunSettings *settings);
+extern void etl_http_cleanup(void);
+extern EtlStopReason etl_http_get(const char *url, const EtlHttpAuth *auth,
+								  EtlHttpBuffer *body, EtlHttpResponse *resp);
+extern void etl_http_buffer_free(EtlHttpBuffer *buf);
+extern char *etl_http_post_form(const char *url, const char *form, const char *what);
+
+/* in oauth.c */
+extern const char *etl_oauth_token(const char *name, const char *client_json);
+extern bool etl_oauth_renew(void *arg);
+
+/* in job.c */
 typedef enum EtlPaginationStyle
 {
 	ETL_PAGINATION_NONE,
@@ -271,15 +290,12 @@ typedef struct EtlJob
 	EtlPath    *total;
 } EtlJob;
 
-/* Pagination state: exactly what the checkpoint stores. */
-typedef struct EtlCheckpoint
-{
-	int64		skip;			/* records consumed so far (offset) */
-	int32		page_index;		/* pages consumed so far */
-	int64		total_records;	/* records loaded so far */
-	char	   *next_url;		/* next_link / link_header: next request */
-	char	   *cursor;			/* cursor: token for the next request */
-} EtlCheckpoint;
+extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
+
+/* in secrets.c */
+extern void etl_job_http_auth(EtlJob *job, EtlHttpAuth *auth);
+
+/* in pagination.c */
 
 /* What a page's body says, as the pagination needs it. */
 typedef struct EtlPageFacts
@@ -298,7 +314,6 @@ typedef struct EtlPageOutcome
 	char	   *cursor;
 } EtlPageOutcome;
 
-extern EtlPaginationStyle etl_pagination_from_name(const char *name);
 extern char *etl_pagination_request_url(const EtlJob *job,
 										const EtlCheckpoint *cp);
 extern void etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
@@ -306,24 +321,7 @@ extern void etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 								   const EtlPageFacts *facts, const EtlHttpResponse *resp,
 								   EtlPageOutcome *outcome);
 
-
-/* ---------- loader.c ---------- */
-
-typedef struct EtlLoader EtlLoader;
-
-extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
-									MemoryContext cxt, int64 run_id, bool dry_run,
-									const char *staging, bool has_loaded_pages);
-extern void etl_loader_finish(EtlLoader *loader);
-extern const EtlScanSpec *etl_loader_scan_spec(EtlLoader *loader);
-extern void etl_loader_note_scan(EtlLoader *loader, bool scanned_ok);
-extern void etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, int32 page_index);
-extern int	etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec,
-								 int32 page_index, bool dry_run);
-extern char *etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec);
-
-/* ---------- checkpoint.c ---------- */
-
+/* in run_store.c */
 typedef struct EtlRunRow
 {
 	int64		run_id;
@@ -344,13 +342,12 @@ typedef struct EtlRunRow
 	EtlRunSettings settings;
 } EtlRunRow;
 
-extern char *etl_extension_schema(void);
-extern const char *etl_qualified(const char *relname);
-extern int64 etl_create_run(EtlLaunchShared *req, const char *settings_json,
+extern int64 etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
+							const char *target, const char *settings_json,
 							const char *parameters_json);
-extern void etl_claim_run(EtlLaunchShared *req, const char *settings_json);
+extern void etl_claim_run(int64 run_id, Oid role_oid, int32 timeout_seconds,
+						  const char *caller_target, const char *settings_json);
 extern void etl_read_run(int64 run_id, EtlRunRow *row);
-extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
 extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,
 								int64 pages_fetched, int64 expected_total,
 								int retries);
@@ -363,7 +360,99 @@ extern void etl_finish_run(int64 run_id, const char *status,
 extern void etl_report_activity(int64 run_id, const EtlCheckpoint *cp,
 								int64 pages_fetched, double rows_per_second,
 								int64 expected_total, int retries);
-extern List *etl_request_headers(void *job, const char *url);
-extern bool etl_oauth_forget_tokens(void);
+
+/* in loader.c */
+typedef struct EtlLoader EtlLoader;
+
+extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
+									MemoryContext cxt, int64 run_id, bool dry_run,
+									const char *staging, bool has_loaded_pages);
+extern void etl_loader_finish(EtlLoader *loader);
+extern const EtlScanSpec *etl_loader_scan_spec(EtlLoader *loader);
+extern void etl_loader_note_scan(EtlLoader *loader, bool scanned_ok);
+extern void etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, int32 page_index);
+extern int	etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec,
+								 int32 page_index, bool dry_run);
+extern char *etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec);
+
+/* ================ one page ================ */
+
+/* in page.c */
+typedef struct EtlPager EtlPager;
+
+/* Where the run stands after a page. */
+typedef struct EtlPageDone
+{
+	EtlCheckpoint next;			/* the checkpoint after the page */
+	bool		last_page;
+	int64		expected_total; /* -1 when the API does not say */
+} EtlPageDone;
+
+extern EtlPager *etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run,
+								  bool from_stored_link, int retries, MemoryContext run_cxt);
+extern EtlStopReason etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp,
+									   EtlPageDone *done);
+extern int	etl_pager_retries(EtlPager *pager);
+extern const char *etl_pager_dry_run_report(EtlPager *pager);
+extern ErrorData *etl_pager_deferred_error(EtlPager *pager);
+extern void etl_pager_drain(EtlPager *pager);
+extern void etl_pager_end(EtlPager *pager);
+
+/* ================ the worker and the SQL entry points ================ */
+
+/* the launch hand-shake between a SQL caller (launcher.c) and its worker */
+typedef enum EtlLaunchMode
+{
+	ETL_LAUNCH_NEW = 1,
+	ETL_LAUNCH_RESUME = 2
+} EtlLaunchMode;
+
+typedef enum EtlLaunchState
+{
+	ETL_LAUNCH_PENDING = 0,
+	ETL_LAUNCH_STARTED,			/* run row committed, run_id valid */
+	ETL_LAUNCH_REFUSED			/* worker refused: sqlstate/message set */
+} EtlLaunchState;
+
+#define ETL_LAUNCH_MESSAGE_LEN 1024
+
+typedef struct EtlLaunchShared
+{
+	slock_t		mutex;
+	pid_t		caller_pid;
+	EtlLaunchMode mode;
+	Oid			database_oid;
+	Oid			role_oid;
+	int32		job_id;
+	int64		run_id;			/* given for resume, set by worker for new */
+	int32		timeout_seconds;
+	bool		dry_run;
+	char		target[300];	/* new runs: target resolved by the caller */
+	EtlLaunchState state;
+	int			sqlerrcode;
+	char		message[ETL_LAUNCH_MESSAGE_LEN];
+	char		detail[ETL_LAUNCH_MESSAGE_LEN];
+	char		hint[ETL_LAUNCH_MESSAGE_LEN];
+	Size		settings_len;	/* settings JSON, then parameters JSON */
+	Size		parameters_len;
+	char		payload[FLEXIBLE_ARRAY_MEMBER];
+} EtlLaunchShared;
+
+/* in worker.c */
+extern PGDLLEXPORT void etl_worker_main(Datum main_arg);
+
+/* in caller.c */
+typedef struct EtlCallerContext
+{
+	Oid			userid;
+	int			sec_context;
+	int			nestlevel;
+} EtlCallerContext;
+
+extern Oid	etl_api_caller(void);
+extern Datum etl_call_for_caller(FunctionCallInfo fcinfo, FmgrInfo *impl, bool *isnull);
+extern void etl_enter_caller_context(EtlCallerContext *cc);
+extern void etl_leave_caller_context(EtlCallerContext *cc);
+extern char *etl_resolve_target(const char *name);
 
 #endif							/* ETL_EXEC_H */

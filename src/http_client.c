@@ -12,6 +12,12 @@
  * buffers and return an abort code when a body grows too large; errors
  * are raised after curl has returned.
  *
+ * The body goes into a buffer the caller owns (EtlHttpBuffer), so that a
+ * page's body can stay with whoever reads it -- the page reader's thread,
+ * say -- while another request fills another buffer.  The client knows
+ * nothing of secrets: the caller's EtlHttpAuth gives each hop's headers
+ * and decides whether a 401 is worth one more try.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -30,20 +36,9 @@
 #define ETL_MAX_REDIRECTS 5
 #define ETL_POLL_MS 100
 
-/* a growable malloc'd buffer, filled from curl callbacks */
-typedef struct CurlBuffer
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-	size_t		max;
-	bool		too_big;
-} CurlBuffer;
-
 static CURL *easy = NULL;
 static CURLM *multi = NULL;
-static CurlBuffer body_buf;
-static CurlBuffer link_buf;		/* Link header values, '\n'-separated */
+static EtlHttpBuffer link_buf;	/* Link header values, '\n'-separated */
 static char retry_after_buf[128];
 static char location_buf[4096];
 static const EtlRunSettings *run_settings;
@@ -52,7 +47,7 @@ static curl_socket_t open_checked_socket(void *clientp, curlsocktype purpose,
 										 struct curl_sockaddr *address);
 
 static bool
-buffer_append(CurlBuffer *buf, const char *data, size_t n)
+buffer_append(EtlHttpBuffer *buf, const char *data, size_t n)
 {
 	if (buf->len + n + 1 > buf->cap)
 	{
@@ -72,19 +67,40 @@ buffer_append(CurlBuffer *buf, const char *data, size_t n)
 	return true;
 }
 
+/* the body, into the EtlHttpBuffer given as CURLOPT_WRITEDATA */
 static size_t
 write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
+	EtlHttpBuffer *body = (EtlHttpBuffer *) userdata;
 	size_t		n = size * nmemb;
 
-	if (body_buf.len + n > body_buf.max)
+	if (body->len + n > body->max)
 	{
-		body_buf.too_big = true;
+		body->too_big = true;
 		return 0;				/* makes curl abort with CURLE_WRITE_ERROR */
 	}
-	if (!buffer_append(&body_buf, ptr, n))
+	if (!buffer_append(body, ptr, n))
 		return 0;
 	return n;
+}
+
+/* Empty a buffer for the next transfer, keeping its memory. */
+static void
+buffer_reset(EtlHttpBuffer *buf, size_t max)
+{
+	buf->len = 0;
+	buf->max = max;
+	buf->too_big = false;
+	if (buf->data)
+		buf->data[0] = '\0';
+}
+
+/* Free a body buffer's memory (it may be used again: it grows anew). */
+void
+etl_http_buffer_free(EtlHttpBuffer *buf)
+{
+	free(buf->data);
+	memset(buf, 0, sizeof(*buf));
 }
 
 static void
@@ -99,6 +115,17 @@ copy_header_value(char *dst, size_t dstlen, const char *value, size_t n)
 	dst[n] = '\0';
 }
 
+/* forget the response headers kept so far */
+static void
+forget_headers(void)
+{
+	link_buf.len = 0;
+	if (link_buf.data)
+		link_buf.data[0] = '\0';
+	retry_after_buf[0] = '\0';
+	location_buf[0] = '\0';
+}
+
 static size_t
 read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -107,11 +134,7 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 	if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0)
 	{
 		/* a new response (after a 100-continue or similar): start over */
-		link_buf.len = 0;
-		if (link_buf.data)
-			link_buf.data[0] = '\0';
-		retry_after_buf[0] = '\0';
-		location_buf[0] = '\0';
+		forget_headers();
 	}
 	else if (n > 5 && pg_strncasecmp(ptr, "link:", 5) == 0)
 	{
@@ -129,6 +152,26 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/*
+ * What every handle of the run does: no signals, no proxy from the
+ * server's environment (addresses are checked directly), http and https
+ * only, bodies into an EtlHttpBuffer, every address checked, TLS verified.
+ */
+static void
+set_handle_options(CURL *h)
+{
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_PROXY, "");
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_body);
+	curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_checked_socket);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (run_settings->ca_file && run_settings->ca_file[0])
+		curl_easy_setopt(h, CURLOPT_CAINFO, run_settings->ca_file);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long) run_settings->connect_timeout_ms);
+}
+
 void
 etl_http_init(const EtlRunSettings *settings)
 {
@@ -139,30 +182,19 @@ etl_http_init(const EtlRunSettings *settings)
 	if (easy == NULL || multi == NULL)
 		elog(ERROR, "etl_exec: could not create a libcurl handle");
 	run_settings = settings;
-	body_buf.max = (size_t) settings->max_response_bytes;
 	/* settings stored before user_agent was checked when set */
 	if (settings->user_agent && !etl_header_value_is_safe(settings->user_agent))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("etl_exec.user_agent must not contain control characters such as line breaks")));
 
-	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-	/* no proxy from the server's environment: addresses are checked directly */
-	curl_easy_setopt(easy, CURLOPT_PROXY, "");
-	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	set_handle_options(easy);
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_body);
 	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, read_header);
 	curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) settings->connect_timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, (long) settings->low_speed_time_seconds);
-	curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, open_checked_socket);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (settings->ca_file && settings->ca_file[0])
-		curl_easy_setopt(easy, CURLOPT_CAINFO, settings->ca_file);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT,
 					 settings->user_agent && settings->user_agent[0] ? settings->user_agent : "etl_exec/0.1");
 }
@@ -290,23 +322,23 @@ retry_delay_ms(int attempt)
 }
 
 static char *
-body_snippet(void)
+body_snippet(const EtlHttpBuffer *body)
 {
-	size_t		n = Min(body_buf.len, (size_t) 300);
-	char	   *s = pnstrdup(body_buf.data ? body_buf.data : "", n);
+	/* redacted before it is cut: a secret across the cut would half show */
+	char	   *s = pnstrdup(etl_redact(body->data ? body->data : ""), 300);
 
 	for (char *p = s; *p; p++)
 		if (*p == '\n' || *p == '\r')
 			*p = ' ';
-	return etl_redact(s);
+	return s;
 }
 
 /*
  * Refuse addresses that reach this host's unspecified address or the cloud
  * metadata service, whatever name led there and in whichever form:
- * 0.0.0.0/8 and link-local 169.254.0.0/16 (IPv4, and IPv4-mapped or NAT64
- * IPv6 forms of them), ::, IPv4-compatible ::a.b.c.d, fe80::/10 and
- * fd00:ec2::254 -- unless etl_exec.allowed_hosts names that address itself.
+ * 0.0.0.0/8, link-local 169.254.0.0/16 and 100.100.100.200 (IPv4, and the
+ * IPv4-mapped, SIIT and NAT64 IPv6 forms of them), ::, IPv4-compatible
+ * ::a.b.c.d, local-use NAT64 64:ff9b:1::/48, fe80::/10 and fd00:ec2::254 -- unless etl_exec.allowed_hosts names that address itself.
  * Loopback (127.0.0.0/8, ::1) stays allowed: local APIs are common.  Runs
  * inside a curl callback: only sets a flag.
  */
@@ -315,7 +347,8 @@ static char blocked_address[INET6_ADDRSTRLEN + 1];
 static bool
 ipv4_blocked(uint32 a)
 {
-	return (a >> 24) == 0 || (a >> 16) == ((169 << 8) | 254);
+	return (a >> 24) == 0 || (a >> 16) == ((169 << 8) | 254) ||
+		a == ((100u << 24) | (100 << 16) | (100 << 8) | 200);	/* Alibaba's metadata */
 }
 
 static bool
@@ -324,6 +357,7 @@ ipv6_blocked(const unsigned char *b)
 	static const unsigned char metadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
 	static const unsigned char zeros[12] = {0};
 	static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	static const unsigned char translated[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0};
 	static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
 	static const unsigned char nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 0x01};
 	uint32		v4 = ((uint32) b[12] << 24) | ((uint32) b[13] << 16) | ((uint32) b[14] << 8) | b[15];
@@ -333,11 +367,15 @@ ipv6_blocked(const unsigned char *b)
 	/* ::, and IPv4-compatible ::a.b.c.d (all but ::1) */
 	if (memcmp(b, zeros, 12) == 0)
 		return v4 != 1;
-	if (memcmp(b, mapped, 12) == 0)
+	/* IPv4-mapped ::ffff:a.b.c.d and SIIT-translated ::ffff:0:a.b.c.d */
+	if (memcmp(b, mapped, 12) == 0 || memcmp(b, translated, 12) == 0)
 		return ipv4_blocked(v4);
-	/* NAT64 (64:ff9b::/96, 64:ff9b:1::/48) to a blocked or loopback address */
-	if (memcmp(b, nat64, 12) == 0 || memcmp(b, nat64_local, 6) == 0)
+	/* NAT64 64:ff9b::/96 to a blocked or loopback address */
+	if (memcmp(b, nat64, 12) == 0)
 		return ipv4_blocked(v4) || (v4 >> 24) == 127;
+	/* local-use NAT64 64:ff9b:1::/48 places the address anywhere: all of it */
+	if (memcmp(b, nat64_local, 6) == 0)
+		return true;
 	return false;
 }
 
@@ -403,15 +441,129 @@ header_slist(List *headers)
 }
 
 /*
- * GET a URL.  The request headers come from build_headers(arg, url) for
- * every hop, so a redirect to another host gets only what is meant for
- * that host.  On success fills *resp (its body stays valid until the next
- * call) and returns ETL_STOP_NONE.  Returns a stop reason when the run
- * must stop (deadline, cancel, terminate) before a complete response was
- * had; raises an error for an HTTP error that retries cannot fix.
+ * Send one request for url and wait for its response (into body), polled
+ * so that a stop request ends it.  On ETL_STOP_NONE *res is curl's result.
+ */
+static EtlStopReason
+send_request(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
+			 CURLcode *res, char *curl_error)
+{
+	EtlStopReason stop;
+	struct curl_slist *header_list;
+	int64		ms_left = etl_ms_until_deadline();
+
+	buffer_reset(body, (size_t) run_settings->max_response_bytes);
+	forget_headers();
+	curl_error[0] = '\0';
+	blocked_address[0] = '\0';
+
+	header_list = header_slist(auth && auth->headers ? auth->headers(auth->arg, url) : NIL);
+	curl_easy_setopt(easy, CURLOPT_URL, url);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, header_list);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, body);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, curl_error);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
+					 (long) Max(Min((int64) run_settings->request_timeout_ms, ms_left), 1));
+
+	stop = perform_transfer(easy, res);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
+	curl_slist_free_all(header_list);
+	if (stop != ETL_STOP_NONE)
+		return stop;
+
+	if (blocked_address[0])
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("refused to connect to %s for %s: unspecified, link-local and cloud-metadata addresses are blocked",
+						blocked_address, etl_url_redact(url)),
+				 errhint("A superuser can allow the address by listing it in etl_exec.allowed_hosts.")));
+	return ETL_STOP_NONE;
+}
+
+/*
+ * A transfer that did not complete: raise the errors no retry can fix;
+ * else describe it in problem (for the retry message) and return
+ * ETL_STOP_TIMED_OUT when it ran into the run's deadline.
+ */
+static EtlStopReason
+transfer_problem(CURLcode res, const char *url, const EtlHttpBuffer *body,
+				 const char *curl_error, char *problem, size_t problem_len)
+{
+	if (res == CURLE_WRITE_ERROR && body->too_big)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("response from %s is larger than etl_exec.max_response_bytes (%zu bytes)",
+						etl_url_redact(url), body->max),
+				 errhint("Lower the job's page_size, or raise etl_exec.max_response_bytes.")));
+	if (res == CURLE_UNSUPPORTED_PROTOCOL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("URL %s does not use http or https", etl_url_redact(url)),
+				 errhint("etl_exec only fetches http:// and https:// URLs.")));
+	if (res == CURLE_OPERATION_TIMEDOUT && etl_ms_until_deadline() <= 0)
+		return ETL_STOP_TIMED_OUT;
+	snprintf(problem, problem_len, "%s", curl_error[0] ? curl_error : curl_easy_strerror(res));
+	return ETL_STOP_NONE;
+}
+
+/*
+ * Before retry number attempt + 1 of url: fail when the retries are spent;
+ * wait (Retry-After, or backoff), or stop when the wait would pass the
+ * run's deadline.
+ */
+static EtlStopReason
+wait_to_retry(int attempt, const char *url, const char *problem)
+{
+	int64		delay;
+
+	if (attempt >= run_settings->max_retries)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("request to %s failed after %d retries: %s",
+						etl_url_redact(url), attempt, problem)));
+	delay = retry_delay_ms(attempt);
+	/* a wait that would pass the deadline: stop now, resumable */
+	if (delay >= etl_ms_until_deadline())
+		return ETL_STOP_TIMED_OUT;
+	elog(DEBUG1, "etl_exec: retrying %s in " INT64_FORMAT " ms: %s",
+		 etl_url_redact(url), delay, problem);
+	etl_wait_ms(delay);
+	return ETL_STOP_NONE;
+}
+
+/* The response a completed GET of url leaves: body, status, Link headers. */
+static void
+fill_response(EtlHttpResponse *resp, char *url, const EtlHttpBuffer *body)
+{
+	resp->status = 200;
+	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &resp->status);
+	resp->body = body->data ? body->data : "";
+	resp->body_len = body->len;
+	resp->retry_after = NULL;
+	resp->effective_url = url;
+	if (link_buf.len > 0)
+	{
+		char	   *copy = pnstrdup(link_buf.data, link_buf.len);
+		char	   *save = NULL;
+
+		for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+			resp->link_headers = lappend(resp->link_headers, line);
+	}
+}
+
+/*
+ * GET a URL into body, a buffer the caller owns.  The request headers come
+ * from auth for every hop, so a redirect to another host gets only what is
+ * meant for that host; after a 401 auth may renew its credentials for one
+ * more try.  On success fills *resp (its body is body's data, valid until
+ * body is used again) and returns ETL_STOP_NONE.  Returns a stop reason
+ * when the run must stop (deadline, cancel, terminate) before a complete
+ * response was had; raises an error for an HTTP error that retries cannot
+ * fix.
  */
 EtlStopReason
-etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
+etl_http_get(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
 			 EtlHttpResponse *resp)
 {
 	char	   *current_url = pstrdup(url);
@@ -425,46 +577,14 @@ etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
 	{
 		EtlStopReason stop;
 		CURLcode	res;
-		int64		ms_left;
 		long		status = 0;
 		char		curl_error[CURL_ERROR_SIZE];
-		struct curl_slist *header_list;
 
 		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
 			return stop;
 		check_host_allowed(current_url);
-		ms_left = etl_ms_until_deadline();
-
-		body_buf.len = 0;
-		body_buf.too_big = false;
-		link_buf.len = 0;
-		if (link_buf.data)
-			link_buf.data[0] = '\0';
-		retry_after_buf[0] = '\0';
-		location_buf[0] = '\0';
-		curl_error[0] = '\0';
-		blocked_address[0] = '\0';
-
-		header_list = header_slist(build_headers ? build_headers(arg, current_url) : NIL);
-		curl_easy_setopt(easy, CURLOPT_URL, current_url);
-		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, header_list);
-		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, curl_error);
-		curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
-						 (long) Max(Min((int64) run_settings->request_timeout_ms, ms_left), 1));
-
-		stop = perform_transfer(easy, &res);
-		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
-		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
-		curl_slist_free_all(header_list);
-		if (stop != ETL_STOP_NONE)
+		if ((stop = send_request(current_url, auth, body, &res, curl_error)) != ETL_STOP_NONE)
 			return stop;
-
-		if (blocked_address[0])
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("refused to connect to %s for %s: unspecified, link-local and cloud-metadata addresses are blocked",
-							blocked_address, etl_url_redact(current_url)),
-					 errhint("A superuser can allow the address by listing it in etl_exec.allowed_hosts.")));
 
 		if (res == CURLE_OK)
 		{
@@ -481,9 +601,9 @@ etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
 				current_url = etl_url_resolve(current_url, location_buf);
 				continue;
 			}
-			if (status == 401 && !reauthorized && etl_oauth_forget_tokens())
+			if (status == 401 && !reauthorized && auth && auth->renew && auth->renew(auth->arg))
 			{
-				/* an OAuth2 token the server no longer takes: fetch anew, once */
+				/* credentials the server no longer takes: renewed, try once more */
 				reauthorized = true;
 				continue;
 			}
@@ -491,73 +611,35 @@ etl_http_get(const char *url, EtlHeaderBuilder build_headers, void *arg,
 				ereport(ERROR,
 						(errcode(ETL_ERRCODE_HTTP_REFUSED),
 						 errmsg("HTTP %ld from %s: %s", status,
-								etl_url_redact(current_url), body_snippet())));
-			snprintf(problem, sizeof(problem), "HTTP %ld: %s", status, body_snippet());
+								etl_url_redact(current_url), body_snippet(body))));
+			snprintf(problem, sizeof(problem), "HTTP %ld: %s", status, body_snippet(body));
 		}
-		else if (res == CURLE_WRITE_ERROR && body_buf.too_big)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("response from %s is larger than etl_exec.max_response_bytes (%zu bytes)",
-							etl_url_redact(current_url), body_buf.max),
-					 errhint("Lower the job's page_size, or raise etl_exec.max_response_bytes.")));
-		else if (res == CURLE_UNSUPPORTED_PROTOCOL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("URL %s does not use http or https", etl_url_redact(current_url)),
-					 errhint("etl_exec only fetches http:// and https:// URLs.")));
-		else if (res == CURLE_OPERATION_TIMEDOUT && etl_ms_until_deadline() <= 0)
-			return ETL_STOP_TIMED_OUT;
-		else
-			snprintf(problem, sizeof(problem), "%s", curl_error[0] ? curl_error : curl_easy_strerror(res));
+		else if ((stop = transfer_problem(res, current_url, body, curl_error,
+										  problem, sizeof(problem))) != ETL_STOP_NONE)
+			return stop;
 
 		/* retryable: a connection problem, a timeout, 408/429/5xx */
-		if (attempt >= run_settings->max_retries)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("request to %s failed after %d retries: %s",
-							etl_url_redact(current_url), attempt, problem)));
-		{
-			int64		delay = retry_delay_ms(attempt);
-
-			/* a wait that would pass the deadline: stop now, resumable */
-			if (delay >= etl_ms_until_deadline())
-				return ETL_STOP_TIMED_OUT;
-			elog(DEBUG1, "etl_exec: retrying %s in " INT64_FORMAT " ms: %s",
-				 etl_url_redact(current_url), delay, problem);
-			etl_wait_ms(delay);
-		}
+		if ((stop = wait_to_retry(attempt, current_url, problem)) != ETL_STOP_NONE)
+			return stop;
 		attempt++;
 		resp->retries++;
 	}
 
-	resp->status = 200;
-	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &resp->status);
-	resp->body = body_buf.data ? body_buf.data : "";
-	resp->body_len = body_buf.len;
-	resp->retry_after = NULL;
-	resp->effective_url = current_url;
-	if (link_buf.len > 0)
-	{
-		char	   *copy = pnstrdup(link_buf.data, link_buf.len);
-		char	   *save = NULL;
-
-		for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-			resp->link_headers = lappend(resp->link_headers, line);
-	}
+	fill_response(resp, current_url, body);
 	return ETL_STOP_NONE;
 }
 
 /*
  * POST a form (OAuth2 token requests) and return the body; raises an error
  * on anything but a 2xx.  Its own handle and buffer: it may run while a
- * GET is being prepared.  Polled like every transfer (a stop request ends
+ * GET is being prepared (its headers built).  Polled like every transfer (a stop request ends
  * it at once, as a query cancel) and bounded by the run's time left.
  */
 char *
 etl_http_post_form(const char *url, const char *form, const char *what)
 {
 	CURL	   *h = curl_easy_init();
-	CurlBuffer	saved = body_buf;
+	EtlHttpBuffer body = {0};
 	CURLcode	res = CURLE_OK;
 	EtlStopReason stop;
 	long		status = 0;
@@ -567,29 +649,19 @@ etl_http_post_form(const char *url, const char *form, const char *what)
 	check_host_allowed(url);
 	if (h == NULL)
 		elog(ERROR, "etl_exec: could not create a libcurl handle");
-	memset(&body_buf, 0, sizeof(body_buf));
-	body_buf.max = 1024 * 1024;
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	body.max = 1024 * 1024;
+	set_handle_options(h);
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	curl_easy_setopt(h, CURLOPT_POSTFIELDS, form);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_body);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_error);
-	curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_checked_socket);
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (run_settings->ca_file && run_settings->ca_file[0])
-		curl_easy_setopt(h, CURLOPT_CAINFO, run_settings->ca_file);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long) run_settings->connect_timeout_ms);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
 					 (long) Max(Min((int64) run_settings->request_timeout_ms, etl_ms_until_deadline()), 1));
-	curl_easy_setopt(h, CURLOPT_PROXY, "");
 	stop = perform_transfer(h, &res);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_cleanup(h);
-	result = pnstrdup(body_buf.data ? body_buf.data : "", body_buf.len);
-	free(body_buf.data);
-	body_buf = saved;
+	result = pnstrdup(body.data ? body.data : "", body.len);
+	etl_http_buffer_free(&body);
 
 	if (stop != ETL_STOP_NONE)
 		ereport(ERROR,

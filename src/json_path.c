@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * json_path.c
- *	  Finding values in response bodies and records with jsonpaths.
+ *	  Finding values in JSON documents: jsonpaths over response bodies and
+ *	  records, and the members of small jsonb objects (options, settings).
  *
  * Most paths jobs use are plain member chains with [*]: '$.value[*]',
  * '$[*]', '$.entry[*].resource', '$."@odata.nextLink"', '$.meta.cursor'.
@@ -352,4 +353,37 @@ etl_path_split(const EtlPath *path, EtlKeyPath *before, bool *star, EtlKeyPath *
 	else
 		after->n = 0;
 	return true;
+}
+
+/* A jsonb document from its text, in cxt. */
+Jsonb *
+etl_jsonb_from_cstring(MemoryContext cxt, const char *s)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Jsonb	   *jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+
+	MemoryContextSwitchTo(old);
+	return jb;
+}
+
+/* The number at key of an object, as an int; dflt when there is none. */
+int
+etl_jsonb_int(Jsonb *jb, const char *key, int dflt)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, key, strlen(key), NULL);
+
+	if (v == NULL || v->type != jbvNumeric)
+		return dflt;
+	return DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v->val.numeric)));
+}
+
+/* The string at key of an object; NULL when there is none. */
+char *
+etl_jsonb_str(Jsonb *jb, const char *key)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, key, strlen(key), NULL);
+
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	return pnstrdup(v->val.string.val, v->val.string.len);
 }

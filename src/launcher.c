@@ -37,6 +37,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "etl_exec.h"
 
 static char *
@@ -118,73 +119,44 @@ derive_launch(EtlLaunchShared *shared)
 }
 
 /*
- * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
- *					 parameters) RETURNS bigint
- *
- * Starts the worker and waits until it has committed the run row.  Only
- * the extension's own entry points call it (it is executable by no one
- * else), for the caller etl_api_caller() names; everything the worker does
- * beyond the call's options (timeout, dry run, parameters) is derived from
- * the job and run rows, here and in the worker.
+ * The launch request in a new shared memory segment: the launch's fields,
+ * then the settings JSON and the parameters JSON.
  */
-PG_FUNCTION_INFO_V1(etl_start_worker);
-Datum
-etl_start_worker(PG_FUNCTION_ARGS)
+static dsm_segment *
+launch_segment(const EtlLaunchShared *launch, const char *settings_json,
+			   const char *parameters_json)
 {
-	char	   *mode;
-	char	   *parameters_json;
-	char	   *settings_json;
-	Size		settings_len;
-	Size		parameters_len;
-	dsm_segment *seg;
-	EtlLaunchShared *shared;
-	EtlLaunchShared launch;
-	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-	EtlLaunchState state;
-	int64		run_id;
+	Size		settings_len = strlen(settings_json);
+	Size		parameters_len = strlen(parameters_json);
+	dsm_segment *seg = dsm_create(offsetof(EtlLaunchShared, payload) +
+								  settings_len + 1 + parameters_len + 1, 0);
+	EtlLaunchShared *shared = dsm_segment_address(seg);
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("_etl_start_worker: mode, job_id, timeout_seconds and dry_run must not be NULL")));
-	mode = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (strcmp(mode, "new") != 0 && (strcmp(mode, "resume") != 0 || PG_ARGISNULL(2)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("_etl_start_worker: mode must be 'new', or 'resume' with a run_id")));
-	memset(&launch, 0, sizeof(launch));
-	launch.mode = strcmp(mode, "resume") == 0 ? ETL_LAUNCH_RESUME : ETL_LAUNCH_NEW;
-	launch.job_id = PG_GETARG_INT32(1);
-	launch.run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
-	derive_launch(&launch);
-
-	parameters_json = jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
-	/* the settings in force in this session; never taken from the caller */
-	settings_json = jsonb_arg_to_cstring(DatumGetJsonbP(DirectFunctionCall1(etl_settings_snapshot,
-																			 (Datum) 0)));
-	settings_len = strlen(settings_json);
-	parameters_len = strlen(parameters_json);
-
-	seg = dsm_create(offsetof(EtlLaunchShared, payload) +
-					 settings_len + 1 + parameters_len + 1, 0);
-	shared = dsm_segment_address(seg);
 	memset(shared, 0, offsetof(EtlLaunchShared, payload));
 	SpinLockInit(&shared->mutex);
 	shared->caller_pid = MyProcPid;
-	shared->mode = launch.mode;
+	shared->mode = launch->mode;
 	shared->database_oid = MyDatabaseId;
-	shared->role_oid = launch.role_oid;
-	shared->job_id = launch.job_id;
-	shared->run_id = launch.run_id;
-	shared->timeout_seconds = PG_GETARG_INT32(3);
-	shared->dry_run = PG_GETARG_BOOL(4);
-	memcpy(shared->target, launch.target, sizeof(shared->target));
+	shared->role_oid = launch->role_oid;
+	shared->job_id = launch->job_id;
+	shared->run_id = launch->run_id;
+	shared->timeout_seconds = launch->timeout_seconds;
+	shared->dry_run = launch->dry_run;
+	memcpy(shared->target, launch->target, sizeof(shared->target));
 	shared->state = ETL_LAUNCH_PENDING;
 	shared->settings_len = settings_len;
 	shared->parameters_len = parameters_len;
 	memcpy(shared->payload, settings_json, settings_len + 1);
 	memcpy(shared->payload + settings_len + 1, parameters_json, parameters_len + 1);
+	return seg;
+}
+
+/* Register the worker that takes the launch in seg. */
+static BackgroundWorkerHandle *
+register_worker(dsm_segment *seg, const EtlLaunchShared *shared)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -209,6 +181,17 @@ etl_start_worker(PG_FUNCTION_ARGS)
 				 errdetail("All %d background worker slots (max_worker_processes) are in use.",
 						   max_worker_processes),
 				 errhint("Raise max_worker_processes (it needs a server restart), or wait for running jobs to finish. No run was created.")));
+	return handle;
+}
+
+/*
+ * Wait until the worker has started the run or refused it; a worker that
+ * exits without a word is an error.
+ */
+static EtlLaunchState
+wait_for_worker(EtlLaunchShared *shared, BackgroundWorkerHandle *handle)
+{
+	EtlLaunchState state;
 
 	for (;;)
 	{
@@ -219,7 +202,7 @@ etl_start_worker(PG_FUNCTION_ARGS)
 		state = shared->state;
 		SpinLockRelease(&shared->mutex);
 		if (state != ETL_LAUNCH_PENDING)
-			break;
+			return state;
 
 		status = GetBackgroundWorkerPid(handle, &pid);
 		if (status == BGWH_STOPPED || status == BGWH_POSTMASTER_DIED)
@@ -228,7 +211,7 @@ etl_start_worker(PG_FUNCTION_ARGS)
 			state = shared->state;
 			SpinLockRelease(&shared->mutex);
 			if (state != ETL_LAUNCH_PENDING)
-				break;
+				return state;
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
 					 errmsg("the etl_exec worker exited before it started the run"),
@@ -240,8 +223,57 @@ etl_start_worker(PG_FUNCTION_ARGS)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+}
 
-	if (state == ETL_LAUNCH_REFUSED)
+/*
+ * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
+ *					 parameters) RETURNS bigint
+ *
+ * Starts the worker and waits until it has committed the run row.  Only
+ * the extension's own entry points call it (it is executable by no one
+ * else), for the caller etl_api_caller() names; everything the worker does
+ * beyond the call's options (timeout, dry run, parameters) is derived from
+ * the job and run rows, here and in the worker.
+ */
+PG_FUNCTION_INFO_V1(etl_start_worker);
+Datum
+etl_start_worker(PG_FUNCTION_ARGS)
+{
+	char	   *mode;
+	char	   *parameters_json;
+	char	   *settings_json;
+	dsm_segment *seg;
+	EtlLaunchShared *shared;
+	EtlLaunchShared launch;
+	BackgroundWorkerHandle *handle;
+	int64		run_id;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("_etl_start_worker: mode, job_id, timeout_seconds and dry_run must not be NULL")));
+	mode = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (strcmp(mode, "new") != 0 && (strcmp(mode, "resume") != 0 || PG_ARGISNULL(2)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("_etl_start_worker: mode must be 'new', or 'resume' with a run_id")));
+	memset(&launch, 0, sizeof(launch));
+	launch.mode = strcmp(mode, "resume") == 0 ? ETL_LAUNCH_RESUME : ETL_LAUNCH_NEW;
+	launch.job_id = PG_GETARG_INT32(1);
+	launch.run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
+	derive_launch(&launch);
+	launch.timeout_seconds = PG_GETARG_INT32(3);
+	launch.dry_run = PG_GETARG_BOOL(4);
+
+	parameters_json = jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
+	/* the settings in force in this session; never taken from the caller */
+	settings_json = jsonb_arg_to_cstring(DatumGetJsonbP(DirectFunctionCall1(etl_settings_snapshot,
+																			 (Datum) 0)));
+	seg = launch_segment(&launch, settings_json, parameters_json);
+	shared = dsm_segment_address(seg);
+	handle = register_worker(seg, shared);
+
+	if (wait_for_worker(shared, handle) == ETL_LAUNCH_REFUSED)
 		ereport(ERROR,
 				(errcode(shared->sqlerrcode),
 				 errmsg("%s", shared->message),
@@ -390,7 +422,7 @@ etl_signal_run(PG_FUNCTION_ARGS)
 	nbackends = pgstat_fetch_stat_numbackends();
 	for (int i = 1; i <= nbackends; i++)
 	{
-		LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
+		LocalPgBackendStatus *local = etl_local_backend_status(i);
 		PgBackendStatus *be = local ? &local->backendStatus : NULL;
 
 		if (be && be->st_procpid == pid && be->st_backendType == B_BG_WORKER &&

@@ -24,10 +24,9 @@
  * the run may write.
  *
  * Without a column_map a target column takes the record key of the same
- * name, compared case-insensitively; columns that no record of a page
- * mentions are left out of that page's INSERT, so their defaults apply.
- * Jsonb keys are stored sorted, so the key at each position usually repeats
- * from record to record; a per-position cache makes the match a memcmp.
+ * name, compared case-insensitively (key_resolver.c); columns that no
+ * record of a page mentions are left out of that page's INSERT, so their
+ * defaults apply.
  *
  *-------------------------------------------------------------------------
  */
@@ -37,7 +36,6 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
-#include "common/hashfn.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -64,9 +62,6 @@
 #include "compat.h"
 #include "etl_exec.h"
 
-#define KEY_CACHE_SIZE 256
-#define KEY_HASH_SIZE 512
-
 typedef struct LoaderColumn
 {
 	char	   *name;
@@ -85,13 +80,6 @@ typedef struct LoaderColumn
 	bool		mapped;			/* named in column_map */
 	bool		is_key;
 } LoaderColumn;
-
-typedef struct KeySlot
-{
-	char	   *key;
-	int			len;
-	int			col;
-} KeySlot;					/* also the entries of the key hash */
 
 typedef struct LoaderPlan
 {
@@ -112,14 +100,11 @@ struct EtlLoader
 	bool		upsert;
 	Oid			insert_relid;	/* where pages load: target or staging */
 	bool		use_copy;		/* load through COPY (not upsert, no RLS) */
-	bool		has_deferrable; /* the target has deferrable constraints */
 	EtlScanSpec *scan;			/* for page_scan.c, or NULL: jsonb only */
 	int			scan_misses;	/* pages in a row the fast reader gave up on */
 	char	   *final_target;	/* replace mode: the target swapped into */
 	char	   *staging;		/* replace mode: where pages load, or NULL */
-	KeySlot		slots[KEY_CACHE_SIZE];	/* by position in the record */
-	KeySlot		hash[KEY_HASH_SIZE];	/* by key, when positions vary */
-	int			nhash;
+	EtlKeyResolver *keys;		/* record key -> column, for the jsonb path */
 	List	   *plans;			/* of LoaderPlan * */
 };
 
@@ -176,17 +161,16 @@ back_from_run_role(RoleSwitch *sw)
 }
 
 /*
- * Deferred constraints (REFERENCES ... DEFERRABLE INITIALLY DEFERRED) are
- * checked within the page: a load is a restricted operation, where
- * PostgreSQL will not queue a trigger past the statement, and a page must
- * fail or commit whole in any case.  Called before each statement that
- * writes the target; nothing is pending then, so it fires nothing itself.
+ * Deferred constraints (REFERENCES ... DEFERRABLE INITIALLY DEFERRED, on
+ * the target or on any table its triggers and cascades write) are checked
+ * within the page: a load is a restricted operation, where PostgreSQL will
+ * not queue a trigger past the statement, and a page must fail or commit
+ * whole in any case.  Called as the run's role before each statement that
+ * writes; nothing is pending then, so it fires nothing itself.
  */
 static void
-check_constraints_in_page(EtlLoader *loader)
+check_constraints_in_page(void)
 {
-	if (!loader->has_deferrable)
-		return;
 	SPI_connect();
 	if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "etl_exec: could not make constraints immediate");
@@ -197,15 +181,18 @@ check_constraints_in_page(EtlLoader *loader)
  * Replace mode: pages load into a staging table that lives as long as the
  * run; the run's last page swaps it into the target in one transaction.
  *
- * The run makes the table itself, fresh, with a name no one can guess
- * (plain CREATE TABLE: a name that is taken is an error, never a table to
- * adopt), records it in run_context in the same transaction, and gives it
- * to the run's role, so the loads and the swap need nothing the role does
- * not already have on the target.  A resume takes the table its run
+ * The run makes the table itself, fresh, in the extension's schema
+ * etl_exec_staging, where no one else may create anything, with a name no
+ * one can guess (plain CREATE TABLE: a name that is taken is an error,
+ * never a table to adopt); records it in run_context in the same
+ * transaction; and gives it to the run's role, so the loads and the swap
+ * need nothing the role does not already have on the target.  A resume takes the table its run
  * recorded, after checking that it is still that role's.
  */
+#define ETL_STAGING_SCHEMA "etl_exec_staging"
+
 static void
-create_staging(EtlLoader *loader, const char *nspname, int64 run_id)
+create_staging(EtlLoader *loader, int64 run_id)
 {
 	uint8		random[8];
 	char		suffix[sizeof(random) * 2 + 1];
@@ -215,7 +202,7 @@ create_staging(EtlLoader *loader, const char *nspname, int64 run_id)
 		elog(ERROR, "etl_exec: could not generate a random staging table name");
 	for (int i = 0; i < (int) sizeof(random); i++)
 		snprintf(suffix + 2 * i, 3, "%02x", random[i]);
-	loader->staging = quote_qualified_identifier(nspname,
+	loader->staging = quote_qualified_identifier(ETL_STAGING_SCHEMA,
 												 psprintf("_etl_stage_" INT64_FORMAT "_%s", run_id, suffix));
 	SPI_connect();
 	if (SPI_execute(psprintf("CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS "
@@ -241,7 +228,8 @@ adopt_staging(EtlLoader *loader, const char *staging, int64 run_id)
 	{
 		Form_pg_class rel = (Form_pg_class) GETSTRUCT(tup);
 
-		ok = rel->relowner == loader->role_oid && rel->relkind == RELKIND_RELATION;
+		ok = rel->relowner == loader->role_oid && rel->relkind == RELKIND_RELATION &&
+			strcmp(get_namespace_name(rel->relnamespace), ETL_STAGING_SCHEMA) == 0;
 		ReleaseSysCache(tup);
 	}
 	if (!ok)
@@ -260,7 +248,7 @@ adopt_staging(EtlLoader *loader, const char *staging, int64 run_id)
  * cannot be resumed: its table is not known to be the run's own.
  */
 static void
-set_up_staging(EtlLoader *loader, Oid target_relid, int64 run_id,
+set_up_staging(EtlLoader *loader, int64 run_id,
 			   const char *recorded, bool has_loaded_pages)
 {
 	loader->final_target = loader->target;
@@ -273,7 +261,7 @@ set_up_staging(EtlLoader *loader, Oid target_relid, int64 run_id,
 				 errdetail("The run was checkpointed by an etl_exec version that did not record its staging table."),
 				 errhint("Start the job over with SELECT etl_execute_job(%d).", loader->job->job_id)));
 	else
-		create_staging(loader, get_namespace_name(get_rel_namespace(target_relid)), run_id);
+		create_staging(loader, run_id);
 	MemoryContextSwitchTo(loader->cxt);
 	loader->target = loader->staging;
 	loader->insert_relid = RangeVarGetRelid(makeRangeVarFromNameList(etl_qualified_name_list(loader->staging)),
@@ -297,9 +285,9 @@ etl_loader_finish(EtlLoader *loader)
 	for (int i = 0; i < loader->ncols; i++)
 		appendStringInfo(&cols, "%s%s", i ? ", " : "", quote_identifier(loader->cols[i].name));
 
-	check_constraints_in_page(loader);
 	SPI_connect();
 	act_as_run_role(loader, &sw);
+	check_constraints_in_page();
 	if (SPI_execute(psprintf("DELETE FROM %s", loader->final_target), false, 0) != SPI_OK_DELETE ||
 		SPI_execute(psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", loader->final_target,
 							 cols.data, cols.data, loader->staging), false, 0) != SPI_OK_INSERT)
@@ -308,6 +296,35 @@ etl_loader_finish(EtlLoader *loader)
 	if (SPI_execute(psprintf("DROP TABLE %s", loader->staging), false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "etl_exec: could not drop staging table %s", loader->staging);
 	SPI_finish();
+}
+
+static void
+free_key_resolver(void *arg)
+{
+	etl_key_resolver_free((EtlKeyResolver *) arg);
+}
+
+/*
+ * A key resolver for the loader's columns; malloc'd (the page reader's
+ * thread may use it), freed with the loader's memory.
+ */
+static EtlKeyResolver *
+new_key_resolver(EtlLoader *loader)
+{
+	char	  **names = palloc(sizeof(char *) * Max(loader->ncols, 1));
+	EtlKeyResolver *keys;
+	MemoryContextCallback *cb;
+
+	for (int c = 0; c < loader->ncols; c++)
+		names[c] = loader->cols[c].name;
+	keys = etl_key_resolver_create(loader->ncols, names);
+	if (keys == NULL)
+		elog(ERROR, "etl_exec: out of memory");
+	cb = MemoryContextAlloc(loader->cxt, sizeof(MemoryContextCallback));
+	cb->func = free_key_resolver;
+	cb->arg = keys;
+	MemoryContextRegisterResetCallback(loader->cxt, cb);
+	return keys;
 }
 
 /*
@@ -350,45 +367,20 @@ build_scan_spec(EtlLoader *loader, const EtlJob *job)
 			(!etl_path_split(loader->cols[c].map_path, &spec->map[c], &star, &after) || star))
 			return NULL;
 	}
-	spec->column_names = palloc(sizeof(char *) * Max(loader->ncols, 1));
-	spec->column_name_lens = palloc(sizeof(int) * Max(loader->ncols, 1));
-	for (int c = 0; c < loader->ncols; c++)
-	{
-		spec->column_names[c] = loader->cols[c].name;
-		spec->column_name_lens[c] = strlen(loader->cols[c].name);
-	}
-	spec->cache = etl_scan_cache_create();
+	/* the reader's own resolver: it runs in the reader's thread */
+	spec->keys = new_key_resolver(loader);
 	return spec;
 }
 
-EtlLoader *
-etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
-				  int64 run_id, bool dry_run, const char *staging, bool has_loaded_pages)
+/*
+ * The target's columns a load may write (not dropped, generated or
+ * GENERATED ALWAYS identity), with what converting values for them takes.
+ */
+static void
+read_columns(EtlLoader *loader, Relation rel)
 {
-	MemoryContext cxt = AllocSetContextCreate(parent, "etl_exec loader", ALLOCSET_DEFAULT_SIZES);
-	MemoryContext old = MemoryContextSwitchTo(cxt);
-	EtlLoader  *loader = palloc0(sizeof(EtlLoader));
-	RangeVar   *rv;
-	Oid			relid;
-	Relation	rel;
-	TupleDesc	desc;
-	ListCell   *lc;
+	TupleDesc	desc = RelationGetDescr(rel);
 
-	loader->cxt = cxt;
-	loader->job = job;
-	loader->role_oid = role_oid;
-	loader->upsert = strcmp(job->load_mode, "upsert") == 0;
-
-	rv = makeRangeVarFromNameList(etl_qualified_name_list(job->target_table));
-	relid = RangeVarGetRelid(rv, AccessShareLock, true);
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("target table \"%s\" does not exist", job->target_table)));
-	rel = relation_open(relid, NoLock);
-	loader->target = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												RelationGetRelationName(rel));
-	desc = RelationGetDescr(rel);
 	loader->cols = palloc0(sizeof(LoaderColumn) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -407,7 +399,7 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 		col->is_jsonb = att->atttypid == JSONBOID;
 		col->is_json = getBaseType(att->atttypid) == JSONOID;
 		getTypeInputInfo(att->atttypid, &infunc, &col->ioparam);
-		fmgr_info_cxt(infunc, &col->infunc, cxt);
+		fmgr_info_cxt(infunc, &col->infunc, loader->cxt);
 		tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(att->atttypid));
 		if (!HeapTupleIsValid(tup))
 			elog(ERROR, "cache lookup failed for type %u", att->atttypid);
@@ -420,41 +412,55 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 		col->typalign = typ->typalign;
 		ReleaseSysCache(tup);
 	}
-	if (rel->trigdesc)
-		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
-			loader->has_deferrable |= rel->trigdesc->triggers[i].tgdeferrable;
-	relation_close(rel, NoLock);
+}
 
-	if (job->column_map)
+/* the loader's column of that name, or -1 */
+static int
+column_named(EtlLoader *loader, const char *name)
+{
+	int			found = -1;
+
+	for (int i = 0; i < loader->ncols; i++)
+		if (strcmp(loader->cols[i].name, name) == 0)
+			found = i;
+	return found;
+}
+
+/* The job's column_map: each column it names, with its path compiled. */
+static void
+read_column_map(EtlLoader *loader, const EtlJob *job)
+{
+	JsonbIterator *it = JsonbIteratorInit(&job->column_map->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+
+	loader->use_map = true;
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		JsonbIterator *it = JsonbIteratorInit(&job->column_map->root);
-		JsonbValue	v;
-		JsonbIteratorToken tok;
-		char	   *key = NULL;
-
-		loader->use_map = true;
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if (tok == WJB_KEY)
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (tok == WJB_VALUE && key)
 		{
-			if (tok == WJB_KEY)
-				key = pnstrdup(v.val.string.val, v.val.string.len);
-			else if (tok == WJB_VALUE && key)
-			{
-				int			found = -1;
+			int			found = column_named(loader, key);
 
-				for (int i = 0; i < loader->ncols; i++)
-					if (strcmp(loader->cols[i].name, key) == 0)
-						found = i;
-				if (found < 0)
-					ereport(ERROR,
-							(errcode(ERRCODE_UNDEFINED_COLUMN),
-							 errmsg("column_map of job %d names column \"%s\", which target table %s does not have (or cannot be written)",
-									job->job_id, key, loader->target)));
-				loader->cols[found].mapped = true;
-				loader->cols[found].map_path =
-					etl_path_compile(pnstrdup(v.val.string.val, v.val.string.len));
-			}
+			if (found < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_COLUMN),
+						 errmsg("column_map of job %d names column \"%s\", which target table %s does not have (or cannot be written)",
+								job->job_id, key, loader->target)));
+			loader->cols[found].mapped = true;
+			loader->cols[found].map_path =
+				etl_path_compile(pnstrdup(v.val.string.val, v.val.string.len));
 		}
 	}
+}
+
+/* The job's key_columns, each a column of the target. */
+static void
+mark_key_columns(EtlLoader *loader, const EtlJob *job)
+{
+	ListCell   *lc;
 
 	foreach(lc, job->key_columns)
 	{
@@ -470,10 +476,50 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 					 errmsg("key column \"%s\" of job %d is not a column of target table %s",
 							key, job->job_id, loader->target)));
 	}
+}
+
+/*
+ * A loader for the job's target (the table the run froze), writing as
+ * role_oid: its columns, column_map and keys checked against the table,
+ * a replace run's staging table made or adopted, and the page reader's
+ * spec when the reader can read the job's pages.
+ */
+EtlLoader *
+etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
+				  int64 run_id, bool dry_run, const char *staging, bool has_loaded_pages)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "etl_exec loader", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	EtlLoader  *loader = palloc0(sizeof(EtlLoader));
+	RangeVar   *rv;
+	Oid			relid;
+	Relation	rel;
+
+	loader->cxt = cxt;
+	loader->job = job;
+	loader->role_oid = role_oid;
+	loader->upsert = strcmp(job->load_mode, "upsert") == 0;
+
+	rv = makeRangeVarFromNameList(etl_qualified_name_list(job->target_table));
+	relid = RangeVarGetRelid(rv, AccessShareLock, true);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("target table \"%s\" does not exist", job->target_table)));
+	rel = relation_open(relid, NoLock);
+	loader->target = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel));
+	read_columns(loader, rel);
+	relation_close(rel, NoLock);
+
+	if (job->column_map)
+		read_column_map(loader, job);
+	mark_key_columns(loader, job);
+	loader->keys = new_key_resolver(loader);
 
 	loader->insert_relid = relid;
 	if (strcmp(job->load_mode, "replace") == 0 && !dry_run)
-		set_up_staging(loader, relid, run_id, staging, has_loaded_pages);
+		set_up_staging(loader, run_id, staging, has_loaded_pages);
 	loader->use_copy = !loader->upsert;
 	if (loader->use_copy)
 		loader->scan = build_scan_spec(loader, job);
@@ -482,76 +528,15 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	return loader;
 }
 
-/* the column for a record key: exact name first, then case-insensitive */
+/* The column the key at a position of a record names, or -1. */
 static int
-column_for_key(EtlLoader *loader, const char *key, int len)
+key_column(EtlLoader *loader, int position, const char *key, int len)
 {
-	int			ci = -1;
+	int			col = etl_key_resolver_column(loader->keys, position, key, len);
 
-	for (int i = 0; i < loader->ncols; i++)
-	{
-		const char *name = loader->cols[i].name;
-
-		if ((int) strlen(name) != len)
-			continue;
-		if (strncmp(name, key, len) == 0)
-			return i;
-		if (ci < 0 && pg_strncasecmp(name, key, len) == 0)
-			ci = i;
-	}
-	return ci;
-}
-
-/*
- * The hash entry for a key (made on first sight), or NULL when the hash is
- * full -- an API with very many distinct keys.
- */
-static KeySlot *
-hashed_key(EtlLoader *loader, const char *key, int len)
-{
-	uint32		h = hash_bytes((const unsigned char *) key, len);
-
-	for (int probe = 0; probe < KEY_HASH_SIZE; probe++)
-	{
-		KeySlot    *e = &loader->hash[(h + probe) & (KEY_HASH_SIZE - 1)];
-
-		if (e->key == NULL)
-		{
-			if (loader->nhash >= KEY_HASH_SIZE / 2)
-				return NULL;
-			e->key = MemoryContextAlloc(loader->cxt, len + 1);
-			memcpy(e->key, key, len);
-			e->key[len] = '\0';
-			e->len = len;
-			e->col = column_for_key(loader, key, len);
-			loader->nhash++;
-			return e;
-		}
-		if (e->len == len && memcmp(e->key, key, len) == 0)
-			return e;
-	}
-	return NULL;
-}
-
-/*
- * The column for the key at a position of a record: most records repeat the
- * previous one's keys in order, so the position's last key is compared
- * first; then the hash of every key seen.
- */
-static int
-cached_column_for_key(EtlLoader *loader, int position, const char *key, int len)
-{
-	KeySlot    *slot = position < KEY_CACHE_SIZE ? &loader->slots[position] : NULL;
-	KeySlot    *entry;
-
-	if (slot && slot->key && slot->len == len && memcmp(slot->key, key, len) == 0)
-		return slot->col;
-	entry = hashed_key(loader, key, len);
-	if (entry == NULL)
-		return column_for_key(loader, key, len);
-	if (slot)
-		*slot = *entry;			/* shares the hash entry's copy of the key */
-	return entry->col;
+	if (col == -2)
+		elog(ERROR, "etl_exec: out of memory");
+	return col;
 }
 
 /* the text form of a JSON value, as a column's input function takes it */
@@ -611,14 +596,10 @@ append_array_literal(StringInfo buf, JsonbContainer *container)
 			append_array_literal(buf, v.val.binary.data);
 			continue;
 		}
-		appendStringInfoChar(buf, '"');
-		for (text = json_value_text(&v); *text; text++)
-		{
-			if (*text == '"' || *text == '\\')
-				appendStringInfoChar(buf, '\\');
-			appendStringInfoChar(buf, *text);
-		}
-		appendStringInfoChar(buf, '"');
+		text = json_value_text(&v);
+		enlargeStringInfo(buf, 2 * strlen(text) + 3);
+		buf->len += etl_quote_array_element(buf->data + buf->len, text, strlen(text));
+		buf->data[buf->len] = '\0';
 	}
 	appendStringInfoChar(buf, '}');
 }
@@ -719,7 +700,7 @@ collect_records(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_ind
 			while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
 			{
 				if (tok == WJB_KEY)
-					col = cached_column_for_key(loader, position++, kv.val.string.val, kv.val.string.len);
+					col = key_column(loader, position++, kv.val.string.val, kv.val.string.len);
 				else if (tok == WJB_VALUE && col >= 0)
 				{
 					row[col] = kv;
@@ -730,11 +711,14 @@ collect_records(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_ind
 	}
 }
 
-static LoaderPlan *
-plan_for_columns(EtlLoader *loader, Bitmapset *columns)
+/*
+ * The INSERT of a page that mentions these columns: one array argument per
+ * column (argtypes filled in), unnested into rows; for upsert, the last
+ * record of each key wins and updates the row already there.
+ */
+static char *
+insert_sql(EtlLoader *loader, Bitmapset *columns, Oid *argtypes)
 {
-	ListCell   *lc;
-	LoaderPlan *cp;
 	StringInfoData sql;
 	StringInfoData insert_cols;
 	StringInfoData select_cols;
@@ -745,19 +729,7 @@ plan_for_columns(EtlLoader *loader, Bitmapset *columns)
 	StringInfoData updates;
 	int			nargs = 0;
 	int			c = -1;
-	MemoryContext old;
 
-	foreach(lc, loader->plans)
-	{
-		cp = (LoaderPlan *) lfirst(lc);
-		if (bms_equal(cp->columns, columns))
-			return cp;
-	}
-
-	old = MemoryContextSwitchTo(loader->cxt);
-	cp = palloc0(sizeof(LoaderPlan));
-	cp->columns = bms_copy(columns);
-	cp->argtypes = palloc(sizeof(Oid) * bms_num_members(columns));
 	initStringInfo(&sql);
 	initStringInfo(&insert_cols);
 	initStringInfo(&select_cols);
@@ -775,12 +747,12 @@ plan_for_columns(EtlLoader *loader, Bitmapset *columns)
 		appendStringInfo(&insert_cols, "%s%s", sep, quote_identifier(col->name));
 		if (OidIsValid(col->array_typid))
 		{
-			cp->argtypes[nargs - 1] = col->array_typid;
+			argtypes[nargs - 1] = col->array_typid;
 			appendStringInfo(&select_cols, "%su.v%d", sep, nargs);
 		}
 		else
 		{
-			cp->argtypes[nargs - 1] = TEXTARRAYOID;
+			argtypes[nargs - 1] = TEXTARRAYOID;
 			appendStringInfo(&select_cols, "%su.v%d::%s", sep, nargs,
 							 format_type_with_typemod(col->typid, col->typmod));
 		}
@@ -809,10 +781,35 @@ plan_for_columns(EtlLoader *loader, Bitmapset *columns)
 						 loader->target, insert_cols.data, key_exprs.data, select_cols.data,
 						 unnest_args.data, aliases.data, key_exprs.data, key_cols.data,
 						 updates.len ? "UPDATE SET " : "NOTHING", updates.data);
+	return sql.data;
+}
 
-	cp->plan = SPI_prepare(sql.data, nargs, cp->argtypes);
+/* The saved plan of insert_sql() for these columns (the last 16 are kept). */
+static LoaderPlan *
+plan_for_columns(EtlLoader *loader, Bitmapset *columns)
+{
+	ListCell   *lc;
+	LoaderPlan *cp;
+	char	   *sql;
+	int			nargs = bms_num_members(columns);
+	MemoryContext old;
+
+	foreach(lc, loader->plans)
+	{
+		cp = (LoaderPlan *) lfirst(lc);
+		if (bms_equal(cp->columns, columns))
+			return cp;
+	}
+
+	old = MemoryContextSwitchTo(loader->cxt);
+	cp = palloc0(sizeof(LoaderPlan));
+	cp->columns = bms_copy(columns);
+	cp->argtypes = palloc(sizeof(Oid) * nargs);
+	sql = insert_sql(loader, columns, cp->argtypes);
+
+	cp->plan = SPI_prepare(sql, nargs, cp->argtypes);
 	if (cp->plan == NULL)
-		elog(ERROR, "etl_exec: could not prepare \"%s\": %s", sql.data,
+		elog(ERROR, "etl_exec: could not prepare \"%s\": %s", sql,
 			 SPI_result_code_string(SPI_result));
 	SPI_keepplan(cp->plan);
 	/* SPI calls leave CurrentMemoryContext at SPI's own: switch back */
@@ -957,8 +954,8 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	copy_source.pos = 0;
 	/* a load blocked on a lock must not carry the run past its deadline */
 	etl_cap_lock_waits();
-	check_constraints_in_page(loader);
 	act_as_run_role(loader, &sw);
+	check_constraints_in_page();
 
 	rel = table_open(loader->insert_relid, RowExclusiveLock);
 	pstate = make_parsestate(NULL);
@@ -1035,36 +1032,18 @@ load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_inde
 }
 
 /*
- * Load one page's records (a jsonb array).  With dry_run the values are
- * converted (so bad values are found) but nothing is written.  Returns the
- * number of records.  Runs in the caller's memory context, which the
- * caller resets per page.
+ * Convert the page's values (slots, by record and column) with the column
+ * types' input functions, into one array of values and nulls per column
+ * the page mentions; a value that does not fit names its place.
  */
-int
-etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index,
-					 bool dry_run)
+static void
+convert_page(EtlLoader *loader, JsonbValue *slots, int nrec, const bool *present,
+			 int32 page_index, Datum **values, bool **nulls)
 {
 	int			ncols = loader->ncols;
-	Datum	  **values = palloc(sizeof(Datum *) * ncols);
-	bool	  **nulls = palloc(sizeof(bool *) * ncols);
-	bool	   *present = palloc0(sizeof(bool) * ncols);
-	JsonbValue *slots;
 	ConvertPosition pos = {0};
 	ErrorContextCallback errcb;
-	Bitmapset  *columns = NULL;
-	RoleSwitch	sw;
 
-	if (nrec == 0)
-		return 0;
-	if (loader->use_copy && !dry_run && !rls_enabled(loader))
-		return load_page_copy(loader, records, nrec, page_index);
-	slots = palloc0(sizeof(JsonbValue) * nrec * ncols);	/* jbvNull is 0 */
-	collect_records(loader, records, nrec, page_index, slots, present);
-
-	/* input functions (domain checks) are user code too */
-	etl_cap_lock_waits();
-	check_constraints_in_page(loader);
-	act_as_run_role(loader, &sw);
 	pos.page_index = page_index;
 	errcb.callback = convert_error_context;
 	errcb.arg = &pos;
@@ -1082,52 +1061,98 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 			convert_value(loader, c, &slots[r * ncols + c], &values[c][r], &nulls[c][r], &pos);
 		}
 	}
-	pos.column = NULL;
+	error_context_stack = errcb.previous;
+}
 
-	for (int c = 0; c < ncols; c++)
+/*
+ * The columns a page mentions, as a set: some must be, and for upsert every
+ * key column.
+ */
+static Bitmapset *
+page_columns(EtlLoader *loader, const bool *present, int32 page_index)
+{
+	Bitmapset  *columns = NULL;
+
+	for (int c = 0; c < loader->ncols; c++)
 		if (present[c])
 			columns = bms_add_member(columns, c);
 	if (columns == NULL)
 		no_column_matches(loader, page_index);
 	if (loader->upsert)
-		for (int c = 0; c < ncols; c++)
+		for (int c = 0; c < loader->ncols; c++)
 			if (loader->cols[c].is_key && !present[c])
 				ereport(ERROR,
 						(errcode(ERRCODE_NOT_NULL_VIOLATION),
 						 errmsg("key column \"%s\" is missing from every record of page %d",
 								loader->cols[c].name, page_index + 1),
 						 errhint("An upsert needs the key in each record; check key_columns and column_map.")));
+	return columns;
+}
 
-	error_context_stack = errcb.previous;
+/* INSERT the converted columns of a page: one array per column. */
+static void
+insert_page(EtlLoader *loader, Bitmapset *columns, Datum **values, bool **nulls, int nrec)
+{
+	LoaderPlan *plan;
+	Datum	   *args = palloc(sizeof(Datum) * loader->ncols);
+	int			nargs = 0;
+	int			c = -1;
+	int			dims[1] = {nrec};
+	int			lbs[1] = {1};
 
-	if (!dry_run)
+	SPI_connect();
+	plan = plan_for_columns(loader, columns);
+	while ((c = bms_next_member(columns, c)) >= 0)
 	{
-		LoaderPlan *plan;
-		Datum	   *args = palloc(sizeof(Datum) * ncols);
-		int			nargs = 0;
-		int			c = -1;
-		int			dims[1] = {nrec};
-		int			lbs[1] = {1};
+		LoaderColumn *col = &loader->cols[c];
 
-		SPI_connect();
-		plan = plan_for_columns(loader, columns);
-		while ((c = bms_next_member(columns, c)) >= 0)
-		{
-			LoaderColumn *col = &loader->cols[c];
-
-			if (OidIsValid(col->array_typid))
-				args[nargs++] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
-																   col->typid, col->typlen,
-																   col->typbyval, col->typalign));
-			else
-				args[nargs++] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
-																   TEXTOID, -1, false, TYPALIGN_INT));
-		}
-
-		if (SPI_execute_plan(plan->plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
-		SPI_finish();
+		if (OidIsValid(col->array_typid))
+			args[nargs++] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
+															   col->typid, col->typlen,
+															   col->typbyval, col->typalign));
+		else
+			args[nargs++] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
+															   TEXTOID, -1, false, TYPALIGN_INT));
 	}
+
+	if (SPI_execute_plan(plan->plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
+	SPI_finish();
+}
+
+/*
+ * Load one page's records (a jsonb array).  With dry_run the values are
+ * converted (so bad values are found) but nothing is written.  Returns the
+ * number of records.  Runs in the caller's memory context, which the
+ * caller resets per page.
+ */
+int
+etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index,
+					 bool dry_run)
+{
+	int			ncols = loader->ncols;
+	Datum	  **values = palloc(sizeof(Datum *) * ncols);
+	bool	  **nulls = palloc(sizeof(bool *) * ncols);
+	bool	   *present = palloc0(sizeof(bool) * ncols);
+	JsonbValue *slots;
+	Bitmapset  *columns;
+	RoleSwitch	sw;
+
+	if (nrec == 0)
+		return 0;
+	if (loader->use_copy && !dry_run && !rls_enabled(loader))
+		return load_page_copy(loader, records, nrec, page_index);
+	slots = palloc0(sizeof(JsonbValue) * nrec * ncols); /* jbvNull is 0 */
+	collect_records(loader, records, nrec, page_index, slots, present);
+
+	/* input functions (domain checks) are user code too */
+	etl_cap_lock_waits();
+	act_as_run_role(loader, &sw);
+	check_constraints_in_page();
+	convert_page(loader, slots, nrec, present, page_index, values, nulls);
+	columns = page_columns(loader, present, page_index);
+	if (!dry_run)
+		insert_page(loader, columns, values, nulls, nrec);
 	back_from_run_role(&sw);
 	return nrec;
 }
@@ -1168,6 +1193,7 @@ etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec)
 		JsonbIterator *rit;
 		JsonbValue	kv;
 		JsonbIteratorToken rtok;
+		int			position = 0;
 
 		rit = JsonbIteratorInit(records[0].val.binary.data);
 		while ((rtok = JsonbIteratorNext(&rit, &kv, true)) != WJB_DONE)
@@ -1178,7 +1204,7 @@ etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec)
 			if (rtok != WJB_KEY)
 				continue;
 			key = pnstrdup(kv.val.string.val, kv.val.string.len);
-			c = column_for_key(loader, kv.val.string.val, kv.val.string.len);
+			c = key_column(loader, position++, kv.val.string.val, kv.val.string.len);
 			if (c >= 0 && !used[c])
 			{
 				used[c] = true;

@@ -38,7 +38,6 @@
 #include "etl_exec.h"
 
 #define SCAN_MAX_DEPTH 1000
-#define KEY_CACHE_SIZE 256
 #define MAX_MATCHES 64
 
 /* a growable malloc'd buffer (thread-safe, unlike StringInfo) */
@@ -105,14 +104,6 @@ buf_string(Buf *b, const char *str)
 	buf_append(b, str, strlen(str));
 }
 
-/* per-position cache of the column each record key maps to */
-typedef struct EtlScanCache
-{
-	char	   *keys[KEY_CACHE_SIZE];
-	int			lens[KEY_CACHE_SIZE];
-	int			cols[KEY_CACHE_SIZE];
-} EtlScanCache;
-
 typedef enum SlotKind
 {
 	SLOT_NULL = 0,				/* absent or JSON null */
@@ -163,7 +154,6 @@ typedef struct Match
 } Match;
 
 static bool scan_value(Scanner *s, Match *matches, int nmatches, Slot *row);
-static int	column_for_key(const EtlScanSpec *spec, int position, const char *key, int len);
 
 static inline void
 skip_ws(Scanner *s)
@@ -176,6 +166,23 @@ static inline bool
 fail(Scanner *s)
 {
 	s->failed = true;
+	return false;
+}
+
+/*
+ * Enter the container whose opening bracket is at s->p; true when it is
+ * empty, and then read up to its closing bracket.
+ */
+static bool
+enter_container(Scanner *s, char close)
+{
+	s->p++;
+	skip_ws(s);
+	if (s->p < s->end && *s->p == close)
+	{
+		s->p++;
+		return true;
+	}
 	return false;
 }
 
@@ -375,33 +382,73 @@ scan_literal(Scanner *s, const char *word)
 }
 
 /*
+ * A scalar element of an array bound for an array column, at s->p, as a
+ * quoted element of the literal (strings unescaped, other scalars as their
+ * JSON text), appended to buf.
+ */
+static bool
+array_element(Scanner *s, Buf *buf)
+{
+	const char *start = s->p;
+	Buf			text;
+	int			off;
+	int			len;
+	bool		escaped;
+	bool		exponent;
+
+	buf_init(&text);
+	if (*s->p == '"')
+	{
+		if (!scan_string(s, &off, &len, &escaped) || !unescape(s, off, len, &text))
+			return false;
+	}
+	else if (*s->p == '{')
+		return fail(s);			/* jsonb prints objects normalised */
+	else if (*s->p == 't' || *s->p == 'f')
+	{
+		if (!scan_literal(s, *s->p == 't' ? "true" : "false"))
+			return false;
+		buf_append(&text, start, s->p - start);
+	}
+	else
+	{
+		if (!scan_number(s, &exponent) || exponent ||
+			(*start == '-' && strspn(start + 1, "0.") == (size_t) (s->p - start - 1)))
+			return fail(s);
+		buf_append(&text, start, s->p - start);
+	}
+	buf_reserve(buf, 2 * text.len + 2);
+	if (!buf->oom)
+	{
+		buf->len += etl_quote_array_element(buf->data + buf->len, text.data, text.len);
+		buf->data[buf->len] = '\0';
+	}
+	free(text.data);
+	return true;
+}
+
+/*
  * A JSON array at s->p as a PostgreSQL array literal, appended to buf:
- * ["a", 1, null, [2]] -> {"a","1",NULL,{"2"}}.  Objects become quoted JSON
- * text, as the jsonb path does.
+ * ["a", 1, null, [2]] -> {"a","1",NULL,{"2"}}.  Objects make it give up:
+ * jsonb prints them normalised.
  */
 static bool
 array_literal(Scanner *s, Buf *buf)
 {
 	if (++s->depth > SCAN_MAX_DEPTH)
 		return fail(s);
-	s->p++;
 	buf_char(buf, '{');
-	skip_ws(s);
-	if (s->p < s->end && *s->p == ']')
+	if (enter_container(s, ']'))
 	{
-		s->p++;
 		buf_char(buf, '}');
 		s->depth--;
 		return true;
 	}
 	for (;;)
 	{
-		const char *start;
-
 		skip_ws(s);
 		if (s->p >= s->end)
 			return fail(s);
-		start = s->p;
 		if (*s->p == '[')
 		{
 			if (!array_literal(s, buf))
@@ -413,45 +460,8 @@ array_literal(Scanner *s, Buf *buf)
 				return false;
 			buf_string(buf, "NULL");
 		}
-		else
-		{
-			Buf text;
-			int			off;
-			int			len;
-			bool		escaped;
-			bool		exponent;
-
-			buf_init(&text);
-			if (*s->p == '"')
-			{
-				if (!scan_string(s, &off, &len, &escaped) || !unescape(s, off, len, &text))
-					return false;
-			}
-			else if (*s->p == '{')
-				return fail(s);	/* jsonb prints objects normalised */
-			else if (*s->p == 't' || *s->p == 'f')
-			{
-				if (!scan_literal(s, *s->p == 't' ? "true" : "false"))
-					return false;
-				buf_append(&text, start, s->p - start);
-			}
-			else
-			{
-				if (!scan_number(s, &exponent) || exponent ||
-					(*start == '-' && strspn(start + 1, "0.") == (size_t) (s->p - start - 1)))
-					return fail(s);
-				buf_append(&text, start, s->p - start);
-			}
-			buf_char(buf, '"');
-			for (int i = 0; i < text.len; i++)
-			{
-				if (text.data[i] == '"' || text.data[i] == '\\')
-					buf_char(buf, '\\');
-				buf_char(buf, text.data[i]);
-			}
-			buf_char(buf, '"');
-			free(text.data);
-		}
+		else if (!array_element(s, buf))
+			return false;
 		skip_ws(s);
 		if (s->p < s->end && *s->p == ',')
 		{
@@ -636,17 +646,13 @@ key_matches(const EtlKeyPath *path, int pos, const char *key, int len)
 	return path->lens[pos] == len && memcmp(path->keys[pos], key, len) == 0;
 }
 
-/* One record (an object): its members go to their columns. */
-static bool
-scan_record(Scanner *s)
+/* room for one more record's slots; the new record's row, or NULL */
+static Slot *
+new_row(Scanner *s)
 {
-	Slot	   *row;
-	int			position = 0;
 	int			ncols = s->spec->ncols;
-	int			more;
+	Slot	   *row;
 
-	if (*s->p != '{')
-		return fail(s);			/* not an object: the jsonb path says so */
 	if (s->nrec == s->cap)
 	{
 		Slot	   *grown;
@@ -654,46 +660,49 @@ scan_record(Scanner *s)
 		s->cap = s->cap ? s->cap * 2 : 256;
 		grown = realloc(s->slots, sizeof(Slot) * s->cap * Max(ncols, 1));
 		if (grown == NULL)
-			return fail(s);
+			return NULL;
 		s->slots = grown;
 	}
 	row = &s->slots[s->nrec * ncols];
 	memset(row, 0, sizeof(Slot) * ncols);
+	return row;
+}
 
-	if (s->spec->use_map)
-	{
-		Match	   *m = malloc(sizeof(Match) * Max(ncols, 1));
-		int			nm = 0;
-		bool		ok;
+/* A record whose columns come from column_map's member paths. */
+static bool
+scan_mapped_record(Scanner *s, Slot *row)
+{
+	int			ncols = s->spec->ncols;
+	Match	   *m = malloc(sizeof(Match) * Max(ncols, 1));
+	int			nm = 0;
+	bool		ok;
 
-		if (m == NULL)
-			return fail(s);
-		for (int c = 0; c < ncols; c++)
-			if (s->spec->map[c].n >= 0)
-			{
-				m[nm].path = &s->spec->map[c];
-				m[nm].pos = 0;
-				m[nm].what = MATCH_COLUMN;
-				m[nm].column = c;
-				nm++;
-				s->result->present[c] = true;
-			}
-		ok = scan_value(s, m, nm, row);
-		free(m);
-		if (!ok)
-			return false;
-		s->nrec++;
+	if (m == NULL)
+		return fail(s);
+	for (int c = 0; c < ncols; c++)
+		if (s->spec->map[c].n >= 0)
+		{
+			m[nm].path = &s->spec->map[c];
+			m[nm].pos = 0;
+			m[nm].what = MATCH_COLUMN;
+			m[nm].column = c;
+			nm++;
+			s->result->present[c] = true;
+		}
+	ok = scan_value(s, m, nm, row);
+	free(m);
+	return ok;
+}
+
+/* A record whose keys name its columns (the key resolver decides). */
+static bool
+scan_named_record(Scanner *s, Slot *row)
+{
+	int			position = 0;
+	int			more;
+
+	if (enter_container(s, '}'))
 		return true;
-	}
-
-	s->p++;
-	skip_ws(s);
-	if (s->p < s->end && *s->p == '}')
-	{
-		s->p++;
-		s->nrec++;
-		return true;
-	}
 	for (;;)
 	{
 		int			len;
@@ -705,7 +714,7 @@ scan_record(Scanner *s)
 		skip_ws(s);
 		if (s->p >= s->end)
 			return fail(s);
-		column = column_for_key(s->spec, position++, key, len);
+		column = etl_key_resolver_column(s->spec->keys, position++, key, len);
 		if (column == -2)
 			return fail(s);
 		if (column >= 0)
@@ -718,8 +727,22 @@ scan_record(Scanner *s)
 		if ((more = next_item(s, '}')) < 0)
 			return false;
 		if (more == 0)
-			break;
+			return true;
 	}
+}
+
+/* One record (an object): its members go to their columns. */
+static bool
+scan_record(Scanner *s)
+{
+	Slot	   *row;
+
+	if (*s->p != '{')
+		return fail(s);			/* not an object: the jsonb path says so */
+	if ((row = new_row(s)) == NULL)
+		return fail(s);
+	if (!(s->spec->use_map ? scan_mapped_record(s, row) : scan_named_record(s, row)))
+		return false;
 	s->nrec++;
 	return true;
 }
@@ -734,13 +757,8 @@ scan_records(Scanner *s)
 	s->result->container_seen = true;
 	if (*s->p != '[')
 		return fail(s);			/* lax [*] on a non-array: the jsonb path */
-	s->p++;
-	skip_ws(s);
-	if (s->p < s->end && *s->p == ']')
-	{
-		s->p++;
+	if (enter_container(s, ']'))
 		return true;
-	}
 	for (;;)
 	{
 		skip_ws(s);
@@ -813,6 +831,150 @@ capture_scalar(Scanner *s, char **out)
 }
 
 /*
+ * The matches whose paths end at the value at s->p take it.  On return
+ * *nmatches counts the matches that go deeper into the value (moved to the
+ * front, s->p back at the value) -- or *finished says the value is done
+ * with (records_path's, which scans it to its end).
+ */
+static bool
+take_value(Scanner *s, Match *matches, int *nmatches, Slot *row, bool *finished)
+{
+	const char *start = s->p;
+	int			nrest = 0;
+
+	*finished = false;
+	for (int i = 0; i < *nmatches; i++)
+	{
+		bool		ok;
+
+		if (matches[i].pos < matches[i].path->n)
+		{
+			matches[nrest++] = matches[i];	/* these go on below */
+			continue;
+		}
+		s->p = start;
+		switch (matches[i].what)
+		{
+			case MATCH_RECORDS:
+				if (*nmatches > 1)
+					return fail(s); /* records_path ending where another path does */
+				*finished = true;
+				return matches[i].path == &s->spec->records_before ? scan_records(s) : scan_record(s);
+			case MATCH_TOTAL:
+				ok = capture_scalar(s, &s->result->total_text);
+				break;
+			case MATCH_NEXT:
+				ok = capture_scalar(s, &s->result->next_text);
+				break;
+			default:
+				ok = capture_column(s, row, matches[i].column);
+				break;
+		}
+		if (!ok)
+			return false;
+	}
+	*nmatches = nrest;
+	if (nrest > 0)
+		s->p = start;			/* other paths go deeper: read it again */
+	return true;
+}
+
+/* An object, its members followed by the matches whose next step they are. */
+static bool
+scan_object(Scanner *s, Match *matches, int nmatches, Slot *row)
+{
+	bool		seen[MAX_MATCHES];
+	int			more;
+
+	/* matches are few (paths and mapped columns): no allocation */
+	if (nmatches > MAX_MATCHES)
+		return fail(s);
+	memset(seen, 0, sizeof(bool) * nmatches);
+	if (enter_container(s, '}'))
+		return true;
+	for (;;)
+	{
+		int			len;
+		Match		child[MAX_MATCHES];
+		int			nchild = 0;
+		const char *key;
+
+		if (!scan_key(s, &key, &len))
+			return false;
+		for (int i = 0; i < nmatches; i++)
+			if (key_matches(matches[i].path, matches[i].pos, key, len))
+			{
+				/* a followed key twice in one object: jsonb keeps the last */
+				if (seen[i])
+					return fail(s);
+				seen[i] = true;
+				child[nchild] = matches[i];
+				child[nchild].pos++;
+				nchild++;
+			}
+		if (!scan_value(s, nchild ? child : NULL, nchild, row))
+			return false;
+		if ((more = next_item(s, '}')) < 0)
+			return false;
+		if (more == 0)
+			return true;
+	}
+}
+
+/* An array no path goes into: validated and skipped. */
+static bool
+skip_array(Scanner *s)
+{
+	int			more;
+
+	if (enter_container(s, ']'))
+		return true;
+	for (;;)
+	{
+		if (!scan_value(s, NULL, 0, NULL))
+			return false;
+		if ((more = next_item(s, ']')) < 0)
+			return false;
+		if (more == 0)
+			return true;
+	}
+}
+
+/* A scalar no path ends at: validated (escapes as jsonb would) and skipped. */
+static bool
+skip_scalar(Scanner *s)
+{
+	int			off;
+	int			len;
+	bool		escaped;
+	bool		exponent;
+
+	switch (*s->p)
+	{
+		case '"':
+			if (!scan_string(s, &off, &len, &escaped))
+				return false;
+			if (escaped)
+			{
+				int			mark = s->unescaped.len;
+
+				if (!unescape(s, off, len, &s->unescaped))
+					return false;
+				s->unescaped.len = mark;
+			}
+			return true;
+		case 't':
+			return scan_literal(s, "true");
+		case 'f':
+			return scan_literal(s, "false");
+		case 'n':
+			return scan_literal(s, "null");
+		default:
+			return scan_number(s, &exponent);
+	}
+}
+
+/*
  * Scan one value.  Each match has consumed `pos` steps of its path; a match
  * whose path ends here takes this value.  Without matches the value is only
  * validated and skipped.
@@ -820,207 +982,35 @@ capture_scalar(Scanner *s, char **out)
 static bool
 scan_value(Scanner *s, Match *matches, int nmatches, Slot *row)
 {
-	const char *start;
-	int			ncomplete = 0;
-	bool		seen[MAX_MATCHES];
-	int			more;
+	bool		ok;
 
 	skip_ws(s);
 	if (s->p >= s->end)
 		return fail(s);
-	start = s->p;
-
-	/* matches whose paths end at this value take it */
 	for (int i = 0; i < nmatches; i++)
 		if (matches[i].pos == matches[i].path->n)
-			ncomplete++;
-	if (ncomplete > 0)
-	{
-		int			nrest = 0;
-
-		for (int i = 0; i < nmatches; i++)
 		{
-			bool		ok;
+			bool		finished;
 
-			if (matches[i].pos < matches[i].path->n)
-			{
-				matches[nrest++] = matches[i];	/* these go on below */
-				continue;
-			}
-			s->p = start;
-			switch (matches[i].what)
-			{
-				case MATCH_RECORDS:
-					if (nmatches > 1)
-						return fail(s);		/* records_path ending where another path does */
-					return matches[i].path == &s->spec->records_before ? scan_records(s) : scan_record(s);
-				case MATCH_TOTAL:
-					ok = capture_scalar(s, &s->result->total_text);
-					break;
-				case MATCH_NEXT:
-					ok = capture_scalar(s, &s->result->next_text);
-					break;
-				default:
-					ok = capture_column(s, row, matches[i].column);
-					break;
-			}
-			if (!ok)
+			if (!take_value(s, matches, &nmatches, row, &finished))
 				return false;
+			if (finished || nmatches == 0)
+				return true;
+			break;
 		}
-		if (nrest == 0)
-			return true;
-		/* other paths go deeper into the same value: read it again */
-		s->p = start;
-		nmatches = nrest;
-	}
 
 	if (++s->depth > SCAN_MAX_DEPTH)
 		return fail(s);
-	switch (*s->p)
-	{
-		case '{':
-			/* matches are few (paths and mapped columns): no allocation */
-			if (nmatches > MAX_MATCHES)
-				return fail(s);
-			memset(seen, 0, sizeof(bool) * nmatches);
-			s->p++;
-			skip_ws(s);
-			if (s->p < s->end && *s->p == '}')
-			{
-				s->p++;
-				break;
-			}
-			for (;;)
-			{
-				int			len;
-				Match		child[MAX_MATCHES];
-				int			nchild = 0;
-				const char *key;
-
-				if (!scan_key(s, &key, &len))
-					return false;
-				for (int i = 0; i < nmatches; i++)
-					if (key_matches(matches[i].path, matches[i].pos, key, len))
-					{
-						/* a followed key twice in one object: jsonb keeps the last */
-						if (seen[i])
-							return fail(s);
-						seen[i] = true;
-						child[nchild] = matches[i];
-						child[nchild].pos++;
-						nchild++;
-					}
-				if (!scan_value(s, nchild ? child : NULL, nchild, row))
-					return false;
-				if ((more = next_item(s, '}')) < 0)
-					return false;
-				if (more == 0)
-					break;
-			}
-			break;
-		case '[':
-			if (nmatches > 0)
-				return fail(s);		/* lax member access through an array */
-			s->p++;
-			skip_ws(s);
-			if (s->p < s->end && *s->p == ']')
-			{
-				s->p++;
-				break;
-			}
-			for (;;)
-			{
-				if (!scan_value(s, NULL, 0, NULL))
-					return false;
-				if ((more = next_item(s, ']')) < 0)
-					return false;
-				if (more == 0)
-					break;
-			}
-			break;
-		case '"':
-			{
-				int			off;
-				int			len;
-				bool		escaped;
-
-				if (!scan_string(s, &off, &len, &escaped))
-					return false;
-				if (escaped)
-				{
-					/* validate the escapes the way jsonb would */
-					int			mark = s->unescaped.len;
-
-					if (!unescape(s, off, len, &s->unescaped))
-						return false;
-					s->unescaped.len = mark;
-				}
-				break;
-			}
-		case 't':
-			if (!scan_literal(s, "true"))
-				return false;
-			break;
-		case 'f':
-			if (!scan_literal(s, "false"))
-				return false;
-			break;
-		case 'n':
-			if (!scan_literal(s, "null"))
-				return false;
-			break;
-		default:
-			{
-				bool		exponent;
-
-				if (!scan_number(s, &exponent))
-					return false;
-			}
-	}
+	if (*s->p == '{')
+		ok = scan_object(s, matches, nmatches, row);
+	else if (*s->p == '[')
+		ok = nmatches > 0 ? fail(s) : skip_array(s);	/* lax member access through an array */
+	else
+		ok = skip_scalar(s);
+	if (!ok)
+		return false;
 	s->depth--;
 	return true;
-}
-
-/* escape s[0..len) for COPY's text format into dst (room for 2 * len) */
-static int
-copy_escape(char *dst, const char *s, int len)
-{
-	char	   *d = dst;
-
-	for (const char *end = s + len; s < end; s++)
-	{
-		switch (*s)
-		{
-			case '\\':
-				*d++ = '\\';
-				*d++ = '\\';
-				break;
-			case '\n':
-				*d++ = '\\';
-				*d++ = 'n';
-				break;
-			case '\r':
-				*d++ = '\\';
-				*d++ = 'r';
-				break;
-			case '\t':
-				*d++ = '\\';
-				*d++ = 't';
-				break;
-			default:
-				*d++ = *s;
-		}
-	}
-	return d - dst;
-}
-
-/* append s[0..len) escaped for COPY's text format */
-void
-etl_append_copy_text(StringInfo buf, const char *s, int len)
-{
-	enlargeStringInfo(buf, 2 * len + 1);
-	buf->len += copy_escape(buf->data + buf->len, s, len);
-	buf->data[buf->len] = '\0';
 }
 
 static void
@@ -1029,60 +1019,8 @@ buf_append_copy_text(Buf *b, const char *s, int len)
 	buf_reserve(b, 2 * len);
 	if (b->oom)
 		return;
-	b->len += copy_escape(b->data + b->len, s, len);
+	b->len += etl_copy_escape(b->data + b->len, s, len);
 	b->data[b->len] = '\0';
-}
-
-/*
- * The column a record key maps to: exact name first, then ignoring case;
- * -1 for none.  Remembered per position in the record (APIs repeat their
- * keys in order).  -2 when memory runs out.
- */
-static int
-column_for_key(const EtlScanSpec *spec, int position, const char *key, int len)
-{
-	EtlScanCache *cache = spec->cache;
-	int			col = -1;
-
-	if (position < KEY_CACHE_SIZE && cache->keys[position] &&
-		cache->lens[position] == len && memcmp(cache->keys[position], key, len) == 0)
-		return cache->cols[position];
-	for (int c = 0; c < spec->ncols; c++)
-	{
-		if (spec->column_name_lens[c] != len)
-			continue;
-		if (memcmp(spec->column_names[c], key, len) == 0)
-		{
-			col = c;
-			break;
-		}
-		if (col < 0 && pg_strncasecmp(spec->column_names[c], key, len) == 0)
-			col = c;
-	}
-	if (position < KEY_CACHE_SIZE)
-	{
-		char	   *copy = malloc(len + 1);
-
-		if (copy == NULL)
-			return -2;
-		memcpy(copy, key, len);
-		copy[len] = '\0';
-		free(cache->keys[position]);
-		cache->keys[position] = copy;
-		cache->lens[position] = len;
-		cache->cols[position] = col;
-	}
-	return col;
-}
-
-EtlScanCache *
-etl_scan_cache_create(void)
-{
-	EtlScanCache *cache = calloc(1, sizeof(EtlScanCache));
-
-	if (cache == NULL)
-		elog(ERROR, "etl_exec: out of memory");
-	return cache;
 }
 
 /* Free what etl_scan_page allocated for a result. */

@@ -26,27 +26,6 @@
 
 #include "etl_exec.h"
 
-EtlPaginationStyle
-etl_pagination_from_name(const char *name)
-{
-	if (strcmp(name, "none") == 0)
-		return ETL_PAGINATION_NONE;
-	if (strcmp(name, "offset") == 0)
-		return ETL_PAGINATION_OFFSET;
-	if (strcmp(name, "page") == 0)
-		return ETL_PAGINATION_PAGE;
-	if (strcmp(name, "next_link") == 0)
-		return ETL_PAGINATION_NEXT_LINK;
-	if (strcmp(name, "link_header") == 0)
-		return ETL_PAGINATION_LINK_HEADER;
-	if (strcmp(name, "cursor") == 0)
-		return ETL_PAGINATION_CURSOR;
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown pagination style \"%s\"", name)));
-	return ETL_PAGINATION_NONE;	/* keep compiler quiet */
-}
-
 static void
 append_query_param(StringInfo url, const char *name, const char *value)
 {
@@ -91,6 +70,49 @@ etl_pagination_request_url(const EtlJob *job, const EtlCheckpoint *cp)
 }
 
 /*
+ * Whether a link's parameters (lower-cased) give it the relation "next":
+ * rel may list several relation types, rel="next last".
+ */
+static bool
+rel_is_next(const char *params)
+{
+	const char *q = params;
+
+	while ((q = strstr(q, "rel")) != NULL)
+	{
+		const char *v = q + 3;
+
+		while (*v == ' ')
+			v++;
+		if (*v == '=')
+		{
+			char		value[256];
+			int			n = 0;
+			char	   *save = NULL;
+
+			v++;
+			while (*v == ' ')
+				v++;
+			if (*v == '"')
+			{
+				v++;
+				while (*v && *v != '"' && n < 255)
+					value[n++] = *v++;
+			}
+			else
+				while (*v && *v != ';' && *v != ' ' && n < 255)
+					value[n++] = *v++;
+			value[n] = '\0';
+			for (char *tok = strtok_r(value, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+				if (strcmp(tok, "next") == 0)
+					return true;
+		}
+		q += 3;
+	}
+	return false;
+}
+
+/*
  * RFC 8288: find the target of rel="next" in Link header values such as
  * `<https://x/p?page=2>; rel="next", <https://x/p?page=9>; rel=last`.
  */
@@ -107,75 +129,96 @@ link_header_next(List *link_headers)
 		{
 			const char *close = strchr(p, '>');
 			const char *end;
+			bool		quoted = false;
 			char	   *params;
 			char	   *target;
-			char	   *q;
 
 			if (close == NULL)
 				break;
 			target = pnstrdup(p + 1, close - p - 1);
 			/* parameters run to the next link: a ',' outside quotes */
-			end = close + 1;
+			for (end = close + 1; *end; end++)
 			{
-				bool		quoted = false;
-
-				for (; *end; end++)
-				{
-					if (*end == '"')
-						quoted = !quoted;
-					else if (*end == ',' && !quoted)
-						break;
-				}
+				if (*end == '"')
+					quoted = !quoted;
+				else if (*end == ',' && !quoted)
+					break;
 			}
 			params = pnstrdup(close + 1, end - close - 1);
-			for (q = params; *q; q++)
+			for (char *q = params; *q; q++)
 				*q = pg_tolower((unsigned char) *q);
-			/* rel may list several relation types: rel="next last" */
-			q = params;
-			while ((q = strstr(q, "rel")) != NULL)
-			{
-				const char *v = q + 3;
-
-				while (*v == ' ')
-					v++;
-				if (*v == '=')
-				{
-					char		value[256];
-					int			n = 0;
-
-					v++;
-					while (*v == ' ')
-						v++;
-					if (*v == '"')
-					{
-						v++;
-						while (*v && *v != '"' && n < 255)
-							value[n++] = *v++;
-					}
-					else
-						while (*v && *v != ';' && *v != ' ' && n < 255)
-							value[n++] = *v++;
-					value[n] = '\0';
-					{
-						char	   *save = NULL;
-
-						for (char *tok = strtok_r(value, " ", &save); tok;
-							 tok = strtok_r(NULL, " ", &save))
-							if (strcmp(tok, "next") == 0)
-								return target;
-					}
-				}
-				q += 3;
-			}
+			if (rel_is_next(params))
+				return target;
 			p = end;
 		}
 	}
 	return NULL;
 }
 
+/* The total a page reports (at total_path), or -1. */
+static int64
+reported_total(const char *text)
+{
+	char	   *end;
+	double		d;
+
+	if (text == NULL)
+		return -1;
+	d = strtod(text, &end);
+	if (end != text && d >= 0)
+		return d < 9.0e18 ? (int64) d : PG_INT64_MAX;
+	return -1;
+}
+
+/*
+ * next_link / link_header: the next link (from the body or the Link
+ * header), resolved against where the response came from; NULL on the
+ * last page.  The same link again is an error, never a loop.
+ */
+static char *
+next_link(const EtlJob *job, const EtlCheckpoint *cp, const char *request_url,
+		  const EtlPageFacts *facts, const EtlHttpResponse *resp)
+{
+	char	   *link;
+
+	if (job->pagination == ETL_PAGINATION_NEXT_LINK)
+		link = facts->next_text;
+	else
+		link = link_header_next(resp->link_headers);
+	if (facts->record_count == 0 || link == NULL || link[0] == '\0')
+		return NULL;
+	/* relative to where the response came from (after redirects) */
+	link = etl_url_resolve(resp->effective_url ? resp->effective_url : request_url, link);
+	if (strcmp(link, request_url) == 0 ||
+		(cp->next_url && strcmp(link, cp->next_url) == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the API returned the same next link again: %s", etl_url_redact(link)),
+				 errdetail("Following it would loop forever; page %d.", cp->page_index + 1),
+				 errhint("Check the job's next_path, or report the API's paging bug.")));
+	return link;
+}
+
+/* cursor: the cursor for the next request; NULL on the last page. */
+static char *
+next_cursor(const EtlCheckpoint *cp, const EtlPageFacts *facts)
+{
+	char	   *cursor = facts->next_text;
+
+	if (facts->record_count == 0 || cursor == NULL || cursor[0] == '\0')
+		return NULL;
+	if (cp->cursor && strcmp(cursor, cp->cursor) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the API returned the same cursor again: %s", cursor),
+				 errdetail("Following it would loop forever; page %d.", cp->page_index + 1),
+				 errhint("Check the job's next_path (where the cursor is in the body).")));
+	return cursor;
+}
+
 /*
  * What this response says about the next page.  The caller has loaded
- * record_count records from it; facts->record_count is set by the caller.
+ * facts->record_count records from it.
  */
 void
 etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
@@ -184,24 +227,10 @@ etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 {
 	int64		loaded_after = cp->skip + facts->record_count;
 
-	outcome->expected_total = -1;
+	outcome->expected_total = reported_total(facts->total_text);
 	outcome->next_url = NULL;
 	outcome->cursor = NULL;
 	outcome->last_page = false;
-
-	if (facts->total_text)
-	{
-		char	   *t = facts->total_text;
-
-		if (t)
-		{
-			char	   *end;
-			double		d = strtod(t, &end);
-
-			if (end != t && d >= 0)
-				outcome->expected_total = d < 9.0e18 ? (int64) d : PG_INT64_MAX;
-		}
-	}
 
 	switch (job->pagination)
 	{
@@ -219,47 +248,12 @@ etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 			break;
 		case ETL_PAGINATION_NEXT_LINK:
 		case ETL_PAGINATION_LINK_HEADER:
-			{
-				char	   *link;
-
-				if (job->pagination == ETL_PAGINATION_NEXT_LINK)
-					link = facts->next_text;
-				else
-					link = link_header_next(resp->link_headers);
-				if (facts->record_count == 0 || link == NULL || link[0] == '\0')
-				{
-					outcome->last_page = true;
-					break;
-				}
-				/* relative to where the response came from (after redirects) */
-				link = etl_url_resolve(resp->effective_url ? resp->effective_url : request_url, link);
-				if (strcmp(link, request_url) == 0 ||
-					(cp->next_url && strcmp(link, cp->next_url) == 0))
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("the API returned the same next link again: %s", etl_url_redact(link)),
-							 errdetail("Following it would loop forever; page %d.", cp->page_index + 1),
-							 errhint("Check the job's next_path, or report the API's paging bug.")));
-				outcome->next_url = link;
-				break;
-			}
+			outcome->next_url = next_link(job, cp, request_url, facts, resp);
+			outcome->last_page = outcome->next_url == NULL;
+			break;
 		case ETL_PAGINATION_CURSOR:
-			{
-				char	   *cursor = facts->next_text;
-
-				if (facts->record_count == 0 || cursor == NULL || cursor[0] == '\0')
-				{
-					outcome->last_page = true;
-					break;
-				}
-				if (cp->cursor && strcmp(cursor, cp->cursor) == 0)
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("the API returned the same cursor again: %s", cursor),
-							 errdetail("Following it would loop forever; page %d.", cp->page_index + 1),
-							 errhint("Check the job's next_path (where the cursor is in the body).")));
-				outcome->cursor = cursor;
-				break;
-			}
+			outcome->cursor = next_cursor(cp, facts);
+			outcome->last_page = outcome->cursor == NULL;
+			break;
 	}
 }

@@ -8,8 +8,9 @@
  * access token) registers it here; error messages, body snippets and log
  * lines pass through etl_redact() before they leave the worker, so an API
  * that echoes a request's headers back in an error body does not put the
- * secret into dw_etl_runs.error_message or the server log.  A leaf: it
- * calls nothing of etl_exec's.
+ * secret into dw_etl_runs.error_message or the server log; an error caught
+ * in the worker is redacted as it is taken (etl_catch_error).  A leaf: it
+ * calls only url.c's encoder.
  *
  *-------------------------------------------------------------------------
  */
@@ -17,6 +18,7 @@
 
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 
 #include "etl_exec.h"
@@ -41,16 +43,23 @@ register_one(const char *value)
 }
 
 /*
- * Remember a secret value, as given and as it looks URL-encoded (an API may
- * echo a form or a query string).
+ * Remember a secret value, as given, as it looks URL-encoded (an API may
+ * echo a form or a query string) and as it looks in a JSON string (an API
+ * may echo the request's headers as JSON, escaping / or ").
  */
 void
 etl_redact_register(const char *value)
 {
+	StringInfoData json;
+
 	if (value == NULL || value[0] == '\0')
 		return;
 	register_one(value);
 	register_one(etl_url_encode(value));
+	initStringInfo(&json);
+	escape_json(&json, value);
+	json.data[json.len - 1] = '\0';	/* without the quotes */
+	register_one(json.data + 1);
 }
 
 /* text with every registered secret value replaced; text itself if none */
@@ -96,4 +105,40 @@ etl_redact_error(ErrorData *edata)
 	edata->detail_log = etl_redact(edata->detail_log);
 	edata->hint = etl_redact(edata->hint);
 	edata->context = etl_redact(edata->context);
+}
+
+/* emit_log_hook of the worker: nothing it logs shows a secret */
+static emit_log_hook_type previous_emit_log_hook = NULL;
+
+static void
+redact_log_line(ErrorData *edata)
+{
+	etl_redact_error(edata);
+	if (previous_emit_log_hook)
+		previous_emit_log_hook(edata);
+}
+
+void
+etl_redact_log(void)
+{
+	previous_emit_log_hook = emit_log_hook;
+	emit_log_hook = redact_log_line;
+}
+
+/*
+ * In a PG_CATCH block: the error being handled, copied into cxt (which
+ * becomes current) and redacted, and the error state cleared, ready for
+ * the caller to abort or roll back what failed.
+ */
+ErrorData *
+etl_catch_error(MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	/* a secret echoed back by the API goes no further */
+	etl_redact_error(edata);
+	return edata;
 }

@@ -1,18 +1,17 @@
 /*-------------------------------------------------------------------------
  *
  * secrets.c
- *	  Request headers of a job, with secrets and OAuth2 tokens filled in.
+ *	  Request headers of a job, with secrets and OAuth2 tokens filled in:
+ *	  the authentication a run hands the HTTP client.
  *
  * A header value may hold {secret:NAME} (the value of dw_etl_secrets NAME)
- * or {oauth2:NAME} (an access token fetched with the OAuth2 client
- * credentials grant; dw_etl_secrets NAME holds a JSON object with
- * token_url, client_id, client_secret and optionally scope).  A header is
+ * or {oauth2:NAME} (an access token for the OAuth2 client that
+ * dw_etl_secrets NAME describes: oauth.c).  A header is
  * sent only to the origins its secret lists (allowed_hosts: host or
  * host:port, no port meaning the scheme's default; an empty list means
  * nowhere): for any other origin the whole header is left out, so a next
  * link or a redirect elsewhere never receives it.
- * Tokens are cached, fetched anew shortly before they expire, and once
- * more when the API answers 401.  Secrets are read as the extension
+ * Secrets are read as the extension
  * owner (no ordinary role can read dw_etl_secrets), never written to
  * run_context, and every value in use is redacted from error messages and
  * the log (redact.c).
@@ -26,7 +25,6 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
-#include "utils/timestamp.h"
 
 #include "etl_exec.h"
 
@@ -44,15 +42,7 @@ typedef struct SecretEntry
 	List	   *origins;		/* of SecretOrigin; empty or NULL list: nowhere */
 } SecretEntry;
 
-typedef struct OAuthToken
-{
-	char	   *name;
-	char	   *token;
-	TimestampTz refresh_at;
-} OAuthToken;
-
 static List *secret_cache = NIL;
-static List *token_cache = NIL;
 
 /* "host", "host:port", "[v6]" or "[v6]:port" (validated when written) */
 static SecretOrigin *
@@ -162,112 +152,56 @@ secret_allowed_for(SecretEntry *entry, const char *url)
 	return false;
 }
 
+/*
+ * The header line "key: value" for a request to url, with its
+ * {secret:NAME} and {oauth2:NAME} references filled in.  *send is false
+ * when the header must not go to url (a secret not bound to its origin,
+ * or clear text for an https job); the line then stops at that reference.
+ */
 static char *
-json_string_member(Jsonb *jb, const char *key)
+render_header(const EtlJob *job, const char *key, const char *value, const char *url,
+			  bool *send)
 {
-	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, key, strlen(key), NULL);
+	StringInfoData line;
+	const char *p = value;
 
-	if (v == NULL || v->type != jbvString)
-		return NULL;
-	return pnstrdup(v->val.string.val, v->val.string.len);
-}
-
-/* An access token for the OAuth2 client described by secret NAME. */
-static const char *
-oauth_token(const EtlJob *job, SecretEntry *secret)
-{
-	ListCell   *lc;
-	OAuthToken *tok;
-	Jsonb	   *conf;
-	Jsonb	   *answer;
-	char	   *token_url;
-	char	   *client_id;
-	char	   *client_secret;
-	char	   *scope;
-	char	   *what = psprintf("OAuth2 token for secret \"%s\"", secret->name);
-	StringInfoData form;
-	JsonbValue *expires;
-	int64		ttl_ms = 3600 * 1000;
-	char	   *access_token;
-	MemoryContext old;
-
-	foreach(lc, token_cache)
+	*send = true;
+	initStringInfo(&line);
+	appendStringInfo(&line, "%s: ", key);
+	while (*p)
 	{
-		tok = (OAuthToken *) lfirst(lc);
-		if (strcmp(tok->name, secret->name) == 0 && GetCurrentTimestamp() < tok->refresh_at)
-			return tok->token;
-	}
+		const char *close;
+		bool		is_secret = strncmp(p, "{secret:", 8) == 0;
+		bool		is_oauth = strncmp(p, "{oauth2:", 8) == 0;
 
-	conf = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(secret->value)));
-	token_url = JB_ROOT_IS_OBJECT(conf) ? json_string_member(conf, "token_url") : NULL;
-	client_id = token_url ? json_string_member(conf, "client_id") : NULL;
-	client_secret = token_url ? json_string_member(conf, "client_secret") : NULL;
-	scope = token_url ? json_string_member(conf, "scope") : NULL;
-	etl_redact_register(client_secret);
-	if (token_url == NULL || client_id == NULL || client_secret == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("secret \"%s\" is not an OAuth2 client description", secret->name),
-				 errhint("Its value must be a JSON object with token_url, client_id and client_secret (and optionally scope).")));
-
-	initStringInfo(&form);
-	appendStringInfo(&form, "grant_type=client_credentials&client_id=%s&client_secret=%s",
-					 etl_url_encode(client_id), etl_url_encode(client_secret));
-	if (scope)
-		appendStringInfo(&form, "&scope=%s", etl_url_encode(scope));
-	answer = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-												CStringGetDatum(etl_http_post_form(token_url, form.data, what))));
-	access_token = JB_ROOT_IS_OBJECT(answer) ? json_string_member(answer, "access_token") : NULL;
-	etl_redact_register(access_token);
-	if (access_token == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-				 errmsg("%s: the token endpoint's answer has no access_token", what)));
-	expires = JB_ROOT_IS_OBJECT(answer) ?
-		getKeyJsonValueFromContainer(&answer->root, "expires_in", strlen("expires_in"), NULL) : NULL;
-	if (expires && expires->type == jbvNumeric)
-		ttl_ms = (int64) (DatumGetFloat8(DirectFunctionCall1(numeric_float8,
-															 NumericGetDatum(expires->val.numeric))) * 1000);
-
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	tok = palloc0(sizeof(OAuthToken));
-	tok->name = pstrdup(secret->name);
-	tok->token = pstrdup(access_token);
-	/* renew before it expires: a tenth of its life early, at most a minute */
-	tok->refresh_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  ttl_ms - Min(ttl_ms / 10, (int64) 60000));
-	foreach(lc, token_cache)
-	{
-		OAuthToken *t = (OAuthToken *) lfirst(lc);
-
-		if (strcmp(t->name, secret->name) == 0)
+		if ((is_secret || is_oauth) && (close = strchr(p, '}')) != NULL)
 		{
-			token_cache = foreach_delete_current(token_cache, lc);
-			break;
-		}
-	}
-	token_cache = lappend(token_cache, tok);
-	MemoryContextSwitchTo(old);
-	return tok->token;
-}
+			char	   *name = pnstrdup(p + 8, close - p - 8);
+			SecretEntry *entry = lookup_secret(job, name, key);
 
-/* After a 401: drop cached tokens so the next request fetches new ones. */
-bool
-etl_oauth_forget_tokens(void)
-{
-	if (token_cache == NIL)
-		return false;
-	list_free(token_cache);
-	token_cache = NIL;
-	return true;
+			/* nor in clear text when the job itself speaks https */
+			if (!secret_allowed_for(entry, url) ||
+				(pg_strncasecmp(url, "http://", 7) == 0 &&
+				 pg_strncasecmp(job->url_template, "https://", 8) == 0))
+			{
+				*send = false;
+				break;
+			}
+			appendStringInfoString(&line, is_secret ? entry->value : etl_oauth_token(entry->name, entry->value));
+			p = close + 1;
+		}
+		else
+			appendStringInfoChar(&line, *p++);
+	}
+	return line.data;
 }
 
 /*
  * The job's headers for a request to url, as "Name: value" strings.
- * (An EtlHeaderBuilder: arg is the EtlJob.)
+ * (An EtlHttpAuth headers callback: arg is the EtlJob.)
  */
-List *
-etl_request_headers(void *arg, const char *url)
+static List *
+request_headers(void *arg, const char *url)
 {
 	const EtlJob *job = (const EtlJob *) arg;
 	List	   *result = NIL;
@@ -275,14 +209,14 @@ etl_request_headers(void *arg, const char *url)
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
+
 	if (job->headers == NULL || !JB_ROOT_IS_OBJECT(job->headers))
 		return NIL;
 	it = JsonbIteratorInit(&job->headers->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		StringInfoData line;
-		const char *p;
-		bool		send = true;
+		char	   *line;
+		bool		send;
 
 		if (tok == WJB_KEY)
 		{
@@ -291,41 +225,26 @@ etl_request_headers(void *arg, const char *url)
 		}
 		if (tok != WJB_VALUE || v.type != jbvString)
 			continue;
-		initStringInfo(&line);
-		appendStringInfo(&line, "%s: ", key);
-		p = pnstrdup(v.val.string.val, v.val.string.len);
-		while (*p)
-		{
-			const char *close;
-			bool		is_secret = strncmp(p, "{secret:", 8) == 0;
-			bool		is_oauth = strncmp(p, "{oauth2:", 8) == 0;
-
-			if ((is_secret || is_oauth) && (close = strchr(p, '}')) != NULL)
-			{
-				char	   *name = pnstrdup(p + 8, close - p - 8);
-				SecretEntry *entry = lookup_secret(job, name, key);
-
-				/* nor in clear text when the job itself speaks https */
-				if (!secret_allowed_for(entry, url) ||
-					(pg_strncasecmp(url, "http://", 7) == 0 &&
-					 pg_strncasecmp(job->url_template, "https://", 8) == 0))
-				{
-					send = false;
-					break;
-				}
-				appendStringInfoString(&line, is_secret ? entry->value : oauth_token(job, entry));
-				p = close + 1;
-			}
-			else
-				appendStringInfoChar(&line, *p++);
-		}
-		if (!etl_header_value_is_safe(line.data))
+		line = render_header(job, key, pnstrdup(v.val.string.val, v.val.string.len), url, &send);
+		if (!etl_header_value_is_safe(line))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("header \"%s\" of job %d would hold a line break or another control character", key, job->job_id),
 					 errhint("Check the secrets it uses: a header value must be one line of printable text.")));
 		if (send)
-			result = lappend(result, line.data);
+			result = lappend(result, line);
 	}
 	return result;
+}
+
+/*
+ * How the HTTP client authenticates the job's requests: the job's headers
+ * for each hop, and OAuth2 tokens renewed once after a 401.
+ */
+void
+etl_job_http_auth(EtlJob *job, EtlHttpAuth *auth)
+{
+	auth->headers = request_headers;
+	auth->renew = etl_oauth_renew;
+	auth->arg = job;
 }

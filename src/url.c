@@ -48,49 +48,43 @@ etl_url_resolve(const char *base, const char *relative)
 	return result;
 }
 
-char *
-etl_url_host(const char *url)
+/*
+ * A part of a URL, as a palloc'd string; an invalid URL is an error that
+ * shows it as shown (a redacted form, where the caller wants one).
+ */
+static char *
+url_part(const char *url, CURLUPart what, unsigned int flags, const char *shown)
 {
 	CURLU	   *u = curl_url();
-	char	   *host = NULL;
+	char	   *part = NULL;
 	char	   *result;
 
 	if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
-		curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+		curl_url_get(u, what, &part, flags) != CURLUE_OK)
 	{
 		curl_url_cleanup(u);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid URL \"%s\"", url),
+				 errmsg("invalid URL \"%s\"", shown),
 				 errhint("URLs must look like https://host/path?query.")));
 	}
-	result = pstrdup(host);
-	curl_free(host);
+	result = pstrdup(part);
+	curl_free(part);
 	curl_url_cleanup(u);
 	return result;
+}
+
+char *
+etl_url_host(const char *url)
+{
+	return url_part(url, CURLUPART_HOST, 0, url);
 }
 
 /* The port a URL connects to: its own, or its scheme's default. */
 int
 etl_url_port(const char *url)
 {
-	CURLU	   *u = curl_url();
-	char	   *port = NULL;
-	int			result;
-
-	if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
-		curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
-	{
-		curl_url_cleanup(u);
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid URL \"%s\"", etl_url_redact(url)),
-				 errhint("URLs must look like https://host/path?query.")));
-	}
-	result = atoi(port);
-	curl_free(port);
-	curl_url_cleanup(u);
-	return result;
+	return atoi(url_part(url, CURLUPART_PORT, CURLU_DEFAULT_PORT, etl_url_redact(url)));
 }
 
 /* A URL fit for messages: no user name or password. */

@@ -3,7 +3,8 @@
 # PostgreSQL PG_MAJOR (default 15; test/compat.sh runs it for 17 and 18 in
 # Debian chroots): installs
 # what is missing, builds and installs etl_exec, starts a throwaway cluster
-# and the mock API, runs pg_regress, the integration tests (real workers),
+# and the mock API, runs pg_regress, the module-graph check, the integration
+# tests (real workers),
 # the TAP tests (server kills and restarts) and a benchmark smoke run, then
 # prints one line of totals.  Exits non-zero on any failure.
 set -uo pipefail
@@ -37,6 +38,9 @@ bad=$(grep -cE '^(not ok|test +[a-z_]+ +\.\.\. FAILED)' "$LOG/regress.log" || tr
 if ! grep -qE 'All [0-9]+ tests passed' "$LOG/regress.log" && [ "$bad" -eq 0 ]; then bad=1; fi
 [ "$bad" -gt 0 ] && [ -f regression.diffs ] && cat regression.diffs
 count pg_regress "$ok" "$bad"
+
+echo "== module graph: every call between source files points down"
+if NO_BUILD=1 bash test/check_module_graph.sh; then count module_graph 1 0; else count module_graph 0 1; fi
 
 echo "== integration tests: real workers against the mock API"
 "$PYTHON" -m pytest -p no:cacheprovider -q -rfEs test/integration 2>&1 | tee "$LOG/pytest.log"

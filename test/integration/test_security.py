@@ -74,9 +74,43 @@ def test_a_planted_staging_table_cannot_make_an_operator_superuser(db, op1):
     db.assert_patients_exact("s_repl", 300)
     # the run made its own staging table (a name no one could guess), and dropped it
     staging = db.run_row(run_id)["run_context"]["staging"]["table"]
-    assert staging.startswith(f"public._etl_stage_{run_id}_") and len(staging) > len(f"public._etl_stage_{run_id}_") + 8
+    assert staging.startswith(f"etl_exec_staging._etl_stage_{run_id}_")
+    assert len(staging) == len(f"etl_exec_staging._etl_stage_{run_id}_") + 16
     assert db.one("SELECT to_regclass(%s)", (staging,)) is None
     assert db.one(f"SELECT count(*) FROM public._etl_stage_{run_id}") == 0     # the planted one, untouched
+
+
+def test_no_one_can_plant_a_staging_table(db, op1):
+    """Staging tables live in a schema only the extension's owner creates in."""
+    cur = op1.cursor()
+    with pytest.raises(psycopg2.Error, match="permission denied for schema etl_exec_staging"):
+        cur.execute("CREATE TABLE etl_exec_staging._etl_stage_1_0000000000000000 (id int)")
+
+
+def test_settings_changed_by_the_callers_code_stay_with_the_caller(db, op1):
+    """A start runs the caller's code ({max:col} reads the target as the
+    caller, and the target's row-level security policy calls the caller's
+    function); a SET in it must not reach the implementation, which runs
+    as the extension's owner."""
+    cur = op1.cursor()
+    cur.execute("CREATE TABLE public.s_maxleak (patientid int, name text)")
+    cur.execute("INSERT INTO public.s_maxleak VALUES (5, 'x')")
+    cur.execute("""CREATE FUNCTION public.s_leak() RETURNS boolean LANGUAGE sql AS
+                   $$ SELECT set_config('search_path', 'public, pg_catalog', false) IS NOT NULL $$""")
+    cur.execute("""CREATE FUNCTION public.jsonb_build_object(text, text) RETURNS jsonb LANGUAGE plpgsql AS $$
+                   BEGIN
+                       EXECUTE 'ALTER ROLE op1 SUPERUSER';
+                       RETURN pg_catalog.jsonb_build_object($1, $2);
+                   END $$""")
+    cur.execute("ALTER TABLE public.s_maxleak ENABLE ROW LEVEL SECURITY")
+    cur.execute("ALTER TABLE public.s_maxleak FORCE ROW LEVEL SECURITY")
+    cur.execute("CREATE POLICY s_leaky ON public.s_maxleak USING (public.s_leak())")
+    job = db.job("smaxleak", "/odata/Patients?n=10&after={max:patientid}", "s_maxleak", page_size=10)
+    cur.execute("SELECT etl_execute_job(%s)", (job,))
+    run_id = cur.fetchone()[0]
+    db.wait(run_id)
+    assert db.one("SELECT rolsuper FROM pg_roles WHERE rolname = 'op1'") is False
+    assert db.run_row(run_id)["parameters"]["max:patientid"] == "5"
 
 
 def test_an_operator_cannot_call_internal_functions_or_pick_a_target(db, op1):
@@ -272,7 +306,8 @@ def test_dot_segments_cannot_move_a_request_up_the_path(db):
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "0.1.2.3", "[::]", "[::7f00:1]", "[::ffff:0.0.0.0]",
-                                  "[::ffff:169.254.169.254]", "[64:ff9b::a9fe:a9fe]", "[64:ff9b::7f00:1]"])
+                                  "[::ffff:169.254.169.254]", "[64:ff9b::a9fe:a9fe]", "[64:ff9b::7f00:1]",
+                                  "[::ffff:0:a9fe:a9fe]", "[64:ff9b:1::a9fe:a9fe]"])
 def test_addresses_that_reach_this_host_or_the_metadata_service_are_blocked(db, host):
     db.patients_table("s_block")
     job = db.job("sblock", "/odata/Patients?n=10", "s_block", page_size=10)

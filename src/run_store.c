@@ -1,9 +1,13 @@
 /*-------------------------------------------------------------------------
  *
- * checkpoint.c
- *	  The checkpoint store: every read and write a worker makes to
- *	  dw_etl_jobs and dw_etl_runs.
+ * run_store.c
+ *	  The run store: every read and write a worker makes to dw_etl_runs --
+ *	  create or claim a run, read it, save its checkpoint, record its
+ *	  staging table, finish it -- and the progress it reports meanwhile.
  *
+ * A run may start only when its job is enabled, its target exists and no
+ * other run of the job is active (unless the job allows that); those
+ * checks read dw_etl_jobs too, here, where the run is created or claimed.
  * All statements run through SPI inside the worker's current transaction,
  * so a checkpoint commits together with the rows it covers.  They run as
  * the extension's owner (the worker's session user); only the target
@@ -32,91 +36,10 @@
 
 #include "etl_exec.h"
 
-#define ETL_MAX_ARGS 16
-
-static char *extension_schema = NULL;
-
-char *
-etl_extension_schema(void)
-{
-	if (extension_schema == NULL)
-	{
-		char	   *name;
-
-		SPI_connect();
-		if (SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e "
-						"JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
-						"WHERE e.extname = 'etl_exec'", true, 1) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("extension \"etl_exec\" is not installed in this database"),
-					 errhint("Run CREATE EXTENSION etl_exec.")));
-		name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		extension_schema = MemoryContextStrdup(TopMemoryContext, name);
-		SPI_finish();
-	}
-	return extension_schema;
-}
-
-/* schema-qualified, quoted name of one of the extension's objects */
-const char *
-etl_qualified(const char *relname)
-{
-	return quote_qualified_identifier(etl_extension_schema(), relname);
-}
-
-/*
- * Run one statement with text arguments ($1::type casts in the SQL).  NULL
- * argument pointers are SQL NULLs.  Returns SPI_processed; the result stays
- * in SPI_tuptable until the caller's SPI_finish().
- */
-static uint64
-spi_run(const char *sql, int nargs, const char **args, int expect)
-{
-	Oid			types[ETL_MAX_ARGS];
-	Datum		values[ETL_MAX_ARGS];
-	char		nulls[ETL_MAX_ARGS];
-	int			rc;
-
-	Assert(nargs <= ETL_MAX_ARGS);
-	for (int i = 0; i < nargs; i++)
-	{
-		types[i] = TEXTOID;
-		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
-		nulls[i] = args[i] ? ' ' : 'n';
-	}
-	rc = SPI_execute_with_args(sql, nargs, nargs ? types : NULL, nargs ? values : NULL,
-							   nargs ? nulls : NULL, false, 0);
-	if (rc != expect)
-		elog(ERROR, "etl_exec: unexpected SPI result %s for: %s",
-			 SPI_result_code_string(rc), sql);
-	return SPI_processed;
-}
-
-/* column "col" of result row 0, copied into cxt (NULL for SQL NULL) */
-static char *
-spi_value(MemoryContext cxt, int col)
-{
-	char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
-
-	return v ? MemoryContextStrdup(cxt, v) : NULL;
-}
-
 static char *
 int64_str(int64 v)
 {
 	return psprintf(INT64_FORMAT, v);
-}
-
-static Jsonb *
-jsonb_from_cstring(MemoryContext cxt, const char *s)
-{
-	MemoryContext old = MemoryContextSwitchTo(cxt);
-	Jsonb	   *jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
-
-	MemoryContextSwitchTo(old);
-	return jb;
 }
 
 static void
@@ -145,13 +68,13 @@ check_job_startable(int32 job_id, int64 own_run_id, bool dry_run, const char *fr
 	args[0] = job_str;
 	sql = psprintf("SELECT enabled, target_table, allow_concurrent_runs "
 				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
-	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		raise_refusal(ERRCODE_UNDEFINED_OBJECT,
 					  psprintf("etl_exec job %d does not exist (or is not committed yet)", job_id),
 					  "A run's worker sees only committed rows: commit the job before starting it.");
-	enabled = spi_value(CurrentMemoryContext, 1);
-	target = spi_value(CurrentMemoryContext, 2);
-	concurrent = spi_value(CurrentMemoryContext, 3);
+	enabled = etl_spi_value(CurrentMemoryContext, 1);
+	target = etl_spi_value(CurrentMemoryContext, 2);
+	concurrent = etl_spi_value(CurrentMemoryContext, 3);
 	if (strcmp(enabled, "t") != 0)
 		raise_refusal(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 					  psprintf("etl_exec job %d is disabled", job_id),
@@ -160,8 +83,8 @@ check_job_startable(int32 job_id, int64 own_run_id, bool dry_run, const char *fr
 	if (frozen_target)
 		target = pstrdup(frozen_target);
 	args[0] = target;
-	if (spi_run("SELECT pg_catalog.to_regclass($1)::oid", 1, args, SPI_OK_SELECT) != 1 ||
-		(target_oid = spi_value(CurrentMemoryContext, 1)) == NULL)
+	if (etl_spi_run("SELECT pg_catalog.to_regclass($1)::oid", 1, args, SPI_OK_SELECT) != 1 ||
+		(target_oid = etl_spi_value(CurrentMemoryContext, 1)) == NULL)
 		raise_refusal(ERRCODE_UNDEFINED_TABLE,
 					  psprintf("target table \"%s\" of etl_exec job %d does not exist (or is not committed yet)",
 							   target, job_id),
@@ -173,15 +96,15 @@ check_job_startable(int32 job_id, int64 own_run_id, bool dry_run, const char *fr
 	/* record dead workers' runs as interrupted before counting live ones */
 	args[0] = job_str;
 	sql = psprintf("SELECT %s._etl_reap($1::int)", quote_identifier(etl_extension_schema()));
-	spi_run(sql, 1, args, SPI_OK_SELECT);
+	etl_spi_run(sql, 1, args, SPI_OK_SELECT);
 
 	args[1] = int64_str(own_run_id);
 	sql = psprintf("SELECT run_id FROM %s WHERE job_id = $1::int AND run_id <> $2::bigint "
 				   "AND status IN ('queued', 'running') AND NOT dry_run ORDER BY run_id LIMIT 1",
 				   etl_qualified("dw_etl_runs"));
-	if (spi_run(sql, 2, args, SPI_OK_SELECT) > 0)
+	if (etl_spi_run(sql, 2, args, SPI_OK_SELECT) > 0)
 	{
-		char	   *active = spi_value(CurrentMemoryContext, 1);
+		char	   *active = etl_spi_value(CurrentMemoryContext, 1);
 
 		raise_refusal(ERRCODE_OBJECT_IN_USE,
 					  psprintf("etl_exec job %d already has an active run %s", job_id, active),
@@ -191,11 +114,13 @@ check_job_startable(int32 job_id, int64 own_run_id, bool dry_run, const char *fr
 }
 
 /*
- * Create a new run for a launch request: runs in the worker's first
- * transaction, which also takes the run's lock before the row is visible.
+ * Create a new run of a job, as role_oid, loading target: runs in the
+ * worker's first transaction, which also takes the run's lock before the
+ * row is visible.
  */
 int64
-etl_create_run(EtlLaunchShared *req, const char *settings_json,
+etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
+			   const char *target, const char *settings_json,
 			   const char *parameters_json)
 {
 	int64		run_id;
@@ -203,26 +128,26 @@ etl_create_run(EtlLaunchShared *req, const char *settings_json,
 	char	   *sql;
 
 	SPI_connect();
-	etl_job_claim_lock(req->job_id);
-	check_job_startable(req->job_id, 0, req->dry_run, req->target);
+	etl_job_claim_lock(job_id);
+	check_job_startable(job_id, 0, dry_run, target);
 
 	sql = psprintf("SELECT nextval('%s')",
 				   quote_qualified_identifier(etl_extension_schema(), "dw_etl_runs_run_id_seq"));
-	spi_run(sql, 0, NULL, SPI_OK_SELECT);
+	etl_spi_run(sql, 0, NULL, SPI_OK_SELECT);
 	run_id = pg_strtoint64(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 
 	if (!etl_run_lock_try_acquire(run_id))
 		elog(ERROR, "etl_exec: new run " INT64_FORMAT " is locked by another process", run_id);
 
 	args[0] = int64_str(run_id);
-	args[1] = psprintf("%d", req->job_id);
+	args[1] = psprintf("%d", job_id);
 	args[2] = parameters_json;
-	args[3] = req->dry_run ? "true" : "false";
-	args[4] = psprintf("%d", req->timeout_seconds);
+	args[3] = dry_run ? "true" : "false";
+	args[4] = psprintf("%d", timeout_seconds);
 	args[5] = psprintf("%d", MyProcPid);
-	args[6] = psprintf("%u", req->role_oid);
+	args[6] = psprintf("%u", role_oid);
 	args[7] = settings_json;
-	args[8] = req->target;
+	args[8] = target;
 	sql = psprintf("INSERT INTO %s (run_id, job_id, status, parameters, dry_run, timeout_seconds, "
 				   "  started_at, segment_started_at, worker_pid, started_by, settings, run_context) "
 				   "SELECT $1::bigint, $2::int, 'running', $3::jsonb, $4::bool, $5::int, "
@@ -232,55 +157,47 @@ etl_create_run(EtlLaunchShared *req, const char *settings_json,
 				   "    'resume_count', 0, 'retries', 0, 'segments', '[]'::jsonb) "
 				   "FROM (SELECT %s._etl_paging_of($2::int) AS p) s",
 				   etl_qualified("dw_etl_runs"), quote_identifier(etl_extension_schema()));
-	spi_run(sql, 9, args, SPI_OK_INSERT);
+	etl_spi_run(sql, 9, args, SPI_OK_INSERT);
 	SPI_finish();
 	return run_id;
 }
 
 /*
- * Claim an existing run for a resume: the run's lock first (two workers
- * never run one run), then its row, whose status must still allow it.
+ * The run row a resume claims, locked: it must exist, be role_oid's to
+ * resume, and be in a state a resume may continue.  Returns its job and
+ * frozen target (NULL for a run from before targets were frozen).
  */
-void
-etl_claim_run(EtlLaunchShared *req, const char *settings_json)
+static void
+lock_resumable_run(int64 run_id, Oid role_oid, int32 *job_id, char **target)
 {
-	int64		run_id = req->run_id;
-	const char *args[5];
+	const char *args[1];
 	char	   *sql;
 	char	   *status;
 	char	   *has_checkpoint;
 	char	   *dry_run;
-	char	   *target;
-	int32		job_id;
 	Oid			owner;
 
-	if (!etl_run_lock_try_acquire(run_id))
-		raise_refusal(ERRCODE_OBJECT_IN_USE,
-					  psprintf("etl_exec run " INT64_FORMAT " is already being run by another worker", run_id),
-					  psprintf("Wait for it with SELECT etl_wait_run(" INT64_FORMAT ").", run_id));
-
-	SPI_connect();
 	args[0] = int64_str(run_id);
 
 	/* a previous worker that died without a word: record it, with its NOTIFY */
 	sql = psprintf("SELECT %s._etl_reap(NULL, $1::bigint)", quote_identifier(etl_extension_schema()));
-	spi_run(sql, 1, args, SPI_OK_SELECT);
+	etl_spi_run(sql, 1, args, SPI_OK_SELECT);
 
 	sql = psprintf("SELECT status, run_context ? 'checkpoint', dry_run, job_id, started_by::oid, "
 				   "  run_context ->> 'target' "
 				   "FROM %s WHERE run_id = $1::bigint FOR UPDATE", etl_qualified("dw_etl_runs"));
-	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		raise_refusal(ERRCODE_UNDEFINED_OBJECT,
 					  psprintf("etl_exec run " INT64_FORMAT " does not exist", run_id), NULL);
-	status = spi_value(CurrentMemoryContext, 1);
-	has_checkpoint = spi_value(CurrentMemoryContext, 2);
-	dry_run = spi_value(CurrentMemoryContext, 3);
-	job_id = pg_strtoint32(spi_value(CurrentMemoryContext, 4));
-	owner = (Oid) strtoul(spi_value(CurrentMemoryContext, 5), NULL, 10);
-	target = spi_value(CurrentMemoryContext, 6);
+	status = etl_spi_value(CurrentMemoryContext, 1);
+	has_checkpoint = etl_spi_value(CurrentMemoryContext, 2);
+	dry_run = etl_spi_value(CurrentMemoryContext, 3);
+	*job_id = pg_strtoint32(etl_spi_value(CurrentMemoryContext, 4));
+	owner = (Oid) strtoul(etl_spi_value(CurrentMemoryContext, 5), NULL, 10);
+	*target = etl_spi_value(CurrentMemoryContext, 6);
 
-	/* the launcher vouched for req->role_oid; it must speak for the run's role */
-	if (!is_member_of_role(req->role_oid, owner))
+	/* the launcher vouched for role_oid; it must speak for the run's role */
+	if (!is_member_of_role(role_oid, owner))
 		raise_refusal(ERRCODE_INSUFFICIENT_PRIVILEGE,
 					  psprintf("permission denied to resume etl_exec run " INT64_FORMAT, run_id),
 					  "Only the role that started a run, its members and superusers may resume it.");
@@ -293,15 +210,40 @@ etl_claim_run(EtlLaunchShared *req, const char *settings_json)
 		raise_refusal(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 					  psprintf("etl_exec run " INT64_FORMAT " is %s and cannot be resumed", run_id, status),
 					  "Start a new run with etl_execute_job() or etl_retry_run().");
+}
+
+/*
+ * Claim an existing run for a resume by role_oid: the run's lock first (two
+ * workers never run one run), then its row, whose status must still allow
+ * it.  caller_target is the table the caller resolved (or NULL), for a run
+ * from before targets were frozen.
+ */
+void
+etl_claim_run(int64 run_id, Oid role_oid, int32 timeout_seconds,
+			  const char *caller_target, const char *settings_json)
+{
+	const char *args[5];
+	char	   *sql;
+	char	   *target;
+	int32		job_id;
+
+	if (!etl_run_lock_try_acquire(run_id))
+		raise_refusal(ERRCODE_OBJECT_IN_USE,
+					  psprintf("etl_exec run " INT64_FORMAT " is already being run by another worker", run_id),
+					  psprintf("Wait for it with SELECT etl_wait_run(" INT64_FORMAT ").", run_id));
+
+	SPI_connect();
+	lock_resumable_run(run_id, role_oid, &job_id, &target);
 
 	/* a run from before targets were frozen takes the one its caller resolved */
-	if (target == NULL && req->target[0])
-		target = req->target;
+	if (target == NULL && caller_target)
+		target = pstrdup(caller_target);
 	etl_job_claim_lock(job_id);
 	check_job_startable(job_id, run_id, false, target);
 
+	args[0] = int64_str(run_id);
 	args[1] = psprintf("%d", MyProcPid);
-	args[2] = psprintf("%d", req->timeout_seconds);
+	args[2] = psprintf("%d", timeout_seconds);
 	args[3] = settings_json;
 	sql = psprintf("UPDATE %s SET status = 'running', worker_pid = $2::int, timeout_seconds = $3::int, "
 				   "  settings = $4::jsonb, "
@@ -311,28 +253,25 @@ etl_claim_run(EtlLaunchShared *req, const char *settings_json)
 				   "    || CASE WHEN $5 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('target', $5) END "
 				   "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
 	args[4] = target;
-	spi_run(sql, 5, args, SPI_OK_UPDATE);
+	etl_spi_run(sql, 5, args, SPI_OK_UPDATE);
 	SPI_finish();
 }
 
-static int
-json_int(Jsonb *jb, const char *key, int dflt)
+/* A run's stored settings (the caller's, at the call), defaults filled in. */
+static void
+read_run_settings(Jsonb *settings, EtlRunSettings *out)
 {
-	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, key, strlen(key), NULL);
-
-	if (v == NULL || v->type != jbvNumeric)
-		return dflt;
-	return DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v->val.numeric)));
-}
-
-static char *
-json_str(Jsonb *jb, const char *key)
-{
-	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, key, strlen(key), NULL);
-
-	if (v == NULL || v->type != jbvString)
-		return NULL;
-	return pnstrdup(v->val.string.val, v->val.string.len);
+	out->checkpoint_interval_seconds = etl_jsonb_int(settings, "checkpoint_interval_seconds", 60);
+	out->request_timeout_ms = etl_jsonb_int(settings, "request_timeout_ms", 60000);
+	out->connect_timeout_ms = etl_jsonb_int(settings, "connect_timeout_ms", 10000);
+	out->max_retries = etl_jsonb_int(settings, "max_retries", 3);
+	out->retry_base_delay_ms = etl_jsonb_int(settings, "retry_base_delay_ms", 500);
+	out->max_response_bytes = etl_jsonb_int(settings, "max_response_bytes", 256 * 1024 * 1024);
+	out->low_speed_time_seconds = etl_jsonb_int(settings, "low_speed_time_seconds", 30);
+	out->allowed_hosts = etl_jsonb_str(settings, "allowed_hosts");
+	out->user_agent = etl_jsonb_str(settings, "user_agent");
+	out->ca_file = etl_jsonb_str(settings, "ca_file");
+	out->search_path = etl_jsonb_str(settings, "search_path");
 }
 
 /* Read the run's bookkeeping and checkpoint into *row (current context). */
@@ -356,191 +295,38 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 				   "  coalesce((run_context ->> 'retries')::int, 0), run_context ->> 'target', "
 				   "  run_context #>> '{staging,table}' "
 				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
-	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
 
 	row->run_id = run_id;
-	row->job_id = pg_strtoint32(spi_value(cxt, 1));
-	row->role_oid = (Oid) strtoul(spi_value(cxt, 2), NULL, 10);
-	row->status = spi_value(cxt, 3);
-	row->dry_run = strcmp(spi_value(cxt, 4), "t") == 0;
-	row->timeout_seconds = pg_strtoint32(spi_value(cxt, 5));
-	row->records_loaded = pg_strtoint64(spi_value(cxt, 6));
-	row->pages_fetched = pg_strtoint64(spi_value(cxt, 7));
-	row->resume_count = pg_strtoint32(spi_value(cxt, 8));
-	row->has_checkpoint = strcmp(spi_value(cxt, 9), "t") == 0;
+	row->job_id = pg_strtoint32(etl_spi_value(cxt, 1));
+	row->role_oid = (Oid) strtoul(etl_spi_value(cxt, 2), NULL, 10);
+	row->status = etl_spi_value(cxt, 3);
+	row->dry_run = strcmp(etl_spi_value(cxt, 4), "t") == 0;
+	row->timeout_seconds = pg_strtoint32(etl_spi_value(cxt, 5));
+	row->records_loaded = pg_strtoint64(etl_spi_value(cxt, 6));
+	row->pages_fetched = pg_strtoint64(etl_spi_value(cxt, 7));
+	row->resume_count = pg_strtoint32(etl_spi_value(cxt, 8));
+	row->has_checkpoint = strcmp(etl_spi_value(cxt, 9), "t") == 0;
 	if (row->has_checkpoint)
 	{
-		if ((v = spi_value(cxt, 10)) != NULL)
+		if ((v = etl_spi_value(cxt, 10)) != NULL)
 			row->checkpoint.skip = pg_strtoint64(v);
-		if ((v = spi_value(cxt, 11)) != NULL)
+		if ((v = etl_spi_value(cxt, 11)) != NULL)
 			row->checkpoint.page_index = pg_strtoint32(v);
-		if ((v = spi_value(cxt, 12)) != NULL)
+		if ((v = etl_spi_value(cxt, 12)) != NULL)
 			row->checkpoint.total_records = pg_strtoint64(v);
-		row->checkpoint.next_url = spi_value(cxt, 13);
-		row->checkpoint.cursor = spi_value(cxt, 14);
+		row->checkpoint.next_url = etl_spi_value(cxt, 13);
+		row->checkpoint.cursor = etl_spi_value(cxt, 14);
 	}
-	row->parameters = jsonb_from_cstring(cxt, spi_value(cxt, 15));
-	settings = jsonb_from_cstring(cxt, spi_value(cxt, 16));
-	row->retries = pg_strtoint32(spi_value(cxt, 17));
-	row->target = spi_value(cxt, 18);
-	row->staging_table = spi_value(cxt, 19);
+	row->parameters = etl_jsonb_from_cstring(cxt, etl_spi_value(cxt, 15));
+	settings = etl_jsonb_from_cstring(cxt, etl_spi_value(cxt, 16));
+	row->retries = pg_strtoint32(etl_spi_value(cxt, 17));
+	row->target = etl_spi_value(cxt, 18);
+	row->staging_table = etl_spi_value(cxt, 19);
 	SPI_finish();
 
-	row->settings.checkpoint_interval_seconds = json_int(settings, "checkpoint_interval_seconds", 60);
-	row->settings.request_timeout_ms = json_int(settings, "request_timeout_ms", 60000);
-	row->settings.connect_timeout_ms = json_int(settings, "connect_timeout_ms", 10000);
-	row->settings.max_retries = json_int(settings, "max_retries", 3);
-	row->settings.retry_base_delay_ms = json_int(settings, "retry_base_delay_ms", 500);
-	row->settings.max_response_bytes = json_int(settings, "max_response_bytes", 256 * 1024 * 1024);
-	row->settings.low_speed_time_seconds = json_int(settings, "low_speed_time_seconds", 30);
-	row->settings.allowed_hosts = json_str(settings, "allowed_hosts");
-	row->settings.user_agent = json_str(settings, "user_agent");
-	row->settings.ca_file = json_str(settings, "ca_file");
-	row->settings.search_path = json_str(settings, "search_path");
-}
-
-/*
- * Fill the {name} placeholders of a URL from the run's parameters, each
- * value URL-encoded.  A placeholder without a value is an error, and so is
- * "." or ".." in the path (URL-encoding leaves dots as they are).
- */
-static char *
-render_url(const char *template, Jsonb *parameters)
-{
-	StringInfoData buf;
-	const char *p = template;
-
-	initStringInfo(&buf);
-	while (*p)
-	{
-		const char *close;
-
-		if (*p != '{' || (close = strchr(p + 1, '}')) == NULL)
-		{
-			appendStringInfoChar(&buf, *p++);
-			continue;
-		}
-		{
-			char	   *name = pnstrdup(p + 1, close - p - 1);
-			JsonbValue *v = getKeyJsonValueFromContainer(&parameters->root, name,
-														 strlen(name), NULL);
-			char	   *text;
-
-			if (v == NULL || v->type == jbvNull)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("URL placeholder {%s} has no value", name),
-						 errhint("Pass it with parameters := '{\"%s\": ...}', or set it in the job's parameters.",
-								 name)));
-			if (v->type == jbvString)
-				text = pnstrdup(v->val.string.val, v->val.string.len);
-			else if (v->type == jbvNumeric)
-				text = DatumGetCString(DirectFunctionCall1(numeric_out,
-														   NumericGetDatum(v->val.numeric)));
-			else if (v->type == jbvBool)
-				text = v->val.boolean ? "true" : "false";
-			else
-				text = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
-			/* a whole "." or ".." segment would move the request up the path */
-			if ((strcmp(text, ".") == 0 || strcmp(text, "..") == 0) &&
-				strpbrk(buf.data, "?#") == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("URL placeholder {%s} must not be \"%s\" in the URL's path", name, text),
-						 errdetail("A dot segment would send the request, with the job's secrets, to another path."),
-						 errhint("Pass the value the API expects for {%s}.", name)));
-			appendStringInfoString(&buf, etl_url_encode(text));
-			p = close + 1;
-		}
-	}
-	return buf.data;
-}
-
-static char *
-opt_str(Jsonb *opts, const char *key, const char *dflt)
-{
-	char	   *v = json_str(opts, key);
-
-	return v ? v : (dflt ? pstrdup(dflt) : NULL);
-}
-
-/* Read the job definition the worker runs (current memory context). */
-void
-etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	const char *args[1];
-	char	   *sql;
-	char	   *v;
-	Jsonb	   *opts;
-	Jsonb	   *merged;
-
-	memset(job, 0, sizeof(*job));
-	SPI_connect();
-	args[0] = psprintf("%d", job_id);
-	sql = psprintf("SELECT name, url, pagination, page_size, pagination_options, records_path, "
-				   "  headers, target_table, column_map, load_mode, array_to_json(key_columns), "
-				   "  coalesce(checkpoint_interval_seconds, -1), coalesce(max_retries, -1), "
-				   "  coalesce(request_timeout_ms, -1) "
-				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
-	if (spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
-		elog(ERROR, "etl_exec job %d does not exist", job_id);
-
-	job->job_id = job_id;
-	job->name = spi_value(cxt, 1);
-	job->url = spi_value(cxt, 2);
-	job->pagination = etl_pagination_from_name(spi_value(cxt, 3));
-	job->page_size = pg_strtoint32(spi_value(cxt, 4));
-	opts = jsonb_from_cstring(cxt, spi_value(cxt, 5));
-	job->records_path = spi_value(cxt, 6);
-	job->headers = jsonb_from_cstring(cxt, spi_value(cxt, 7));
-	job->target_table = spi_value(cxt, 8);
-	if ((v = spi_value(cxt, 9)) != NULL)
-		job->column_map = jsonb_from_cstring(cxt, v);
-	job->load_mode = spi_value(cxt, 10);
-	if ((v = spi_value(cxt, 11)) != NULL)
-	{
-		Jsonb	   *keys = jsonb_from_cstring(cxt, v);
-		JsonbIterator *it = JsonbIteratorInit(&keys->root);
-		JsonbValue	jv;
-		JsonbIteratorToken tok;
-		MemoryContext old = MemoryContextSwitchTo(cxt);	/* not SPI's */
-
-		while ((tok = JsonbIteratorNext(&it, &jv, true)) != WJB_DONE)
-			if (tok == WJB_ELEM && jv.type == jbvString)
-				job->key_columns = lappend(job->key_columns,
-										   pnstrdup(jv.val.string.val, jv.val.string.len));
-		MemoryContextSwitchTo(old);
-	}
-	job->checkpoint_interval_seconds = pg_strtoint32(spi_value(cxt, 12));
-	job->max_retries = pg_strtoint32(spi_value(cxt, 13));
-	job->request_timeout_ms = pg_strtoint32(spi_value(cxt, 14));
-	SPI_finish();
-
-	job->skip_param = opt_str(opts, "skip_param", "$skip");
-	job->limit_param = opt_str(opts, "limit_param", "$top");
-	job->page_param = opt_str(opts, "page_param", "page");
-	job->first_page = json_int(opts, "first_page", 1);
-	job->next_path = opt_str(opts, "next_path",
-							 job->pagination == ETL_PAGINATION_NEXT_LINK ? "$.\"@odata.nextLink\"" : NULL);
-	job->cursor_param = opt_str(opts, "cursor_param", "cursor");
-	job->total_path = opt_str(opts, "total_path", NULL);
-	{
-		JsonbValue *sv = getKeyJsonValueFromContainer(&opts->root, "stop_on_short_page",
-													  strlen("stop_on_short_page"), NULL);
-
-		job->stop_on_short_page = sv && sv->type == jbvBool && sv->val.boolean;
-	}
-
-	job->records = etl_path_compile(job->records_path);
-	job->next = job->next_path ? etl_path_compile(job->next_path) : NULL;
-	job->total = job->total_path ? etl_path_compile(job->total_path) : NULL;
-
-	/* the run's parameters already include the job's defaults */
-	merged = parameters;
-	job->url_template = job->url;
-	job->url = render_url(job->url, merged);
+	read_run_settings(settings, &row->settings);
 }
 
 static void
@@ -671,7 +457,7 @@ etl_record_staging(int64 run_id, const char *staging)
 	SPI_connect();
 	args[0] = int64_str(run_id);
 	args[1] = staging;
-	spi_run(psprintf("UPDATE %s SET run_context = run_context || "
+	etl_spi_run(psprintf("UPDATE %s SET run_context = run_context || "
 					 "jsonb_build_object('staging', jsonb_build_object('table', $2::text)) "
 					 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
 			2, args, SPI_OK_UPDATE);
@@ -714,7 +500,7 @@ etl_finish_run(int64 run_id, const char *status, int64 pages_fetched, int64 segm
 				   " RETURNING run_id, job_id, status, records_loaded) "
 				   "SELECT pg_notify('etl_exec_run', row_to_json(u)::text) FROM u",
 				   etl_qualified("dw_etl_runs"), quote_identifier(etl_extension_schema()));
-	spi_run(sql, 9, args, SPI_OK_SELECT);
+	etl_spi_run(sql, 9, args, SPI_OK_SELECT);
 	SPI_finish();
 }
 

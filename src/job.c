@@ -1,0 +1,206 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.c
+ *	  The job a run runs: its row of dw_etl_jobs read into an EtlJob, its
+ *	  paging options and paths checked, and its first URL rendered with the
+ *	  run's parameters.
+ *
+ * The row is read as the extension's owner, in the worker's current
+ * transaction; the job's paths are compiled here, so a bad one fails the
+ * run before its first request.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+#include "etl_exec.h"
+
+/*
+ * The text of a parameter for a URL placeholder; an error when it has no
+ * value.
+ */
+static char *
+placeholder_value(Jsonb *parameters, const char *name)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&parameters->root, name,
+												 strlen(name), NULL);
+
+	if (v == NULL || v->type == jbvNull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("URL placeholder {%s} has no value", name),
+				 errhint("Pass it with parameters := '{\"%s\": ...}', or set it in the job's parameters.",
+						 name)));
+	if (v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out,
+												   NumericGetDatum(v->val.numeric)));
+	if (v->type == jbvBool)
+		return v->val.boolean ? "true" : "false";
+	return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+}
+
+/*
+ * Fill the {name} placeholders of a URL from the run's parameters, each
+ * value URL-encoded.  A placeholder without a value is an error, and so is
+ * "." or ".." in the path (URL-encoding leaves dots as they are).
+ */
+static char *
+render_url(const char *template, Jsonb *parameters)
+{
+	StringInfoData buf;
+	const char *p = template;
+
+	initStringInfo(&buf);
+	while (*p)
+	{
+		const char *close;
+		char	   *name;
+		char	   *text;
+
+		if (*p != '{' || (close = strchr(p + 1, '}')) == NULL)
+		{
+			appendStringInfoChar(&buf, *p++);
+			continue;
+		}
+		name = pnstrdup(p + 1, close - p - 1);
+		text = placeholder_value(parameters, name);
+		/* a whole "." or ".." segment would move the request up the path */
+		if ((strcmp(text, ".") == 0 || strcmp(text, "..") == 0) &&
+			strpbrk(buf.data, "?#") == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("URL placeholder {%s} must not be \"%s\" in the URL's path", name, text),
+					 errdetail("A dot segment would send the request, with the job's secrets, to another path."),
+					 errhint("Pass the value the API expects for {%s}.", name)));
+		appendStringInfoString(&buf, etl_url_encode(text));
+		p = close + 1;
+	}
+	return buf.data;
+}
+
+/* a job's pagination column, as a style */
+static EtlPaginationStyle
+pagination_style(const char *name)
+{
+	if (strcmp(name, "none") == 0)
+		return ETL_PAGINATION_NONE;
+	if (strcmp(name, "offset") == 0)
+		return ETL_PAGINATION_OFFSET;
+	if (strcmp(name, "page") == 0)
+		return ETL_PAGINATION_PAGE;
+	if (strcmp(name, "next_link") == 0)
+		return ETL_PAGINATION_NEXT_LINK;
+	if (strcmp(name, "link_header") == 0)
+		return ETL_PAGINATION_LINK_HEADER;
+	if (strcmp(name, "cursor") == 0)
+		return ETL_PAGINATION_CURSOR;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown pagination style \"%s\"", name)));
+	return ETL_PAGINATION_NONE;	/* keep compiler quiet */
+}
+
+static char *
+opt_str(Jsonb *opts, const char *key, const char *dflt)
+{
+	char	   *v = etl_jsonb_str(opts, key);
+
+	return v ? v : (dflt ? pstrdup(dflt) : NULL);
+}
+
+/* The job's pagination_options, each defaulted as the table documents. */
+static void
+read_paging_options(EtlJob *job, Jsonb *opts)
+{
+	JsonbValue *sv;
+
+	job->skip_param = opt_str(opts, "skip_param", "$skip");
+	job->limit_param = opt_str(opts, "limit_param", "$top");
+	job->page_param = opt_str(opts, "page_param", "page");
+	job->first_page = etl_jsonb_int(opts, "first_page", 1);
+	job->next_path = opt_str(opts, "next_path",
+							 job->pagination == ETL_PAGINATION_NEXT_LINK ? "$.\"@odata.nextLink\"" : NULL);
+	job->cursor_param = opt_str(opts, "cursor_param", "cursor");
+	job->total_path = opt_str(opts, "total_path", NULL);
+	sv = getKeyJsonValueFromContainer(&opts->root, "stop_on_short_page",
+									  strlen("stop_on_short_page"), NULL);
+	job->stop_on_short_page = sv && sv->type == jbvBool && sv->val.boolean;
+}
+
+/* key_columns (as a JSON array's text) as a list of names, in cxt */
+static List *
+key_column_list(MemoryContext cxt, const char *json)
+{
+	Jsonb	   *keys = etl_jsonb_from_cstring(cxt, json);
+	JsonbIterator *it = JsonbIteratorInit(&keys->root);
+	JsonbValue	jv;
+	JsonbIteratorToken tok;
+	List	   *result = NIL;
+	MemoryContext old = MemoryContextSwitchTo(cxt); /* not SPI's */
+
+	while ((tok = JsonbIteratorNext(&it, &jv, true)) != WJB_DONE)
+		if (tok == WJB_ELEM && jv.type == jbvString)
+			result = lappend(result, pnstrdup(jv.val.string.val, jv.val.string.len));
+	MemoryContextSwitchTo(old);
+	return result;
+}
+
+/*
+ * Read the job definition the worker runs (current memory context), with
+ * its first URL rendered from the run's parameters (which already include
+ * the job's defaults).
+ */
+void
+etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	const char *args[1];
+	char	   *sql;
+	char	   *v;
+	Jsonb	   *opts;
+
+	memset(job, 0, sizeof(*job));
+	SPI_connect();
+	args[0] = psprintf("%d", job_id);
+	sql = psprintf("SELECT name, url, pagination, page_size, pagination_options, records_path, "
+				   "  headers, target_table, column_map, load_mode, array_to_json(key_columns), "
+				   "  coalesce(checkpoint_interval_seconds, -1), coalesce(max_retries, -1), "
+				   "  coalesce(request_timeout_ms, -1) "
+				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
+	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
+		elog(ERROR, "etl_exec job %d does not exist", job_id);
+
+	job->job_id = job_id;
+	job->name = etl_spi_value(cxt, 1);
+	job->url = etl_spi_value(cxt, 2);
+	job->pagination = pagination_style(etl_spi_value(cxt, 3));
+	job->page_size = pg_strtoint32(etl_spi_value(cxt, 4));
+	opts = etl_jsonb_from_cstring(cxt, etl_spi_value(cxt, 5));
+	job->records_path = etl_spi_value(cxt, 6);
+	job->headers = etl_jsonb_from_cstring(cxt, etl_spi_value(cxt, 7));
+	job->target_table = etl_spi_value(cxt, 8);
+	if ((v = etl_spi_value(cxt, 9)) != NULL)
+		job->column_map = etl_jsonb_from_cstring(cxt, v);
+	job->load_mode = etl_spi_value(cxt, 10);
+	if ((v = etl_spi_value(cxt, 11)) != NULL)
+		job->key_columns = key_column_list(cxt, v);
+	job->checkpoint_interval_seconds = pg_strtoint32(etl_spi_value(cxt, 12));
+	job->max_retries = pg_strtoint32(etl_spi_value(cxt, 13));
+	job->request_timeout_ms = pg_strtoint32(etl_spi_value(cxt, 14));
+	SPI_finish();
+
+	read_paging_options(job, opts);
+	job->records = etl_path_compile(job->records_path);
+	job->next = job->next_path ? etl_path_compile(job->next_path) : NULL;
+	job->total = job->total_path ? etl_path_compile(job->total_path) : NULL;
+
+	job->url_template = job->url;
+	job->url = render_url(job->url, parameters);
+}

@@ -1,0 +1,502 @@
+/*-------------------------------------------------------------------------
+ *
+ * page.c
+ *	  One page of a run: fetch it, read it, advance the pagination past it,
+ *	  load it.
+ *
+ * Fetch: GET the URL the checkpoint leads to (or take the page fetched
+ * ahead, below).  Read: the page reader (page_scan.c) renders the records
+ * straight into COPY text when it can; otherwise the body is parsed as
+ * jsonb and the records found with the job's records_path.  Advance: what
+ * the page says about the pages after it (pagination.c), in one place,
+ * with repeated links and cursors refused.  Load: into the target
+ * (loader.c), in the worker's current subtransaction.
+ *
+ * When the page reader reads the job's pages, the next page is fetched
+ * before this one is loaded, and scanned in the background while this one
+ * goes through COPY: the two cores each do half the work.  The two pages
+ * live in two fetch slots that alternate, each with its own body buffer,
+ * so the page being scanned is never the one being fetched into.  If
+ * fetching ahead fails, this page still loads, and the run fails after it
+ * (etl_pager_deferred_error).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "common/hashfn.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "etl_exec.h"
+
+#define MAX_SEEN_LINKS 100000
+
+/* A fetch slot: a page's body, and the page reader's result for it. */
+typedef struct PageFetch
+{
+	EtlHttpBuffer body;			/* malloc'd, reused page after page */
+	EtlScanResult scan;
+} PageFetch;
+
+struct EtlPager
+{
+	const EtlJob *job;
+	EtlLoader  *loader;
+	bool		dry_run;
+	bool		from_stored_link;	/* next request uses a checkpointed link/cursor */
+	MemoryContext run_cxt;
+	EtlHttpAuth auth;
+	int			retries;		/* retries the run's requests needed */
+	char	   *dry_run_report;
+	ErrorData  *deferred_error; /* the fetch ahead's; shows after this page */
+	/* hashes of the next links / cursors this segment followed: no cycles */
+	uint64	   *seen_links;
+	int			nseen_links;
+	/* the page being read, and the next one, fetched ahead */
+	PageFetch	fetches[2];
+	int			current;		/* the slot the next page is in, or goes to */
+	bool		prefetched;		/* it is there, and being scanned */
+	char	   *prefetch_url;	/* (in run memory) */
+	EtlHttpResponse prefetch_resp;
+};
+
+/* The page being processed, from fetch to load. */
+typedef struct Page
+{
+	char	   *url;			/* the request's */
+	EtlHttpResponse resp;
+	EtlScanResult *scanned;		/* the page reader's result, or NULL */
+	JsonbValue *records;		/* else: the records, parsed */
+	EtlPageFacts facts;
+} Page;
+
+/*
+ * A pager for the run's pages.  retries: those the run's requests needed
+ * so far; from_stored_link: the first request continues from a next link
+ * or cursor of the checkpoint.
+ */
+EtlPager *
+etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_link,
+				 int retries, MemoryContext run_cxt)
+{
+	EtlPager   *pager = MemoryContextAllocZero(run_cxt, sizeof(EtlPager));
+
+	pager->job = job;
+	pager->loader = loader;
+	pager->dry_run = dry_run;
+	pager->from_stored_link = from_stored_link;
+	pager->retries = retries;
+	pager->run_cxt = run_cxt;
+	etl_job_http_auth(job, &pager->auth);
+	return pager;
+}
+
+int
+etl_pager_retries(EtlPager *pager)
+{
+	return pager->retries;
+}
+
+const char *
+etl_pager_dry_run_report(EtlPager *pager)
+{
+	return pager->dry_run_report;
+}
+
+/* The error fetching ahead raised, after the page it followed is in. */
+ErrorData *
+etl_pager_deferred_error(EtlPager *pager)
+{
+	return pager->deferred_error;
+}
+
+/* Wait for a background scan still running (after an error or a stop). */
+void
+etl_pager_drain(EtlPager *pager)
+{
+	if (!pager->prefetched)
+		return;
+	(void) etl_scan_finish();
+	etl_scan_result_free(&pager->fetches[pager->current].scan);
+	pager->prefetched = false;
+}
+
+/* The end of the run's pages: no scan running, the body buffers freed. */
+void
+etl_pager_end(EtlPager *pager)
+{
+	etl_pager_drain(pager);
+	for (int i = 0; i < 2; i++)
+		etl_http_buffer_free(&pager->fetches[i].body);
+}
+
+/* ---------- fetch ---------- */
+
+/* what the error context of a request from a stored link needs */
+typedef struct StoredLink
+{
+	const EtlCheckpoint *cp;
+	int32		job_id;
+} StoredLink;
+
+static void
+stored_link_error_context(void *arg)
+{
+	StoredLink *link = (StoredLink *) arg;
+
+	if (geterrcode() != ETL_ERRCODE_HTTP_REFUSED)
+		return;					/* only the API's own refusal is about the link */
+
+	errcontext("the request continued from the %s stored in the run's checkpoint, and the API "
+			   "rejected it (next links and cursors may expire); to start over, run "
+			   "SELECT etl_execute_job(%d)",
+			   link->cp->cursor ? "cursor" : "next link", link->job_id);
+}
+
+/*
+ * GET the page that follows cp into the current fetch slot; a stored next
+ * link or cursor the API rejects says so.  On ETL_STOP_NONE, page->url
+ * and page->resp are set.
+ */
+static EtlStopReason
+get_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
+{
+	ErrorContextCallback errcb;
+	StoredLink	link = {cp, pager->job->job_id};
+	EtlStopReason stop;
+
+	page->url = etl_pagination_request_url(pager->job, cp);
+	if (pager->from_stored_link)
+	{
+		errcb.callback = stored_link_error_context;
+		errcb.arg = &link;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+	}
+	stop = etl_http_get(page->url, &pager->auth, &pager->fetches[pager->current].body,
+						&page->resp);
+	if (pager->from_stored_link)
+		error_context_stack = errcb.previous;
+	pager->retries += page->resp.retries;
+	return stop;
+}
+
+/*
+ * Fetch the page that follows cp: the one fetched ahead and scanned in the
+ * background, or a GET now, scanned at once when spec (the page reader's)
+ * is given.  A page the reader could not read, or whose first page has
+ * nothing at records_path (jsonb explains that), goes without its result.
+ */
+static EtlStopReason
+fetch_page(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *spec, Page *page)
+{
+	PageFetch  *fetch = &pager->fetches[pager->current];
+	bool		scanned_ok = false;
+
+	memset(page, 0, sizeof(*page));
+	if (pager->prefetched)
+	{
+		page->url = pager->prefetch_url;
+		page->resp = pager->prefetch_resp;
+		scanned_ok = etl_scan_finish();
+		page->scanned = &fetch->scan;
+		pager->prefetched = false;
+	}
+	else
+	{
+		EtlStopReason stop = get_page(pager, cp, page);
+
+		if (stop != ETL_STOP_NONE)
+			return stop;
+		if (spec)
+		{
+			page->scanned = &fetch->scan;
+			scanned_ok = etl_scan_page(spec, page->resp.body, page->resp.body_len, page->scanned);
+		}
+	}
+	if (page->scanned)
+		etl_loader_note_scan(pager->loader, scanned_ok);
+	if (page->scanned &&
+		(!scanned_ok || (page->scanned->nrec == 0 && !page->scanned->container_seen &&
+						 cp->page_index == 0)))
+	{
+		etl_scan_result_free(page->scanned);
+		page->scanned = NULL;
+	}
+	return ETL_STOP_NONE;
+}
+
+/* ---------- read ---------- */
+
+static void
+parse_error_context(void *arg)
+{
+	errcontext("while parsing the response to %s", (const char *) arg);
+}
+
+/*
+ * A first page with nothing at records_path (as opposed to an empty array
+ * there) means the path is wrong for this API: say so, with the body's keys.
+ */
+static void
+check_records_present(const EtlJob *job, Jsonb *body)
+{
+	const char *path = job->records_path;
+	const char *star = strstr(path, "[*]");
+	char	   *container = star ? pnstrdup(path, star - path) : pstrdup(path);
+	JsonbValue	doc;
+
+	etl_jsonb_as_value(body, &doc);
+	if (etl_path_first(etl_path_compile(container), &doc) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the first page has nothing at records_path %s", path),
+				 errdetail("The response's top-level keys are: %s.", etl_jsonb_top_keys(body)),
+				 errhint("Set the job's records_path to where the records are, e.g. '$.value[*]' (OData), '$[*]' (a bare array) or '$.entry[*].resource' (FHIR).")));
+}
+
+/* Parse the body as jsonb: its records, and the facts pagination needs. */
+static void
+parse_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
+{
+	const EtlJob *job = pager->job;
+	ErrorContextCallback errcb;
+	Jsonb	   *body;
+	JsonbValue	doc;
+
+	errcb.callback = parse_error_context;
+	errcb.arg = etl_url_redact(page->url);	/* for messages only */
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	/* jsonb_in and text do not check the encoding; COPY does */
+	(void) pg_verify_mbstr(GetDatabaseEncoding(), page->resp.body, page->resp.body_len, false);
+	body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(page->resp.body)));
+	error_context_stack = errcb.previous;
+
+	etl_jsonb_as_value(body, &doc);
+	page->facts.record_count = etl_path_query(job->records, &doc, &page->records);
+	if (page->facts.record_count == 0 && cp->page_index == 0)
+		check_records_present(job, body);
+	if (job->total)
+		page->facts.total_text = etl_jsonb_value_text(etl_path_first(job->total, &doc));
+	if (job->next)
+		page->facts.next_text = etl_jsonb_value_text(etl_path_first(job->next, &doc));
+}
+
+/* What the page says: from the page reader's result, or parsed as jsonb. */
+static void
+read_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
+{
+	EtlScanResult *scanned = page->scanned;
+
+	if (scanned == NULL)
+	{
+		parse_page(pager, cp, page);
+		return;
+	}
+	page->facts.record_count = scanned->nrec;
+	page->facts.total_text = scanned->total_text ? pstrdup(scanned->total_text) : NULL;
+	page->facts.next_text = scanned->next_text ? pstrdup(scanned->next_text) : NULL;
+}
+
+/* ---------- advance ---------- */
+
+/* A next link or cursor seen before in this segment is a cycle: error. */
+static void
+check_link_cycle(EtlPager *pager, const EtlCheckpoint *cp, const char *link, bool is_cursor)
+{
+	uint64		h;
+
+	if (link == NULL)
+		return;
+	h = hash_bytes_extended((const unsigned char *) link, strlen(link), 0);
+	for (int i = 0; i < pager->nseen_links; i++)
+		if (pager->seen_links[i] == h)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the API returned a %s it already gave earlier in this run: %s",
+							is_cursor ? "cursor" : "next link", is_cursor ? link : etl_url_redact(link)),
+					 errdetail("Following it would loop; page %d.", cp->page_index + 1),
+					 errhint("Check the job's next_path, or report the API's paging bug.")));
+	if (pager->seen_links == NULL)
+		pager->seen_links = MemoryContextAlloc(pager->run_cxt, sizeof(uint64) * MAX_SEEN_LINKS);
+	if (pager->nseen_links < MAX_SEEN_LINKS)
+		pager->seen_links[pager->nseen_links++] = h;
+}
+
+/*
+ * What the page says about the pages after it: the one place the run's
+ * pagination advances.
+ */
+static void
+advance(EtlPager *pager, const EtlCheckpoint *cp, const Page *page, EtlPageOutcome *outcome)
+{
+	etl_pagination_advance(pager->job, cp, page->url, &page->facts, &page->resp, outcome);
+	check_link_cycle(pager, cp, outcome->next_url, false);
+	check_link_cycle(pager, cp, outcome->cursor, true);
+}
+
+/* The checkpoint after a page (records count only when loaded). */
+static void
+checkpoint_after(const EtlCheckpoint *cp, const EtlPageFacts *facts,
+				 const EtlPageOutcome *outcome, bool dry_run, EtlCheckpoint *next)
+{
+	*next = *cp;
+	next->skip += facts->record_count;
+	next->page_index += 1;
+	next->total_records += dry_run ? 0 : facts->record_count;
+	next->next_url = outcome->next_url;
+	next->cursor = outcome->cursor;
+}
+
+/* ---------- fetching ahead ---------- */
+
+/* Keep what the next turn needs of a response fetched ahead (run memory). */
+static void
+keep_prefetch(EtlPager *pager, const char *url, const EtlHttpResponse *resp)
+{
+	MemoryContext old = MemoryContextSwitchTo(pager->run_cxt);
+	ListCell   *lc;
+
+	/* the previous one's copies: the run's memory must not grow with pages */
+	if (pager->prefetch_url)
+		pfree(pager->prefetch_url);
+	if (pager->prefetch_resp.effective_url)
+		pfree(pager->prefetch_resp.effective_url);
+	list_free_deep(pager->prefetch_resp.link_headers);
+	pager->prefetch_url = pstrdup(url);
+	pager->prefetch_resp = *resp;
+	pager->prefetch_resp.effective_url = resp->effective_url ? pstrdup(resp->effective_url) : NULL;
+	pager->prefetch_resp.link_headers = NIL;
+	foreach(lc, resp->link_headers)
+		pager->prefetch_resp.link_headers = lappend(pager->prefetch_resp.link_headers,
+													pstrdup((char *) lfirst(lc)));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * GET url into the other fetch slot, in a subtransaction of its own: if
+ * that fails, this page still loads and commits, and the run fails after
+ * it (pager->deferred_error) instead of losing it.
+ */
+static EtlStopReason
+prefetch_get(EtlPager *pager, const char *url, EtlHttpResponse *resp)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	EtlHttpBuffer *body = &pager->fetches[1 - pager->current].body;
+	volatile EtlStopReason stop = ETL_STOP_NONE;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		stop = etl_http_get(url, &pager->auth, body, resp);
+		pager->retries += resp->retries;
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		pager->deferred_error = etl_catch_error(pager->run_cxt);
+		RollbackAndReleaseCurrentSubTransaction();
+		stop = ETL_STOP_CANCELLED;	/* anything but NONE: no prefetch */
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return stop;
+}
+
+/*
+ * Fetch the page after this one now, and scan it in the background while
+ * this one loads.  A stop shows at the next turn; this page still loads.
+ */
+static void
+fetch_ahead(EtlPager *pager, const EtlScanSpec *spec, const EtlCheckpoint *after)
+{
+	char	   *next_url = etl_pagination_request_url(pager->job, after);
+	EtlHttpResponse next_resp;
+	int			other = 1 - pager->current;
+
+	if (prefetch_get(pager, next_url, &next_resp) != ETL_STOP_NONE)
+		return;
+	/* (no thread to be had: the next turn fetches it again) */
+	if (etl_scan_start(spec, next_resp.body, next_resp.body_len, &pager->fetches[other].scan))
+	{
+		keep_prefetch(pager, next_url, &next_resp);
+		pager->current = other;
+		pager->prefetched = true;
+	}
+}
+
+/* ---------- load ---------- */
+
+/* Load a parsed page; a dry run converts its values and reports. */
+static void
+load_parsed(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
+{
+	etl_loader_load_page(pager->loader, page->records, page->facts.record_count,
+						 cp->page_index, pager->dry_run);
+	if (pager->dry_run)
+	{
+		MemoryContext old = MemoryContextSwitchTo(pager->run_cxt);
+		StringInfoData report;
+
+		initStringInfo(&report);
+		appendStringInfo(&report, "{\"records\": %d, \"url\": ", page->facts.record_count);
+		escape_json(&report, etl_url_redact(page->url));
+		appendStringInfo(&report, ", %s}",
+						 etl_loader_describe_mapping(pager->loader, page->records,
+													 page->facts.record_count));
+		pager->dry_run_report = report.data;
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * Fetch, read and load the page that follows cp; on ETL_STOP_NONE *done
+ * says where the run stands after it.  Returns a stop reason when the run
+ * must stop before the page was complete (the page is then not loaded).
+ * Runs in the worker's page subtransaction and memory.
+ */
+EtlStopReason
+etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
+{
+	const EtlScanSpec *spec = pager->dry_run ? NULL : etl_loader_scan_spec(pager->loader);
+	Page		page;
+	EtlPageOutcome outcome;
+	EtlStopReason stop;
+
+	if ((stop = fetch_page(pager, cp, spec, &page)) != ETL_STOP_NONE)
+		return stop;
+	read_page(pager, cp, &page);
+
+	/*
+	 * A parsed page loads at once.  A page the reader read loads after the
+	 * next one is on its way, so that the next one's scan overlaps this load.
+	 */
+	if (page.scanned == NULL)
+		load_parsed(pager, cp, &page);
+	advance(pager, cp, &page, &outcome);
+	checkpoint_after(cp, &page.facts, &outcome, pager->dry_run, &done->next);
+	if (page.scanned)
+	{
+		if (!outcome.last_page)
+			fetch_ahead(pager, spec, &done->next);
+		etl_loader_copy_scanned(pager->loader, page.scanned, cp->page_index);
+		etl_scan_result_free(page.scanned);
+	}
+
+	if (outcome.last_page && !pager->dry_run)
+		etl_loader_finish(pager->loader);
+	done->last_page = outcome.last_page;
+	done->expected_total = outcome.expected_total;
+	pager->from_stored_link = false;
+	return ETL_STOP_NONE;
+}
