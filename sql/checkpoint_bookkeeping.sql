@@ -30,7 +30,7 @@ SELECT job_id, _etl_paging_of(job_id) AS paging FROM dw_etl_jobs ORDER BY job_id
 -- Seeded runs (explicit run_ids, all started by the current role):
 --  101 timed_out with an offset checkpoint     102 failed, no checkpoint
 --  103 succeeded with a checkpoint             104 a dry run that timed out
---  105 'running' but no worker holds its lock  106 'queued', no worker either
+--  105 'running' but no worker holds its lock  106 'queued' (waiting for a worker slot)
 --  107 cursor checkpoint                       108 next-link checkpoint
 --  109 cancelled                             110 failed after a checkpoint
 -- (checkpoint.total_records counts the records loaded so far; a dry run loads none)
@@ -105,7 +105,7 @@ SELECT count(*) AS runs, sum(resume_count) AS resumes FROM dw_etl_runs;
 SELECT run_id, status, resume_count, records_loaded FROM dw_etl_runs WHERE run_id IN (102, 103, 104) ORDER BY run_id;
 
 --
--- A 'running' / 'queued' run whose worker is gone is reported interrupted
+-- A 'running' run whose worker is gone is reported interrupted
 --
 SELECT etl_wait_run(105, 0);
 SELECT run_id, status, worker_pid, finished_at IS NOT NULL AS finished, error_message,
@@ -115,7 +115,8 @@ FROM dw_etl_runs WHERE run_id = 105;
 -- its checkpoint is kept
 SELECT skip, page_index, total_records FROM etl_get_checkpoint(105);
 
--- etl_cancel_run meets the stale queued run: it is interrupted, nothing to cancel
+-- etl_cancel_run takes a queued run out of the queue: cancelled, never started (0.3.0:
+-- a queued run waits for a worker slot; it has no worker to lose)
 SELECT etl_cancel_run(106);
 SELECT run_id, status, error_message FROM dw_etl_runs WHERE run_id = 106;
 

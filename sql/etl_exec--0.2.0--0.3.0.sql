@@ -124,7 +124,12 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = format('Start a new run with SELECT etl_execute_job(%s);', r.job_id);
     END IF;
-    IF r.status IN ('queued', 'running') THEN
+    IF r.status = 'queued' THEN
+        RAISE EXCEPTION 'etl_exec run % is queued: it starts when a worker slot is free', r.run_id
+            USING ERRCODE = 'object_in_use',
+                  HINT = format('Wait for it with SELECT etl_wait_run(%s), or take it out of the queue with SELECT etl_cancel_run(%s).', r.run_id, r.run_id);
+    END IF;
+    IF r.status = 'running' THEN
         RAISE EXCEPTION 'etl_exec run % is still running (worker pid %)', r.run_id, r.worker_pid
             USING ERRCODE = 'object_in_use',
                   HINT = format('Wait for it with SELECT etl_wait_run(%s), or stop it with SELECT etl_cancel_run(%s).', r.run_id, r.run_id);
@@ -231,7 +236,25 @@ DECLARE
 BEGIN
     PERFORM @extschema@._etl_reap(NULL, _etl_cancel_run.run_id);
     r := @extschema@._etl_run_for(_etl_cancel_run.run_id, 'cancel');
-    IF r.status NOT IN ('queued', 'running') THEN
+    IF r.status = 'queued' THEN
+        -- not started yet: it leaves the queue (unless a worker took it just now)
+        UPDATE @extschema@.dw_etl_runs x
+           SET status = 'cancelled', finished_at = now(),
+               error_message = format('etl_exec run %s was cancelled while queued; %s. Resume it with: SELECT etl_resume_run(%s);',
+                                      x.run_id,
+                                      CASE WHEN x.run_context ? 'checkpoint'
+                                           THEN format('%s records are loaded and checkpointed', x.records_loaded)
+                                           ELSE 'nothing was loaded' END, x.run_id)
+         WHERE x.run_id = r.run_id AND x.status = 'queued';
+        IF FOUND THEN
+            PERFORM pg_notify('etl_exec_run', json_build_object('run_id', r.run_id, 'job_id', r.job_id,
+                                                                'status', 'cancelled',
+                                                                'records_loaded', r.records_loaded)::text);
+            RETURN true;
+        END IF;
+        r := @extschema@._etl_run_for(_etl_cancel_run.run_id, 'cancel');
+    END IF;
+    IF r.status <> 'running' THEN
         RAISE NOTICE 'etl_exec run % is not running (it is %); nothing to cancel', r.run_id, r.status;
         RETURN false;
     END IF;
@@ -290,6 +313,22 @@ BEGIN
             started := started || @extschema@._etl_resume_run(r.run_id);
         EXCEPTION WHEN others THEN
             RAISE WARNING 'etl_exec: could not resume run %: %', r.run_id, SQLERRM;
+        END;
+    END LOOP;
+    -- queued runs nobody is starting (after a restart, say): as many as
+    -- there are free worker slots; each worker then goes on with the queue
+    FOR r IN
+        SELECT x.run_id, x.job_id FROM @extschema@.dw_etl_runs x
+        WHERE x.status = 'queued'
+          AND pg_has_role(@extschema@._etl_caller(), x.started_by::oid, 'MEMBER')
+        ORDER BY x.run_id
+        LIMIT @extschema@._etl_worker_slots_free()
+    LOOP
+        BEGIN
+            PERFORM @extschema@._etl_start_worker('dequeue', r.job_id, r.run_id, 0, false, NULL);
+            started := started || r.run_id;
+        EXCEPTION WHEN others THEN
+            RAISE WARNING 'etl_exec: could not start queued run %: %', r.run_id, SQLERRM;
         END;
     END LOOP;
     RETURN started;
@@ -416,8 +455,8 @@ BEGIN
     PERFORM @extschema@._etl_check_url_parameters(j.url, params);
     IF NOT j.allow_concurrent_runs AND NOT p_dry_run THEN
         SELECT x.run_id INTO active FROM @extschema@.dw_etl_runs x
-        WHERE x.job_id = j.job_id AND x.status IN ('queued', 'running') AND NOT x.dry_run
-          AND @extschema@._etl_run_is_live(x.run_id)
+        WHERE x.job_id = j.job_id AND NOT x.dry_run
+          AND (x.status = 'queued' OR (x.status = 'running' AND @extschema@._etl_run_is_live(x.run_id)))
         ORDER BY x.run_id LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'etl_exec job % already has an active run %', j.job_id, active
@@ -490,7 +529,7 @@ BEGIN
            ON a.pid = r.worker_pid AND a.application_name = 'etl_exec run ' || r.run_id
     LEFT JOIN LATERAL regexp_match(a.query,
            ': (\d+) pages, (\d+) records, (\d+) rows/s, expected (-?\d+), (\d+) retries') AS m ON true
-    WHERE r.status IN ('queued', 'running') AND @extschema@._etl_run_is_live(r.run_id);
+    WHERE r.status = 'running' AND @extschema@._etl_run_is_live(r.run_id);
 END
 $$;
 
@@ -517,10 +556,23 @@ SELECT r.run_id,
        (r.segment_started_at + make_interval(secs => r.timeout_seconds)) AS deadline,
        coalesce(l.retries, (r.run_context ->> 'retries')::int, 0) AS retries,
        r.resume_count,
-       r.worker_pid
+       r.worker_pid,
+       NULL::bigint AS queue_position
 FROM @extschema@.etl_live_runs() l
 JOIN @extschema@.dw_etl_runs r ON r.run_id = l.run_id
-JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id;
+JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id
+UNION ALL
+-- queued runs: waiting for a worker slot, oldest first
+SELECT r.run_id, r.job_id, j.name, r.status, r.started_by, r.records_loaded, r.pages_fetched,
+       (r.run_context ->> 'expected_total')::bigint,
+       round(100.0 * r.records_loaded / nullif((r.run_context ->> 'expected_total')::bigint, 0), 1),
+       NULL::numeric, clock_timestamp() - r.started_at, NULL::interval, NULL::interval,
+       clock_timestamp() - (r.run_context #>> '{checkpoint,saved_at}')::timestamptz,
+       NULL::timestamptz, coalesce((r.run_context ->> 'retries')::int, 0), r.resume_count, NULL::int,
+       row_number() OVER (ORDER BY r.run_id)
+FROM @extschema@.dw_etl_runs r
+JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id
+WHERE r.status = 'queued';
 
 CREATE OR REPLACE VIEW etl_job_timeout_report AS
 WITH runs AS (
@@ -596,6 +648,67 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- The run queue: at most etl_exec.max_workers runs run at once; the others
+-- wait, "queued", and a finishing worker starts the oldest of its database.
+-- A queued run has no worker, so the liveness rule (lock free: interrupted)
+-- applies to running runs only.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION _etl_worker_slots_free() RETURNS int
+    AS 'MODULE_PATHNAME', 'etl_worker_slots_free_sql' LANGUAGE C VOLATILE;
+
+CREATE OR REPLACE FUNCTION _etl_run_state(p_status text, p_run_id bigint) RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE WHEN p_status = 'running' AND NOT @extschema@._etl_run_is_live(p_run_id)
+                THEN 'interrupted' ELSE p_status END
+$$;
+
+CREATE OR REPLACE FUNCTION _etl_reap(p_job_id int DEFAULT NULL, p_run_id bigint DEFAULT NULL) RETURNS int
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    n int := 0;
+BEGIN
+    FOR r IN SELECT x.run_id, x.job_id FROM @extschema@.dw_etl_runs x
+             WHERE x.status = 'running'
+               AND (p_job_id IS NULL OR x.job_id = p_job_id)
+               AND (p_run_id IS NULL OR x.run_id = p_run_id)
+    LOOP
+        IF @extschema@._etl_run_is_live(r.run_id) THEN
+            CONTINUE;
+        END IF;
+        UPDATE @extschema@.dw_etl_runs x
+           SET status = 'interrupted',
+               finished_at = now(),
+               worker_pid = NULL,
+               error_message = format('etl_exec run %s was interrupted: its worker is gone (terminated, killed, '
+                                      'or lost in a crash or shutdown); %s. Resume it with: SELECT etl_resume_run(%s);',
+                                      x.run_id,
+                                      CASE WHEN x.run_context ? 'checkpoint'
+                                           THEN format('%s records are loaded and checkpointed', x.records_loaded)
+                                           ELSE 'nothing was checkpointed yet, so a resume starts from the first page' END,
+                                      x.run_id),
+               run_context = @extschema@._etl_add_segment(x.run_context, jsonb_build_object(
+                   'started_at', x.segment_started_at, 'ended_at', now(), 'status', 'interrupted',
+                   'records_loaded', x.records_loaded, 'pages_fetched', x.pages_fetched))
+         WHERE x.run_id = r.run_id AND x.status = 'running'
+           AND NOT @extschema@._etl_run_is_live(x.run_id);
+        IF FOUND THEN
+            PERFORM pg_notify('etl_exec_run', (SELECT json_build_object('run_id', x.run_id, 'job_id', x.job_id,
+                                                   'status', x.status, 'records_loaded', x.records_loaded)::text
+                                               FROM @extschema@.dw_etl_runs x WHERE x.run_id = r.run_id));
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- a run 0.2.0 left "queued" had a worker that never confirmed it: gone
+UPDATE dw_etl_runs SET status = 'interrupted', finished_at = now(), worker_pid = NULL
+ WHERE status = 'queued' AND NOT _etl_run_is_live(run_id);
+
+------------------------------------------------------------------------------
 -- The entry points: C functions that run _<name> for their caller.
 ------------------------------------------------------------------------------
 
@@ -653,3 +766,5 @@ GRANT EXECUTE ON FUNCTION
     etl_settings(),
     etl_live_runs()
 TO etl_operator;
+
+COMMENT ON VIEW etl_run_progress IS 'etl_exec: running runs with records, pages, expected total, percent, rows/s, elapsed, ETA and checkpoint age; queued runs with their queue_position';

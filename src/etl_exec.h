@@ -92,6 +92,7 @@ extern char *etl_allowed_hosts;
 extern char *etl_user_agent;
 extern char *etl_ca_file;
 extern int	etl_run_retention_days;
+extern int	etl_max_workers;
 
 extern void etl_define_settings(void);
 extern bool etl_header_value_is_safe(const char *value);
@@ -99,6 +100,7 @@ extern Datum etl_settings_snapshot(PG_FUNCTION_ARGS);
 
 /* in run_clock.c */
 extern void etl_handle_sigterm(SIGNAL_ARGS);
+extern bool etl_run_clock_reset(void);
 extern void etl_set_deadline(TimestampTz deadline);
 extern EtlStopReason etl_pending_stop(void);
 extern EtlStopReason etl_stop_for_error(int sqlerrcode);
@@ -107,9 +109,15 @@ extern int64 etl_ms_until_deadline(void);
 extern void etl_cap_lock_waits(void);
 extern void etl_wait_ms(int64 ms);
 
-/* in run_lock.c: held by a worker as long as it lives; free = dead worker */
+/* in run_lock.c: held by a worker as long as it runs the run; free = dead worker */
 extern bool etl_run_lock_try_acquire(int64 run_id);
+extern void etl_run_lock_release(int64 run_id);
 extern bool etl_run_is_live(int64 run_id);
+/* ... and the server-wide worker slots (etl_exec.max_workers) */
+extern int	etl_worker_slots(void);
+extern bool etl_worker_slot_try_acquire(void);
+extern void etl_worker_slot_release(void);
+extern int	etl_worker_slots_free(void);
 extern void etl_job_claim_lock(int32 job_id);
 
 /* in url.c */
@@ -247,6 +255,7 @@ extern char *etl_http_post_form(const char *url, const char *form, const char *w
 /* in oauth.c */
 extern const char *etl_oauth_token(const char *name, const char *client_json);
 extern bool etl_oauth_renew(void *arg);
+extern void etl_oauth_forget_all(void);
 
 /* in job.c */
 typedef enum EtlPaginationStyle
@@ -294,6 +303,7 @@ extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
 
 /* in secrets.c */
 extern void etl_job_http_auth(EtlJob *job, EtlHttpAuth *auth);
+extern void etl_secrets_forget(void);
 
 /* in pagination.c */
 
@@ -344,7 +354,11 @@ typedef struct EtlRunRow
 
 extern int64 etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
 							const char *target, const char *settings_json,
-							const char *parameters_json);
+							const char *parameters_json, bool queued);
+extern void etl_queue_resume(int64 run_id, Oid role_oid, int32 timeout_seconds,
+							 const char *caller_target, const char *settings_json);
+extern int64 etl_claim_queued_run(int64 only_run_id);
+extern bool etl_runs_queued(void);
 extern void etl_claim_run(int64 run_id, Oid role_oid, int32 timeout_seconds,
 						  const char *caller_target, const char *settings_json);
 extern void etl_read_run(int64 run_id, EtlRunRow *row);
@@ -404,7 +418,8 @@ extern void etl_pager_end(EtlPager *pager);
 typedef enum EtlLaunchMode
 {
 	ETL_LAUNCH_NEW = 1,
-	ETL_LAUNCH_RESUME = 2
+	ETL_LAUNCH_RESUME = 2,
+	ETL_LAUNCH_DEQUEUE = 3		/* start a queued run (it waits on if no slot is free) */
 } EtlLaunchMode;
 
 typedef enum EtlLaunchState

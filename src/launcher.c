@@ -65,7 +65,7 @@ derive_launch(EtlLaunchShared *shared)
 	Datum		values[1];
 
 	SPI_connect();
-	if (shared->mode == ETL_LAUNCH_RESUME)
+	if (shared->mode == ETL_LAUNCH_RESUME || shared->mode == ETL_LAUNCH_DEQUEUE)
 	{
 		bool		isnull;
 
@@ -151,12 +151,23 @@ launch_segment(const EtlLaunchShared *launch, const char *settings_json,
 	return seg;
 }
 
-/* Register the worker that takes the launch in seg. */
+/* how long a launch waits for a background worker slot to come free */
+#define ETL_REGISTER_WAIT_MS 30000
+
+/*
+ * Register the worker that takes the launch in seg.  A worker that finds
+ * etl_exec.max_workers runs running only queues its run and exits at once;
+ * when the server has no background worker slot free at all, wait a while
+ * for one (they come free as queued runs are recorded and parallel queries
+ * end) before giving up.
+ */
 static BackgroundWorkerHandle *
 register_worker(dsm_segment *seg, const EtlLaunchShared *shared)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
+	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ETL_REGISTER_WAIT_MS);
+	long		delay_ms = 5;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -164,7 +175,7 @@ register_worker(dsm_segment *seg, const EtlLaunchShared *shared)
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "etl_exec");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "etl_worker_main");
-	if (shared->mode == ETL_LAUNCH_RESUME)
+	if (shared->mode != ETL_LAUNCH_NEW)
 		snprintf(worker.bgw_name, BGW_MAXLEN, "etl_exec worker for run " INT64_FORMAT,
 				 shared->run_id);
 	else
@@ -174,13 +185,23 @@ register_worker(dsm_segment *seg, const EtlLaunchShared *shared)
 	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
 	worker.bgw_notify_pid = MyProcPid;
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start an etl_exec worker: no background worker slot is free"),
-				 errdetail("All %d background worker slots (max_worker_processes) are in use.",
-						   max_worker_processes),
-				 errhint("Raise max_worker_processes (it needs a server restart), or wait for running jobs to finish. No run was created.")));
+	while (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		if (GetCurrentTimestamp() >= give_up)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("could not start an etl_exec worker: no background worker slot came free in %d s",
+							ETL_REGISTER_WAIT_MS / 1000),
+					 errdetail("All %d background worker slots (max_worker_processes) are in use.",
+							   max_worker_processes),
+					 errhint("Keep etl_exec.max_workers (%d) below max_worker_processes, which other background workers share, or raise max_worker_processes (it needs a server restart). No run was created.",
+							 etl_max_workers)));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 delay_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		delay_ms = Min(delay_ms * 2, 200);
+	}
 	return handle;
 }
 
@@ -226,50 +247,23 @@ wait_for_worker(EtlLaunchShared *shared, BackgroundWorkerHandle *handle)
 }
 
 /*
- * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
- *					 parameters) RETURNS bigint
- *
- * Starts the worker and waits until it has committed the run row.  Only
- * the extension's own entry points call it (it is executable by no one
- * else), for the caller etl_api_caller() names; everything the worker does
- * beyond the call's options (timeout, dry run, parameters) is derived from
- * the job and run rows, here and in the worker.
+ * Hand a launch to a new worker and wait until it has committed the run
+ * row (created, claimed or queued); returns the run_id.
  */
-PG_FUNCTION_INFO_V1(etl_start_worker);
-Datum
-etl_start_worker(PG_FUNCTION_ARGS)
+static int64
+launch_run(EtlLaunchShared *launch, const char *parameters_json)
 {
-	char	   *mode;
-	char	   *parameters_json;
 	char	   *settings_json;
 	dsm_segment *seg;
 	EtlLaunchShared *shared;
-	EtlLaunchShared launch;
 	BackgroundWorkerHandle *handle;
 	int64		run_id;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("_etl_start_worker: mode, job_id, timeout_seconds and dry_run must not be NULL")));
-	mode = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (strcmp(mode, "new") != 0 && (strcmp(mode, "resume") != 0 || PG_ARGISNULL(2)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("_etl_start_worker: mode must be 'new', or 'resume' with a run_id")));
-	memset(&launch, 0, sizeof(launch));
-	launch.mode = strcmp(mode, "resume") == 0 ? ETL_LAUNCH_RESUME : ETL_LAUNCH_NEW;
-	launch.job_id = PG_GETARG_INT32(1);
-	launch.run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
-	derive_launch(&launch);
-	launch.timeout_seconds = PG_GETARG_INT32(3);
-	launch.dry_run = PG_GETARG_BOOL(4);
-
-	parameters_json = jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
+	derive_launch(launch);
 	/* the settings in force in this session; never taken from the caller */
 	settings_json = jsonb_arg_to_cstring(DatumGetJsonbP(DirectFunctionCall1(etl_settings_snapshot,
 																			 (Datum) 0)));
-	seg = launch_segment(&launch, settings_json, parameters_json);
+	seg = launch_segment(launch, settings_json, parameters_json);
 	shared = dsm_segment_address(seg);
 	handle = register_worker(seg, shared);
 
@@ -282,15 +276,116 @@ etl_start_worker(PG_FUNCTION_ARGS)
 
 	run_id = shared->run_id;
 	dsm_detach(seg);
-	PG_RETURN_INT64(run_id);
+	return run_id;
+}
+
+/*
+ * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
+ *					 parameters) RETURNS bigint
+ *
+ * Starts the worker and waits until it has committed the run row: 'new'
+ * (a new run of job_id), 'resume' (run_id), or 'dequeue' (start the queued
+ * run run_id if a worker slot is free; it stays queued if not).  Only the
+ * extension's own entry points call it (it is executable by no one else),
+ * for the caller etl_api_caller() names; everything the worker does beyond
+ * the call's options (timeout, dry run, parameters) is derived from the job
+ * and run rows, here and in the worker.
+ */
+PG_FUNCTION_INFO_V1(etl_start_worker);
+Datum
+etl_start_worker(PG_FUNCTION_ARGS)
+{
+	char	   *mode;
+	EtlLaunchShared launch;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("_etl_start_worker: mode, job_id, timeout_seconds and dry_run must not be NULL")));
+	mode = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	memset(&launch, 0, sizeof(launch));
+	if (strcmp(mode, "new") == 0)
+		launch.mode = ETL_LAUNCH_NEW;
+	else if (strcmp(mode, "resume") == 0 && !PG_ARGISNULL(2))
+		launch.mode = ETL_LAUNCH_RESUME;
+	else if (strcmp(mode, "dequeue") == 0 && !PG_ARGISNULL(2))
+		launch.mode = ETL_LAUNCH_DEQUEUE;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("_etl_start_worker: mode must be 'new', or 'resume' or 'dequeue' with a run_id")));
+	launch.job_id = PG_GETARG_INT32(1);
+	launch.run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
+	launch.timeout_seconds = PG_GETARG_INT32(3);
+	launch.dry_run = PG_GETARG_BOOL(4);
+	PG_RETURN_INT64(launch_run(&launch,
+							   jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5))));
+}
+
+/* The run's status as committed now (NULL: no such run). */
+static char *
+fresh_status(int64 run_id)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1];
+	char	   *status = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	values[0] = Int64GetDatum(run_id);
+	SPI_connect();
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_with_args(psprintf("SELECT status FROM %s WHERE run_id = $1",
+									   etl_qualified("dw_etl_runs")),
+							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		status = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	PopActiveSnapshot();
+	SPI_finish();
+	return status;
+}
+
+/*
+ * A queued run that waits while worker slots are free has no one to start
+ * it (its database's workers are gone: a restart, say): start it, when the
+ * caller may.  Best effort: a failure to start it leaves it queued.
+ */
+static void
+start_orphaned(int64 run_id)
+{
+	EtlLaunchShared launch;
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	if (etl_worker_slots_free() == 0)
+		return;
+	memset(&launch, 0, sizeof(launch));
+	launch.mode = ETL_LAUNCH_DEQUEUE;
+	launch.run_id = run_id;
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		(void) launch_run(&launch, "{}");
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
 }
 
 /*
  * _etl_wait_run_end(run_id, timeout_ms) RETURNS bool
  *
- * Waits until no worker holds the run's lock (true), or timeout_ms passes
- * (false).  It sleeps on its latch between looks at the lock manager and
- * reads no table; a cancel of the caller ends the wait, not the run.
+ * Waits until the run has ended (true) -- no worker holds its lock, and it
+ * is not waiting in the queue -- or timeout_ms passes (false).  It sleeps
+ * on its latch between looks at the lock manager (and, for a queued run,
+ * at the run's row); a cancel of the caller ends the wait, not the run.
+ * A queued run nobody will start (slots free, no worker) is started.
  */
 PG_FUNCTION_INFO_V1(etl_wait_run_end);
 Datum
@@ -300,6 +395,7 @@ etl_wait_run_end(PG_FUNCTION_ARGS)
 	bool		forever = PG_ARGISNULL(1);
 	int64		timeout_ms = forever ? 0 : PG_GETARG_INT32(1);
 	TimestampTz start = GetCurrentTimestamp();
+	TimestampTz queued_since = 0;
 	long		delay_ms = 5;
 
 	for (;;)
@@ -307,15 +403,26 @@ etl_wait_run_end(PG_FUNCTION_ARGS)
 		long		left_ms = delay_ms;
 
 		if (!etl_run_is_live(run_id))
-			PG_RETURN_BOOL(true);
+		{
+			char	   *status = fresh_status(run_id);
+
+			if (status == NULL || strcmp(status, "queued") != 0)
+				PG_RETURN_BOOL(true);
+			/* queued: wait on; nudge the queue if it stays stuck */
+			if (queued_since == 0)
+				queued_since = GetCurrentTimestamp();
+			else if (etl_ms_since(queued_since) >= 1000)
+			{
+				start_orphaned(run_id);
+				queued_since = GetCurrentTimestamp();
+			}
+		}
+		else
+			queued_since = 0;
 		if (!forever)
 		{
-			long		secs;
-			int			usecs;
-			int64		waited_ms;
+			int64		waited_ms = etl_ms_since(start);
 
-			TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
-			waited_ms = (int64) secs * 1000 + usecs / 1000;
 			if (waited_ms >= timeout_ms)
 				PG_RETURN_BOOL(false);
 			left_ms = Min(delay_ms, timeout_ms - waited_ms);

@@ -31,6 +31,12 @@ typedef struct OAuthToken
 
 static List *token_cache = NIL;
 
+void
+etl_oauth_forget_all(void)
+{
+	token_cache = NIL;
+}
+
 /* a cached token for secret name that is not due for renewal, or NULL */
 static const char *
 cached_token(const char *name)

@@ -47,6 +47,19 @@ etl_handle_sigterm(SIGNAL_ARGS)
 }
 
 /* The run (segment) must end by this time. */
+/*
+ * A new run in this process: no deadline, no stop seen.  False when the
+ * process itself must end (SIGTERM: a shutdown or pg_terminate_backend).
+ */
+bool
+etl_run_clock_reset(void)
+{
+	run_deadline = 0;
+	sticky_stop = ETL_STOP_NONE;
+	QueryCancelPending = false;
+	return !got_sigterm;
+}
+
 void
 etl_set_deadline(TimestampTz deadline)
 {

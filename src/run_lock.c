@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * run_lock.c
- *	  The lock a worker holds on its run for as long as it lives.
+ *	  The locks of runs: the one a worker holds on its run for as long as
+ *	  it runs it, and the server-wide worker slots (etl_exec.max_workers).
  *
  * Liveness of a run comes from this lock, never from a pid that may have
  * been reused: a queued/running run whose lock is free has lost its worker
@@ -22,6 +23,10 @@
 
 #define ETL_LOCK_RUN	0x4554		/* "ET" */
 #define ETL_LOCK_JOB	0x4555
+#define ETL_LOCK_SLOT	0x4556
+
+/* the worker slot this process holds (-1: none) */
+static int	held_slot = -1;
 
 static void
 run_locktag(LOCKTAG *tag, int64 run_id)
@@ -55,6 +60,94 @@ etl_run_lock_try_acquire(int64 run_id)
 		CHECK_FOR_INTERRUPTS();
 	}
 	return false;
+}
+
+/* Give up the run's lock: this process goes on to another run. */
+void
+etl_run_lock_release(int64 run_id)
+{
+	LOCKTAG		tag;
+
+	run_locktag(&tag, run_id);
+	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/*
+ * Worker slots: at most etl_exec.max_workers runs run at once on the whole
+ * server.  A slot is a session-level advisory lock in no database's key
+ * space (database 0), so it is server-wide and goes with the process that
+ * holds it, however that process ends.
+ */
+static void
+slot_locktag(LOCKTAG *tag, int slot)
+{
+	SET_LOCKTAG_ADVISORY(*tag, InvalidOid, 0, (uint32) slot, ETL_LOCK_SLOT);
+}
+
+/* The number of slots the server can give: the setting, within its means. */
+int
+etl_worker_slots(void)
+{
+	return Max(1, Min(etl_max_workers, max_worker_processes));
+}
+
+/* Take a free slot (true), or learn there is none (false). */
+bool
+etl_worker_slot_try_acquire(void)
+{
+	LOCKTAG		tag;
+	int			slots = etl_worker_slots();
+
+	if (held_slot >= 0)
+		return true;
+	for (int slot = 0; slot < slots; slot++)
+	{
+		slot_locktag(&tag, slot);
+		if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+		{
+			held_slot = slot;
+			return true;
+		}
+	}
+	return false;
+}
+
+void
+etl_worker_slot_release(void)
+{
+	LOCKTAG		tag;
+
+	if (held_slot < 0)
+		return;
+	slot_locktag(&tag, held_slot);
+	LockRelease(&tag, ExclusiveLock, true);
+	held_slot = -1;
+}
+
+/* How many slots are free now (a snapshot: for deciding, not promising). */
+int
+etl_worker_slots_free(void)
+{
+	LOCKTAG		tag;
+	int			free_slots = 0;
+
+	for (int slot = 0; slot < etl_worker_slots(); slot++)
+	{
+		slot_locktag(&tag, slot);
+		if (LockAcquire(&tag, ShareLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+		{
+			LockRelease(&tag, ShareLock, true);
+			free_slots++;
+		}
+	}
+	return free_slots;
+}
+
+PG_FUNCTION_INFO_V1(etl_worker_slots_free_sql);
+Datum
+etl_worker_slots_free_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(etl_worker_slots_free());
 }
 
 /* Is a worker alive on this run?  (Never call it from that worker.) */

@@ -116,12 +116,13 @@ check_job_startable(int32 job_id, int64 own_run_id, bool dry_run, const char *fr
 /*
  * Create a new run of a job, as role_oid, loading target: runs in the
  * worker's first transaction, which also takes the run's lock before the
- * row is visible.
+ * row is visible -- or, when queued (no worker slot is free), leaves it
+ * "queued" for a worker to start when one is.
  */
 int64
 etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
 			   const char *target, const char *settings_json,
-			   const char *parameters_json)
+			   const char *parameters_json, bool queued)
 {
 	int64		run_id;
 	const char *args[9];
@@ -136,7 +137,7 @@ etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
 	etl_spi_run(sql, 0, NULL, SPI_OK_SELECT);
 	run_id = pg_strtoint64(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 
-	if (!etl_run_lock_try_acquire(run_id))
+	if (!queued && !etl_run_lock_try_acquire(run_id))
 		elog(ERROR, "etl_exec: new run " INT64_FORMAT " is locked by another process", run_id);
 
 	args[0] = int64_str(run_id);
@@ -144,14 +145,15 @@ etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
 	args[2] = parameters_json;
 	args[3] = dry_run ? "true" : "false";
 	args[4] = psprintf("%d", timeout_seconds);
-	args[5] = psprintf("%d", MyProcPid);
+	args[5] = queued ? NULL : psprintf("%d", MyProcPid);
 	args[6] = psprintf("%u", role_oid);
 	args[7] = settings_json;
 	args[8] = target;
 	sql = psprintf("INSERT INTO %s (run_id, job_id, status, parameters, dry_run, timeout_seconds, "
 				   "  started_at, segment_started_at, worker_pid, started_by, settings, run_context) "
-				   "SELECT $1::bigint, $2::int, 'running', $3::jsonb, $4::bool, $5::int, "
-				   "  now(), now(), $6::int, $7::oid, $8::jsonb, "
+				   "SELECT $1::bigint, $2::int, CASE WHEN $6 IS NULL THEN 'queued' ELSE 'running' END, "
+				   "  $3::jsonb, $4::bool, $5::int, "
+				   "  now(), CASE WHEN $6 IS NOT NULL THEN now() END, $6::int, $7::oid, $8::jsonb, "
 				   "  jsonb_build_object('paging', p, 'target', $9::text, "
 				   "    'fingerprint', jsonb_build_object('parameters', md5($3::jsonb::text), 'paging', md5(p::text)), "
 				   "    'resume_count', 0, 'retries', 0, 'segments', '[]'::jsonb) "
@@ -255,6 +257,118 @@ etl_claim_run(int64 run_id, Oid role_oid, int32 timeout_seconds,
 	args[4] = target;
 	etl_spi_run(sql, 5, args, SPI_OK_UPDATE);
 	SPI_finish();
+}
+
+/*
+ * Queue a resume by role_oid: no worker slot is free, so the run waits,
+ * "queued", with the call's timeout and settings, for a worker to start it.
+ */
+void
+etl_queue_resume(int64 run_id, Oid role_oid, int32 timeout_seconds,
+				 const char *caller_target, const char *settings_json)
+{
+	const char *args[5];
+	char	   *target;
+	int32		job_id;
+
+	SPI_connect();
+	lock_resumable_run(run_id, role_oid, &job_id, &target);
+	if (target == NULL && caller_target)
+		target = pstrdup(caller_target);
+	etl_job_claim_lock(job_id);
+	check_job_startable(job_id, run_id, false, target);
+
+	args[0] = int64_str(run_id);
+	args[1] = psprintf("%d", timeout_seconds);
+	args[2] = settings_json;
+	args[3] = target;
+	etl_spi_run(psprintf("UPDATE %s SET status = 'queued', worker_pid = NULL, timeout_seconds = $2::int, "
+						 "  settings = $3::jsonb, finished_at = NULL, error_message = NULL, sqlstate = NULL, "
+						 "  run_context = run_context "
+						 "    || CASE WHEN $4 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('target', $4) END "
+						 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
+				4, args, SPI_OK_UPDATE);
+	SPI_finish();
+}
+
+/*
+ * Start a queued run in this worker (which holds a worker slot): the
+ * oldest queued run of this database (or only_run_id, when not 0) that may
+ * start now -- a job that does not allow concurrent runs starts its next
+ * run only when the one before it has ended.  Takes the run's lock and
+ * marks it running; returns its run_id, or 0 when there is none.  A run
+ * whose job was disabled while it waited fails instead.
+ */
+int64
+etl_claim_queued_run(int64 only_run_id)
+{
+	const char *args[1];
+	int64		run_id = 0;
+	char	   *sql;
+
+	SPI_connect();
+	/* dead workers' runs do not hold up their jobs' queues */
+	etl_spi_run(psprintf("SELECT %s._etl_reap()", quote_identifier(etl_extension_schema())),
+				0, NULL, SPI_OK_SELECT);
+	args[0] = int64_str(only_run_id);
+	sql = psprintf("SELECT r.run_id, j.enabled FROM %s r JOIN %s j ON j.job_id = r.job_id "
+				   "WHERE r.status = 'queued' AND ($1::bigint = 0 OR r.run_id = $1::bigint) "
+				   "  AND (j.allow_concurrent_runs OR r.dry_run OR NOT EXISTS ("
+				   "       SELECT 1 FROM %s x WHERE x.job_id = r.job_id AND x.status = 'running' "
+				   "       AND x.run_id <> r.run_id AND NOT x.dry_run)) "
+				   "ORDER BY r.run_id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+				   etl_qualified("dw_etl_runs"), etl_qualified("dw_etl_jobs"), etl_qualified("dw_etl_runs"));
+	while (etl_spi_run(sql, 1, args, SPI_OK_SELECT) > 0)
+	{
+		const char *uargs[2];
+		bool		enabled = strcmp(etl_spi_value(CurrentMemoryContext, 2), "t") == 0;
+
+		run_id = pg_strtoint64(etl_spi_value(CurrentMemoryContext, 1));
+		uargs[0] = int64_str(run_id);
+		uargs[1] = psprintf("%d", MyProcPid);
+		if (enabled && etl_run_lock_try_acquire(run_id))
+		{
+			/* a run that ran before is resumed: count it */
+			etl_spi_run(psprintf("UPDATE %s SET status = 'running', worker_pid = $2::int, "
+								 "  segment_started_at = now(), finished_at = NULL, error_message = NULL, "
+								 "  sqlstate = NULL, "
+								 "  resume_count = resume_count + r.resumed, "
+								 "  run_context = jsonb_set(run_context, '{resume_count}', "
+								 "                          to_jsonb(resume_count + r.resumed)) "
+								 "FROM (SELECT CASE WHEN jsonb_array_length(coalesce(run_context -> 'segments', '[]')) > 0 "
+								 "             THEN 1 ELSE 0 END AS resumed FROM %s WHERE run_id = $1::bigint) r "
+								 "WHERE run_id = $1::bigint",
+								 etl_qualified("dw_etl_runs"), etl_qualified("dw_etl_runs")),
+						2, uargs, SPI_OK_UPDATE);
+			break;
+		}
+		etl_spi_run(psprintf("WITH u AS (UPDATE %s SET status = 'failed', finished_at = now(), "
+							 "  error_message = format('etl_exec run %%s was not started: its job %%s was disabled while it was queued', "
+							 "                         run_id, job_id) "
+							 " WHERE run_id = $1::bigint RETURNING run_id, job_id, status, records_loaded) "
+							 "SELECT pg_notify('etl_exec_run', row_to_json(u)::text) FROM u",
+							 etl_qualified("dw_etl_runs")),
+					1, uargs, SPI_OK_SELECT);
+		run_id = 0;
+		if (only_run_id != 0)
+			break;
+	}
+	SPI_finish();
+	return run_id;
+}
+
+/* Are runs of this database waiting in the queue? */
+bool
+etl_runs_queued(void)
+{
+	bool		queued;
+
+	SPI_connect();
+	etl_spi_run(psprintf("SELECT 1 FROM %s WHERE status = 'queued' LIMIT 1", etl_qualified("dw_etl_runs")),
+				0, NULL, SPI_OK_SELECT);
+	queued = SPI_processed > 0;
+	SPI_finish();
+	return queued;
 }
 
 /* A run's stored settings (the caller's, at the call), defaults filled in. */

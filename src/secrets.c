@@ -44,6 +44,14 @@ typedef struct SecretEntry
 
 static List *secret_cache = NIL;
 
+/* A new run in this process: secrets are read again (they may have changed). */
+void
+etl_secrets_forget(void)
+{
+	secret_cache = NIL;			/* the entries live in TopMemoryContext; few */
+	etl_oauth_forget_all();
+}
+
 /* "host", "host:port", "[v6]" or "[v6]:port" (validated when written) */
 static SecretOrigin *
 parse_origin(const char *entry)

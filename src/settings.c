@@ -31,6 +31,7 @@ char	   *etl_allowed_hosts = NULL;
 char	   *etl_user_agent = NULL;
 char	   *etl_ca_file = NULL;
 int			etl_run_retention_days = 90;
+int			etl_max_workers = 4;
 
 /*
  * A value that goes into a request line or header must be one line of
@@ -135,6 +136,13 @@ etl_define_settings(void)
 							&etl_run_retention_days,
 							90, 0, 36500,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("etl_exec.max_workers",
+							"Most runs that run at once on the server; runs beyond it wait, queued.",
+							"At most max_worker_processes. A finishing worker starts the oldest queued run of its database.",
+							&etl_max_workers,
+							4, 1, 1024,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("etl_exec");
 }

@@ -4,9 +4,12 @@
  *	  The run worker: its life from the launch hand-shake to the run's end,
  *	  and the loop that takes the run page by page.
  *
- * Lifecycle: attach the launch segment, connect, create or claim the run
- * (taking the run's lock, which this process then holds until it exits),
- * report the run_id to the caller, then page through the API.  Each page
+ * Lifecycle: attach the launch segment, connect, take a worker slot (at
+ * most etl_exec.max_workers runs run at once), create or claim the run
+ * (taking the run's lock, which this process holds while it runs it) --
+ * or, with no slot free, leave it queued -- report the run_id to the
+ * caller, then page through the API.  Then the worker starts the queued
+ * runs of its database, oldest first, until none is left.  Each page
  * is fetched, read and loaded inside a subtransaction (page.c); its
  * checkpoint moves only when the page is in.  Rows and checkpoint commit
  * together at least every checkpoint interval and at every stop, so after
@@ -74,10 +77,15 @@ typedef struct RunState
 	bool		lost_uncommitted;	/* a commit failed: its pages are lost */
 } RunState;
 
-/* Transactions of the worker: SPI needs an active snapshot to run in. */
+/*
+ * Transactions of the worker: SPI needs an active snapshot to run in, and
+ * now() the time the transaction starts (a worker has no statements to
+ * take it from).
+ */
 static void
 begin_transaction(void)
 {
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 }
@@ -482,6 +490,9 @@ run_pages(int64 run_id)
 		ereport(LOG,
 				(errmsg("etl_exec run " INT64_FORMAT " ended %s", run_id, stop_status(st.stop)),
 				 st.error_message ? errdetail("%s", st.error_message) : 0));
+	/* the process may go on to another run */
+	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextDelete(st.run_cxt);
 }
 
 /* ---------- the launch hand-shake ---------- */
@@ -541,35 +552,68 @@ connect_worker(Oid database_oid)
 }
 
 /*
- * Create the run the launch asks for, or claim the one it resumes, and
- * commit: the run's lock is then this process's.  A refusal goes back to
- * the caller through the segment, and ends the worker.
+ * Say which run this worker runs (pg_stat_activity's application_name),
+ * before the claim commits: etl_cancel_run signals a run's worker only when
+ * that name matches, and may look as soon as the run shows as running.
+ */
+static void
+report_run(int64 run_id)
+{
+	char		appname[64];
+
+	if (run_id == 0)
+		return;
+	snprintf(appname, sizeof(appname), "etl_exec run " INT64_FORMAT, run_id);
+	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_appname(appname);
+}
+
+/*
+ * The launch's run, in a transaction of its own that commits synchronously
+ * (once per segment: after a crash, resume_count must still count every
+ * resume that started).  With a worker slot: the run is created or claimed
+ * (its lock is then this process's) and returned to be run here.  Without
+ * one: it is created or left "queued" and 0 is returned.  *reported is the
+ * run_id the caller gets.  A refusal goes back to the caller through the
+ * segment, and ends the worker.
  */
 static int64
 create_or_claim_run(EtlLaunchShared *shared, const EtlLaunchShared *request,
-					const char *settings_json, const char *parameters_json)
+					const char *settings_json, const char *parameters_json,
+					bool have_slot, int64 *reported)
 {
-	int64		run_id = 0;
+	volatile int64 run_id = 0;
 	const char *target = request->target[0] ? request->target : NULL;
 
-	/*
-	 * The claim commits synchronously (once per segment): after a crash,
-	 * resume_count must still count every resume that started.
-	 */
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	PG_TRY();
 	{
 		begin_transaction();
-		if (request->mode == ETL_LAUNCH_NEW)
-			run_id = etl_create_run(request->job_id, request->role_oid, request->timeout_seconds,
-									request->dry_run, request->target, settings_json,
-									parameters_json);
-		else
+		switch (request->mode)
 		{
-			run_id = request->run_id;
-			etl_claim_run(run_id, request->role_oid, request->timeout_seconds, target,
-						  settings_json);
+			case ETL_LAUNCH_NEW:
+				*reported = etl_create_run(request->job_id, request->role_oid,
+										   request->timeout_seconds, request->dry_run,
+										   request->target, settings_json, parameters_json,
+										   !have_slot);
+				run_id = have_slot ? *reported : 0;
+				break;
+			case ETL_LAUNCH_RESUME:
+				*reported = request->run_id;
+				if (have_slot)
+					etl_claim_run(request->run_id, request->role_oid, request->timeout_seconds,
+								  target, settings_json);
+				else
+					etl_queue_resume(request->run_id, request->role_oid, request->timeout_seconds,
+									 target, settings_json);
+				run_id = have_slot ? request->run_id : 0;
+				break;
+			case ETL_LAUNCH_DEQUEUE:
+				*reported = request->run_id;
+				run_id = have_slot ? etl_claim_queued_run(request->run_id) : 0;
+				break;
 		}
+		report_run(run_id);
 		commit_transaction();
 	}
 	PG_CATCH();
@@ -586,6 +630,70 @@ create_or_claim_run(EtlLaunchShared *shared, const EtlLaunchShared *request,
 	return run_id;
 }
 
+/* Run one claimed run here, then let go of it. */
+static void
+run_claimed(int64 run_id)
+{
+	run_pages(run_id);
+	etl_run_lock_release(run_id);
+	/* the next run reads secrets anew */
+	etl_secrets_forget();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* The oldest queued run this worker may start now (claimed), or 0. */
+static int64
+claim_next_queued(void)
+{
+	int64		run_id;
+
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+	begin_transaction();
+	run_id = etl_claim_queued_run(0);
+	report_run(run_id);
+	commit_transaction();
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	return run_id;
+}
+
+static bool
+runs_queued(void)
+{
+	bool		queued;
+
+	begin_transaction();
+	queued = etl_runs_queued();
+	commit_transaction();
+	return queued;
+}
+
+/*
+ * The worker holds a slot: start queued runs of its database, oldest first,
+ * one after the other, until none is left; then give the slot back.  A run
+ * queued just as the slot went is seen on the second look, and the slot
+ * taken again for it (whoever queued it looks for a free slot after).
+ */
+static void
+run_queue(void)
+{
+	for (;;)
+	{
+		int64		run_id;
+
+		if (!etl_run_clock_reset())
+			break;				/* SIGTERM: shutting down */
+		if ((run_id = claim_next_queued()) != 0)
+		{
+			run_claimed(run_id);
+			continue;
+		}
+		etl_worker_slot_release();
+		if (!runs_queued() || !etl_worker_slot_try_acquire())
+			break;
+	}
+	etl_worker_slot_release();
+}
+
 void
 etl_worker_main(Datum main_arg)
 {
@@ -595,7 +703,8 @@ etl_worker_main(Datum main_arg)
 	char	   *settings_json;
 	char	   *parameters_json;
 	int64		run_id;
-	char		appname[64];
+	int64		reported = 0;
+	bool		have_slot;
 
 	pqsignal(SIGTERM, etl_handle_sigterm);
 	BackgroundWorkerUnblockSignals();
@@ -626,14 +735,17 @@ etl_worker_main(Datum main_arg)
 										  shared->payload + shared->settings_len + 1);
 
 	connect_worker(request.database_oid);
-	run_id = create_or_claim_run(shared, &request, settings_json, parameters_json);
-	report_started(shared, run_id);
+	/* at most etl_exec.max_workers runs run at once; the others queue */
+	have_slot = etl_worker_slot_try_acquire();
+	run_id = create_or_claim_run(shared, &request, settings_json, parameters_json, have_slot,
+								 &reported);
+	report_started(shared, reported);
 	dsm_detach(seg);
 
-	snprintf(appname, sizeof(appname), "etl_exec run " INT64_FORMAT, run_id);
-	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
-	pgstat_report_appname(appname);
-
-	run_pages(run_id);
+	if (run_id != 0)
+		run_claimed(run_id);
+	/* queued: a slot may have come free since; then start the queue here */
+	if (have_slot || (runs_queued() && etl_worker_slot_try_acquire()))
+		run_queue();
 	proc_exit(0);
 }

@@ -347,19 +347,50 @@ def test_short_run_still_leaves_a_checkpoint(db):
     assert db.q("SELECT skip, page_index, total_records FROM etl_get_checkpoint(%s)", (run_id,)) == [(250, 4, 250)]  # 3 pages and the empty one
 
 
-def test_no_free_worker_slot_is_a_clear_error_and_leaves_no_run(db):
+def test_runs_beyond_max_workers_queue_instead_of_failing(db):
+    """0.3.0: more runs than etl_exec.max_workers (4) are queued, not refused;
+    a queued run is cancelled without ever running."""
     db.patients_table("p_slots")
     job = db.job("slots", "/odata/Patients?n=100000&delay_ms=2000", "p_slots", page_size=10,
                  allow_concurrent_runs=True)
     started = []
     try:
+        for _ in range(40):
+            started.append(db.one("SELECT etl_execute_job(%s, timeout := 60)", (job,)))
+        statuses = dict(db.q("SELECT status, count(*) FROM dw_etl_runs WHERE job_id = %s GROUP BY status", (job,)))
+        assert statuses == {"running": 4, "queued": 36}
+        assert db.q("SELECT run_id FROM etl_run_progress WHERE job_id = %s AND status = 'queued' "
+                    "ORDER BY queue_position", (job,)) == [(r,) for r in started[4:]]
+    finally:
+        for run_id in started:
+            db.q("SELECT etl_cancel_run(%s)", (run_id,))
+        for run_id in started:
+            assert db.wait(run_id) == "cancelled"
+    assert db.one("SELECT count(*) FROM dw_etl_runs WHERE job_id = %s AND pages_fetched = 0", (job,)) >= 36
+
+
+def test_no_free_background_worker_slot_is_a_clear_error_and_leaves_no_run(db):
+    """With etl_exec.max_workers at max_worker_processes, the server runs out
+    of background worker slots first: a call waits 30 s for one, then fails."""
+    db.q("LOAD 'etl_exec'")
+    db.q("ALTER SYSTEM SET etl_exec.max_workers = 16")
+    db.q("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+    db.patients_table("p_noslot")
+    job = db.job("noslot", "/odata/Patients?n=100000&delay_ms=2000", "p_noslot", page_size=10,
+                 allow_concurrent_runs=True)
+    started = []
+    try:
         with pytest.raises(psycopg2.Error) as exc:
-            for _ in range(40):
-                started.append(db.one("SELECT etl_execute_job(%s, timeout := 60)", (job,)))
-        assert "no background worker slot is free" in exc.value.pgerror
+            for _ in range(20):
+                started.append(db.one("SELECT etl_execute_job(%s, timeout := 120)", (job,)))
+        assert "no background worker slot came free in 30 s" in exc.value.pgerror
         assert "max_worker_processes" in exc.value.pgerror
         assert db.one("SELECT count(*) FROM dw_etl_runs WHERE job_id = %s", (job,)) == len(started)
+        assert db.one("SELECT count(*) FROM dw_etl_runs WHERE job_id = %s AND status = 'queued'", (job,)) == 0
     finally:
+        db.q("ALTER SYSTEM RESET etl_exec.max_workers")
+        db.q("SELECT pg_reload_conf()")
         for run_id in started:
             db.q("SELECT etl_cancel_run(%s)", (run_id,))
         for run_id in started:
