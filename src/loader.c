@@ -23,6 +23,17 @@
  * load runs as the run's role: its privileges, and its alone, decide what
  * the run may write.
  *
+ * A table another extension takes over (a Citus distributed, reference or
+ * local table, a TimescaleDB hypertable: target_kind.c) must not be fed to
+ * COPY directly -- COPY would write the coordinator's empty shell.  An
+ * append run COPYs each page into a temporary page table of its own
+ * instead, and moves it with one INSERT ... SELECT, which the extension
+ * plans (Citus sends the rows to the shards, and commits them with the
+ * page's checkpoint by two-phase commit).  Upsert and row-level security
+ * go through INSERT anyway; a replace run loads a local staging table and
+ * swaps it in with INSERT ... SELECT.  A table no SQL path can load (Citus
+ * append distribution) is refused when the run starts.
+ *
  * Without a column_map a target column takes the record key of the same
  * name, compared case-insensitively (key_resolver.c); columns that no
  * record of a page mentions are left out of that page's INSERT, so their
@@ -106,6 +117,9 @@ struct EtlLoader
 	char	   *staging;		/* replace mode: where pages load, or NULL */
 	EtlKeyResolver *keys;		/* record key -> column, for the jsonb path */
 	List	   *plans;			/* of LoaderPlan * */
+	EtlTargetInfo kind;			/* the job's target, as target_kind.c sees it */
+	char	   *page_table;		/* COPY goes here, then INSERT ... SELECT; or NULL */
+	Oid			page_relid;
 };
 
 /* where a conversion is, for the error context */
@@ -479,6 +493,74 @@ mark_key_columns(EtlLoader *loader, const EtlJob *job)
 }
 
 /*
+ * A target another extension takes over loads through SQL it plans; refuse
+ * at the start of the run what no such SQL can load.
+ */
+static void
+check_target_kind(EtlLoader *loader, const EtlJob *job)
+{
+	const char *dist = loader->kind.distribution_column;
+	ListCell   *lc;
+	bool		keyed = false;
+
+	if (loader->kind.kind == ETL_TARGET_CITUS_APPEND)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("target table %s is a Citus append-distributed table, which etl_exec cannot load",
+						loader->target),
+				 errdetail("etl_exec loads Citus tables with INSERT ... SELECT, which Citus does not support for append distribution."),
+				 errhint("Load a hash-distributed table (create_distributed_table) or a reference table instead.")));
+	if (!loader->upsert || loader->kind.kind != ETL_TARGET_CITUS_DISTRIBUTED || dist == NULL)
+		return;
+	foreach(lc, job->key_columns)
+		keyed |= strcmp((char *) lfirst(lc), dist) == 0;
+	if (!keyed)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("upsert into Citus distributed table %s needs its distribution column \"%s\" among the key columns of job %d",
+						loader->target, dist, job->job_id),
+				 errdetail("Citus enforces unique keys, and so ON CONFLICT, only when they include the distribution column."),
+				 errhint("Add \"%s\" to the job's key_columns and to the table's unique key.", dist)));
+}
+
+/*
+ * The page table of a run whose target another extension takes over: a
+ * temporary table of the session (gone with the worker, seen by no one
+ * else) with the loader's columns, no constraints and no defaults (a
+ * column a page leaves out is left out of the INSERT too, so the target's
+ * default applies), owned by the run's role, which COPYs into it and
+ * INSERTs from it.  Made by the worker itself: a restricted operation may
+ * not create temporary tables.
+ */
+static void
+create_page_table(EtlLoader *loader, int64 run_id)
+{
+	char	   *name = psprintf("etl_exec_page_" INT64_FORMAT, run_id);
+	char	   *role = GetUserNameFromId(loader->role_oid, false);
+	StringInfoData sql;
+	Oid			relid;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE TEMPORARY TABLE %s (", quote_identifier(name));
+	for (int c = 0; c < loader->ncols; c++)
+		appendStringInfo(&sql, "%s%s %s", c ? ", " : "", quote_identifier(loader->cols[c].name),
+						 format_type_extended(loader->cols[c].typid, loader->cols[c].typmod,
+											  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+	appendStringInfoChar(&sql, ')');
+
+	SPI_connect();
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY ||
+		SPI_execute(psprintf("ALTER TABLE pg_temp.%s OWNER TO %s", quote_identifier(name),
+							 quote_identifier(role)), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "etl_exec: could not create page table %s", name);
+	SPI_finish();
+	MemoryContextSwitchTo(loader->cxt);
+	relid = RangeVarGetRelid(makeRangeVar("pg_temp", name, -1), NoLock, false);
+	loader->page_relid = relid;
+	loader->page_table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), name);
+}
+
+/*
  * A loader for the job's target (the table the run froze), writing as
  * role_oid: its columns, column_map and keys checked against the table,
  * a replace run's staging table made or adopted, and the page reader's
@@ -518,8 +600,12 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	loader->keys = new_key_resolver(loader);
 
 	loader->insert_relid = relid;
+	etl_target_kind(relid, &loader->kind);
+	check_target_kind(loader, job);
 	if (strcmp(job->load_mode, "replace") == 0 && !dry_run)
 		set_up_staging(loader, run_id, staging, has_loaded_pages);
+	else if (loader->kind.kind != ETL_TARGET_PLAIN && !loader->upsert && !dry_run)
+		create_page_table(loader, run_id);
 	loader->use_copy = !loader->upsert;
 	if (loader->use_copy)
 		loader->scan = build_scan_spec(loader, job);
@@ -928,22 +1014,81 @@ append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
 		etl_append_copy_text(buf, text, strlen(text));
 }
 
+/* the page being moved from the page table, for the error context */
+static void
+page_move_error_context(void *arg)
+{
+	int32	   *page_index = (int32 *) arg;
+
+	errcontext("loading page %d", *page_index + 1);
+}
+
+/* Empty the page table (the worker's own: no user code runs). */
+static void
+clear_page_table(EtlLoader *loader)
+{
+	SPI_connect();
+	if (SPI_execute(psprintf("TRUNCATE %s", loader->page_table), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "etl_exec: could not empty page table %s", loader->page_table);
+	SPI_finish();
+}
+
+/*
+ * Move the page from the page table into the target with INSERT ...
+ * SELECT, which the extension that owns the target plans; as the run's
+ * role, whose privileges the executor checks.  Every row COPY took must
+ * have gone in: a row that a SELECT on the target would not see must not
+ * count as loaded.
+ */
+static void
+move_page_table(EtlLoader *loader, const bool *present, uint64 copied, int32 page_index)
+{
+	StringInfoData cols;
+	ErrorContextCallback errcb;
+
+	initStringInfo(&cols);
+	for (int c = 0; c < loader->ncols; c++)
+		if (present[c])
+			appendStringInfo(&cols, "%s%s", cols.len ? ", " : "",
+							 quote_identifier(loader->cols[c].name));
+	errcb.callback = page_move_error_context;
+	errcb.arg = &page_index;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	SPI_connect();
+	if (SPI_execute(psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", loader->target,
+							 cols.data, cols.data, loader->page_table), false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
+	if (SPI_processed != copied)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("%s %s took " UINT64_FORMAT " of the " UINT64_FORMAT " rows of page %d",
+						etl_target_kind_name(loader->kind.kind), loader->target,
+						(uint64) SPI_processed, copied, page_index + 1)));
+	SPI_finish();
+	error_context_stack = errcb.previous;
+}
+
 /*
  * COPY the rendered rows (the present columns, in column order) into the
- * table the pages load into, as the run's role, after checking that role's
- * INSERT privilege on those columns, as COPY's own caller would.
+ * table the pages load into -- or, for a target another extension takes
+ * over, into the page table and from there into the target -- as the
+ * run's role, after checking that role's INSERT privilege on those
+ * columns, as COPY's own caller would.
  */
 static void
 copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int32 page_index)
 {
 	int			ncols = loader->ncols;
 	List	   *attnames = NIL;
+	Oid			copy_relid = OidIsValid(loader->page_relid) ? loader->page_relid : loader->insert_relid;
 	Relation	rel;
 	ParseState *pstate;
 	ParseNamespaceItem *nsitem;
 	CopyFromState cstate;
 	Bitmapset  *inserted = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
+	uint64		copied = 0;
 	RoleSwitch	sw;
 
 	for (int c = 0; c < ncols; c++)
@@ -954,10 +1099,12 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	copy_source.pos = 0;
 	/* a load blocked on a lock must not carry the run past its deadline */
 	etl_cap_lock_waits();
+	if (OidIsValid(loader->page_relid))
+		clear_page_table(loader);
 	act_as_run_role(loader, &sw);
 	check_constraints_in_page();
 
-	rel = table_open(loader->insert_relid, RowExclusiveLock);
+	rel = table_open(copy_relid, RowExclusiveLock);
 	pstate = make_parsestate(NULL);
 	nsitem = addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
 	for (int c = 0; c < ncols; c++)
@@ -971,7 +1118,7 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 												  (Node *) makeString((char *) GetDatabaseEncodingName()), -1)));
 	PG_TRY();
 	{
-		(void) CopyFrom(cstate);
+		copied = CopyFrom(cstate);
 	}
 	PG_CATCH();
 	{
@@ -987,6 +1134,8 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	EndCopyFrom(cstate);
 	table_close(rel, NoLock);
 
+	if (OidIsValid(loader->page_relid))
+		move_page_table(loader, present, copied, page_index);
 	back_from_run_role(&sw);
 }
 
