@@ -388,6 +388,8 @@ extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
 									MemoryContext cxt, int64 run_id, bool dry_run,
 									const char *staging, bool has_loaded_pages);
 extern void etl_loader_finish(EtlLoader *loader);
+extern void etl_loader_flush(EtlLoader *loader);
+extern bool etl_loader_commits_remotely(EtlLoader *loader);
 extern const EtlScanSpec *etl_loader_scan_spec(EtlLoader *loader);
 extern void etl_loader_note_scan(EtlLoader *loader, bool scanned_ok);
 extern void etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, int32 page_index);

@@ -120,7 +120,18 @@ struct EtlLoader
 	EtlTargetInfo kind;			/* the job's target, as target_kind.c sees it */
 	char	   *page_table;		/* COPY goes here, then INSERT ... SELECT; or NULL */
 	Oid			page_relid;
+	bool	   *batch_cols;		/* the columns the page table's rows carry */
+	int64		batch_rows;		/* rows copied since the last move (a guide) */
+	int32		batch_first;	/* first page among them */
+	int32		batch_last;
 };
+
+/*
+ * Rows the page table gathers before they move (each INSERT ... SELECT
+ * into a Citus table costs a COPY to every shard it touches: few large
+ * statements, not one a page); they also move before every commit.
+ */
+#define ETL_PAGE_TABLE_ROWS 10000
 
 /* where a conversion is, for the error context */
 typedef struct ConvertPosition
@@ -1014,59 +1025,150 @@ append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
 		etl_append_copy_text(buf, text, strlen(text));
 }
 
-/* the page being moved from the page table, for the error context */
+/* the pages being moved from the page table, for the error context */
 static void
 page_move_error_context(void *arg)
 {
-	int32	   *page_index = (int32 *) arg;
+	EtlLoader  *loader = (EtlLoader *) arg;
 
-	errcontext("loading page %d", *page_index + 1);
-}
-
-/* Empty the page table (the worker's own: no user code runs). */
-static void
-clear_page_table(EtlLoader *loader)
-{
-	SPI_connect();
-	if (SPI_execute(psprintf("TRUNCATE %s", loader->page_table), false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "etl_exec: could not empty page table %s", loader->page_table);
-	SPI_finish();
+	if (loader->batch_first == loader->batch_last)
+		errcontext("loading page %d", loader->batch_first + 1);
+	else
+		errcontext("loading pages %d to %d", loader->batch_first + 1, loader->batch_last + 1);
 }
 
 /*
- * Move the page from the page table into the target with INSERT ...
- * SELECT, which the extension that owns the target plans; as the run's
- * role, whose privileges the executor checks.  Every row COPY took must
- * have gone in: a row that a SELECT on the target would not see must not
- * count as loaded.
+ * Move the rows in the page table (they carry the columns cols) into the
+ * target with INSERT ... SELECT, which the extension that owns the target
+ * plans, and empty it; as the run's role, whose privileges the executor
+ * checks.  Every row must go in: a row that a SELECT on the target would
+ * not see must not count as loaded.
+ *
+ * What the page table holds is transactional (a page rolled back takes its
+ * rows, and a move it made, with it); the loader's counters are not, so
+ * the rows are counted here.
  */
 static void
-move_page_table(EtlLoader *loader, const bool *present, uint64 copied, int32 page_index)
+move_page_table(EtlLoader *loader, const bool *cols)
 {
-	StringInfoData cols;
+	StringInfoData names;
 	ErrorContextCallback errcb;
+	uint64		rows;
+	bool		isnull;
 
-	initStringInfo(&cols);
+	initStringInfo(&names);
 	for (int c = 0; c < loader->ncols; c++)
-		if (present[c])
-			appendStringInfo(&cols, "%s%s", cols.len ? ", " : "",
+		if (cols[c])
+			appendStringInfo(&names, "%s%s", names.len ? ", " : "",
 							 quote_identifier(loader->cols[c].name));
 	errcb.callback = page_move_error_context;
-	errcb.arg = &page_index;
+	errcb.arg = loader;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	SPI_connect();
-	if (SPI_execute(psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", loader->target,
-							 cols.data, cols.data, loader->page_table), false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
-	if (SPI_processed != copied)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("%s %s took " UINT64_FORMAT " of the " UINT64_FORMAT " rows of page %d",
-						etl_target_kind_name(loader->kind.kind), loader->target,
-						(uint64) SPI_processed, copied, page_index + 1)));
+	/* not read-only: a read-only query would not see what COPY just wrote */
+	if (SPI_execute(psprintf("SELECT count(*) FROM %s", loader->page_table), false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "etl_exec: could not count the rows of %s", loader->page_table);
+	rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (rows > 0)
+	{
+		if (SPI_execute(psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", loader->target,
+								 names.data, names.data, loader->page_table), false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
+		if (SPI_processed != rows)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("%s %s took " UINT64_FORMAT " of " UINT64_FORMAT " rows",
+							etl_target_kind_name(loader->kind.kind), loader->target,
+							(uint64) SPI_processed, rows)));
+		if (SPI_execute(psprintf("TRUNCATE %s", loader->page_table), false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "etl_exec: could not empty page table %s", loader->page_table);
+	}
 	SPI_finish();
 	error_context_stack = errcb.previous;
+	loader->batch_rows = 0;
+	loader->batch_first = -1;
+}
+
+/*
+ * After COPY put a page into the page table: move what it holds when it
+ * is enough, or at once when this page mentions other columns than the
+ * rows before it (moved first: the page table's rows all carry the same
+ * columns, those of the run's first page, so that a column left out keeps
+ * the target's default).
+ */
+static void
+note_page_copied(EtlLoader *loader, const bool *present, uint64 copied, int32 page_index)
+{
+	loader->batch_rows += copied;
+	if (loader->batch_first < 0)
+		loader->batch_first = page_index;
+	loader->batch_last = page_index;
+	if (memcmp(present, loader->batch_cols, sizeof(bool) * loader->ncols) != 0)
+	{
+		move_page_table(loader, present);
+		return;
+	}
+	if (loader->batch_rows >= ETL_PAGE_TABLE_ROWS)
+		move_page_table(loader, loader->batch_cols);
+}
+
+/*
+ * Before a commit: the rows still in the page table go into the target,
+ * in the transaction that commits the checkpoint covering them.
+ */
+void
+etl_loader_flush(EtlLoader *loader)
+{
+	RoleSwitch	sw;
+
+	if (loader == NULL || !OidIsValid(loader->page_relid) || loader->batch_cols == NULL)
+		return;
+	etl_cap_lock_waits();
+	act_as_run_role(loader, &sw);
+	check_constraints_in_page();
+	move_page_table(loader, loader->batch_cols);
+	back_from_run_role(&sw);
+}
+
+/*
+ * Whether the target's rows are committed by other servers as well as this
+ * one (a Citus table: its shards commit by two-phase commit after our own
+ * commit), so that our commits must be durable before theirs.
+ */
+bool
+etl_loader_commits_remotely(EtlLoader *loader)
+{
+	switch (loader->kind.kind)
+	{
+		case ETL_TARGET_CITUS_DISTRIBUTED:
+		case ETL_TARGET_CITUS_REFERENCE:
+		case ETL_TARGET_CITUS_LOCAL:
+		case ETL_TARGET_CITUS_APPEND:
+			return true;
+		case ETL_TARGET_PLAIN:
+		case ETL_TARGET_HYPERTABLE:
+			break;
+	}
+	return false;
+}
+
+/*
+ * Before COPY puts a page with other columns than the page table's rows
+ * into it: move those first.  The first page fixes the page table's
+ * columns for the run.
+ */
+static void
+prepare_page_table(EtlLoader *loader, const bool *present)
+{
+	if (loader->batch_cols == NULL)
+	{
+		loader->batch_cols = MemoryContextAlloc(loader->cxt, sizeof(bool) * loader->ncols);
+		memcpy(loader->batch_cols, present, sizeof(bool) * loader->ncols);
+		loader->batch_first = -1;
+	}
+	else if (memcmp(present, loader->batch_cols, sizeof(bool) * loader->ncols) != 0)
+		move_page_table(loader, loader->batch_cols);
 }
 
 /*
@@ -1099,10 +1201,10 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	copy_source.pos = 0;
 	/* a load blocked on a lock must not carry the run past its deadline */
 	etl_cap_lock_waits();
-	if (OidIsValid(loader->page_relid))
-		clear_page_table(loader);
 	act_as_run_role(loader, &sw);
 	check_constraints_in_page();
+	if (OidIsValid(loader->page_relid))
+		prepare_page_table(loader, present);
 
 	rel = table_open(copy_relid, RowExclusiveLock);
 	pstate = make_parsestate(NULL);
@@ -1135,7 +1237,7 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	table_close(rel, NoLock);
 
 	if (OidIsValid(loader->page_relid))
-		move_page_table(loader, present, copied, page_index);
+		note_page_copied(loader, present, copied, page_index);
 	back_from_run_role(&sw);
 }
 
