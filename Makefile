@@ -18,6 +18,7 @@ OBJS = \
 	src/run_clock.o \
 	src/run_lock.o \
 	src/ext_schema.o \
+	src/target_kind.o \
 	src/json_path.o \
 	src/key_resolver.o \
 	src/copy_text.o \

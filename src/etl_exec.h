@@ -14,9 +14,9 @@
  *	                     pagination.c, job.c
  *	                     loader.c            (into the target table)
  *	  the run store      run_store.c         (dw_etl_runs)
- *	  leaves             run_clock.c, run_lock.c, ext_schema.c, json_path.c,
- *	                     key_resolver.c, copy_text.c, url.c, redact.c,
- *	                     settings.c
+ *	  leaves             run_clock.c, run_lock.c, ext_schema.c, target_kind.c,
+ *	                     json_path.c, key_resolver.c, copy_text.c, url.c,
+ *	                     redact.c, settings.c
  *
  * Every call between files points down this list (test/check_module_graph.sh
  * checks that there is no cycle).
@@ -139,6 +139,26 @@ extern char *etl_extension_schema(void);
 extern const char *etl_qualified(const char *relname);
 extern uint64 etl_spi_run(const char *sql, int nargs, const char **args, int expect);
 extern char *etl_spi_value(MemoryContext cxt, int col);
+
+/* in target_kind.c: tables another extension (Citus, TimescaleDB) takes over */
+typedef enum EtlTargetKind
+{
+	ETL_TARGET_PLAIN = 0,		/* COPY may write it directly */
+	ETL_TARGET_CITUS_DISTRIBUTED,	/* hash, range or single-shard */
+	ETL_TARGET_CITUS_APPEND,	/* append-distributed: COPY only, refused */
+	ETL_TARGET_CITUS_REFERENCE,
+	ETL_TARGET_CITUS_LOCAL,		/* citus_add_local_table_to_metadata */
+	ETL_TARGET_HYPERTABLE		/* TimescaleDB */
+} EtlTargetKind;
+
+typedef struct EtlTargetInfo
+{
+	EtlTargetKind kind;
+	char	   *distribution_column;	/* NULL: none */
+} EtlTargetInfo;
+
+extern void etl_target_kind(Oid relid, EtlTargetInfo *info);
+extern const char *etl_target_kind_name(EtlTargetKind kind);
 
 /* in json_path.c */
 typedef struct EtlPath EtlPath;
@@ -382,6 +402,8 @@ extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
 									MemoryContext cxt, int64 run_id, bool dry_run,
 									const char *staging, bool has_loaded_pages);
 extern void etl_loader_finish(EtlLoader *loader);
+extern void etl_loader_flush(EtlLoader *loader);
+extern bool etl_loader_commits_remotely(EtlLoader *loader);
 extern const EtlScanSpec *etl_loader_scan_spec(EtlLoader *loader);
 extern void etl_loader_note_scan(EtlLoader *loader, bool scanned_ok);
 extern void etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, int32 page_index);

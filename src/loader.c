@@ -23,6 +23,17 @@
  * load runs as the run's role: its privileges, and its alone, decide what
  * the run may write.
  *
+ * A table another extension takes over (a Citus distributed, reference or
+ * local table, a TimescaleDB hypertable: target_kind.c) must not be fed to
+ * COPY directly -- COPY would write the coordinator's empty shell.  An
+ * append run COPYs each page into a temporary page table of its own
+ * instead, and moves it with one INSERT ... SELECT, which the extension
+ * plans (Citus sends the rows to the shards, and commits them with the
+ * page's checkpoint by two-phase commit).  Upsert and row-level security
+ * go through INSERT anyway; a replace run loads a local staging table and
+ * swaps it in with INSERT ... SELECT.  A table no SQL path can load (Citus
+ * append distribution) is refused when the run starts.
+ *
  * Without a column_map a target column takes the record key of the same
  * name, compared case-insensitively (key_resolver.c); columns that no
  * record of a page mentions are left out of that page's INSERT, so their
@@ -106,7 +117,21 @@ struct EtlLoader
 	char	   *staging;		/* replace mode: where pages load, or NULL */
 	EtlKeyResolver *keys;		/* record key -> column, for the jsonb path */
 	List	   *plans;			/* of LoaderPlan * */
+	EtlTargetInfo kind;			/* the job's target, as target_kind.c sees it */
+	char	   *page_table;		/* COPY goes here, then INSERT ... SELECT; or NULL */
+	Oid			page_relid;
+	bool	   *batch_cols;		/* the columns the page table's rows carry */
+	int64		batch_rows;		/* rows copied since the last move (a guide) */
+	int32		batch_first;	/* first page among them */
+	int32		batch_last;
 };
+
+/*
+ * Rows the page table gathers before they move (each INSERT ... SELECT
+ * into a Citus table costs a COPY to every shard it touches: few large
+ * statements, not one a page); they also move before every commit.
+ */
+#define ETL_PAGE_TABLE_ROWS 10000
 
 /* where a conversion is, for the error context */
 typedef struct ConvertPosition
@@ -479,6 +504,74 @@ mark_key_columns(EtlLoader *loader, const EtlJob *job)
 }
 
 /*
+ * A target another extension takes over loads through SQL it plans; refuse
+ * at the start of the run what no such SQL can load.
+ */
+static void
+check_target_kind(EtlLoader *loader, const EtlJob *job)
+{
+	const char *dist = loader->kind.distribution_column;
+	ListCell   *lc;
+	bool		keyed = false;
+
+	if (loader->kind.kind == ETL_TARGET_CITUS_APPEND)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("target table %s is a Citus append-distributed table, which etl_exec cannot load",
+						loader->target),
+				 errdetail("etl_exec loads Citus tables with INSERT ... SELECT, which Citus does not support for append distribution."),
+				 errhint("Load a hash-distributed table (create_distributed_table) or a reference table instead.")));
+	if (!loader->upsert || loader->kind.kind != ETL_TARGET_CITUS_DISTRIBUTED || dist == NULL)
+		return;
+	foreach(lc, job->key_columns)
+		keyed |= strcmp((char *) lfirst(lc), dist) == 0;
+	if (!keyed)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("upsert into Citus distributed table %s needs its distribution column \"%s\" among the key columns of job %d",
+						loader->target, dist, job->job_id),
+				 errdetail("Citus enforces unique keys, and so ON CONFLICT, only when they include the distribution column."),
+				 errhint("Add \"%s\" to the job's key_columns and to the table's unique key.", dist)));
+}
+
+/*
+ * The page table of a run whose target another extension takes over: a
+ * temporary table of the session (gone with the worker, seen by no one
+ * else) with the loader's columns, no constraints and no defaults (a
+ * column a page leaves out is left out of the INSERT too, so the target's
+ * default applies), owned by the run's role, which COPYs into it and
+ * INSERTs from it.  Made by the worker itself: a restricted operation may
+ * not create temporary tables.
+ */
+static void
+create_page_table(EtlLoader *loader, int64 run_id)
+{
+	char	   *name = psprintf("etl_exec_page_" INT64_FORMAT, run_id);
+	char	   *role = GetUserNameFromId(loader->role_oid, false);
+	StringInfoData sql;
+	Oid			relid;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE TEMPORARY TABLE %s (", quote_identifier(name));
+	for (int c = 0; c < loader->ncols; c++)
+		appendStringInfo(&sql, "%s%s %s", c ? ", " : "", quote_identifier(loader->cols[c].name),
+						 format_type_extended(loader->cols[c].typid, loader->cols[c].typmod,
+											  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+	appendStringInfoChar(&sql, ')');
+
+	SPI_connect();
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY ||
+		SPI_execute(psprintf("ALTER TABLE pg_temp.%s OWNER TO %s", quote_identifier(name),
+							 quote_identifier(role)), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "etl_exec: could not create page table %s", name);
+	SPI_finish();
+	MemoryContextSwitchTo(loader->cxt);
+	relid = RangeVarGetRelid(makeRangeVar("pg_temp", name, -1), NoLock, false);
+	loader->page_relid = relid;
+	loader->page_table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), name);
+}
+
+/*
  * A loader for the job's target (the table the run froze), writing as
  * role_oid: its columns, column_map and keys checked against the table,
  * a replace run's staging table made or adopted, and the page reader's
@@ -518,8 +611,12 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	loader->keys = new_key_resolver(loader);
 
 	loader->insert_relid = relid;
+	etl_target_kind(relid, &loader->kind);
+	check_target_kind(loader, job);
 	if (strcmp(job->load_mode, "replace") == 0 && !dry_run)
 		set_up_staging(loader, run_id, staging, has_loaded_pages);
+	else if (loader->kind.kind != ETL_TARGET_PLAIN && !loader->upsert && !dry_run)
+		create_page_table(loader, run_id);
 	loader->use_copy = !loader->upsert;
 	if (loader->use_copy)
 		loader->scan = build_scan_spec(loader, job);
@@ -928,22 +1025,172 @@ append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
 		etl_append_copy_text(buf, text, strlen(text));
 }
 
+/* the pages being moved from the page table, for the error context */
+static void
+page_move_error_context(void *arg)
+{
+	EtlLoader  *loader = (EtlLoader *) arg;
+
+	if (loader->batch_first == loader->batch_last)
+		errcontext("loading page %d", loader->batch_first + 1);
+	else
+		errcontext("loading pages %d to %d", loader->batch_first + 1, loader->batch_last + 1);
+}
+
+/*
+ * Move the rows in the page table (they carry the columns cols) into the
+ * target with INSERT ... SELECT, which the extension that owns the target
+ * plans, and empty it; as the run's role, whose privileges the executor
+ * checks.  Every row must go in: a row that a SELECT on the target would
+ * not see must not count as loaded.
+ *
+ * What the page table holds is transactional (a page rolled back takes its
+ * rows, and a move it made, with it); the loader's counters are not, so
+ * the rows are counted here.
+ */
+static void
+move_page_table(EtlLoader *loader, const bool *cols)
+{
+	StringInfoData names;
+	ErrorContextCallback errcb;
+	uint64		rows;
+	bool		isnull;
+
+	initStringInfo(&names);
+	for (int c = 0; c < loader->ncols; c++)
+		if (cols[c])
+			appendStringInfo(&names, "%s%s", names.len ? ", " : "",
+							 quote_identifier(loader->cols[c].name));
+	errcb.callback = page_move_error_context;
+	errcb.arg = loader;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	SPI_connect();
+	/* not read-only: a read-only query would not see what COPY just wrote */
+	if (SPI_execute(psprintf("SELECT count(*) FROM %s", loader->page_table), false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "etl_exec: could not count the rows of %s", loader->page_table);
+	rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (rows > 0)
+	{
+		if (SPI_execute(psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", loader->target,
+								 names.data, names.data, loader->page_table), false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
+		if (SPI_processed != rows)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("%s %s took " UINT64_FORMAT " of " UINT64_FORMAT " rows",
+							etl_target_kind_name(loader->kind.kind), loader->target,
+							(uint64) SPI_processed, rows)));
+		if (SPI_execute(psprintf("TRUNCATE %s", loader->page_table), false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "etl_exec: could not empty page table %s", loader->page_table);
+	}
+	SPI_finish();
+	error_context_stack = errcb.previous;
+	loader->batch_rows = 0;
+	loader->batch_first = -1;
+}
+
+/*
+ * After COPY put a page into the page table: move what it holds when it
+ * is enough, or at once when this page mentions other columns than the
+ * rows before it (moved first: the page table's rows all carry the same
+ * columns, those of the run's first page, so that a column left out keeps
+ * the target's default).
+ */
+static void
+note_page_copied(EtlLoader *loader, const bool *present, uint64 copied, int32 page_index)
+{
+	loader->batch_rows += copied;
+	if (loader->batch_first < 0)
+		loader->batch_first = page_index;
+	loader->batch_last = page_index;
+	if (memcmp(present, loader->batch_cols, sizeof(bool) * loader->ncols) != 0)
+	{
+		move_page_table(loader, present);
+		return;
+	}
+	if (loader->batch_rows >= ETL_PAGE_TABLE_ROWS)
+		move_page_table(loader, loader->batch_cols);
+}
+
+/*
+ * Before a commit: the rows still in the page table go into the target,
+ * in the transaction that commits the checkpoint covering them.
+ */
+void
+etl_loader_flush(EtlLoader *loader)
+{
+	RoleSwitch	sw;
+
+	if (loader == NULL || !OidIsValid(loader->page_relid) || loader->batch_cols == NULL)
+		return;
+	etl_cap_lock_waits();
+	act_as_run_role(loader, &sw);
+	check_constraints_in_page();
+	move_page_table(loader, loader->batch_cols);
+	back_from_run_role(&sw);
+}
+
+/*
+ * Whether the target's rows are committed by other servers as well as this
+ * one (a Citus table: its shards commit by two-phase commit after our own
+ * commit), so that our commits must be durable before theirs.
+ */
+bool
+etl_loader_commits_remotely(EtlLoader *loader)
+{
+	switch (loader->kind.kind)
+	{
+		case ETL_TARGET_CITUS_DISTRIBUTED:
+		case ETL_TARGET_CITUS_REFERENCE:
+		case ETL_TARGET_CITUS_LOCAL:
+		case ETL_TARGET_CITUS_APPEND:
+			return true;
+		case ETL_TARGET_PLAIN:
+		case ETL_TARGET_HYPERTABLE:
+			break;
+	}
+	return false;
+}
+
+/*
+ * Before COPY puts a page with other columns than the page table's rows
+ * into it: move those first.  The first page fixes the page table's
+ * columns for the run.
+ */
+static void
+prepare_page_table(EtlLoader *loader, const bool *present)
+{
+	if (loader->batch_cols == NULL)
+	{
+		loader->batch_cols = MemoryContextAlloc(loader->cxt, sizeof(bool) * loader->ncols);
+		memcpy(loader->batch_cols, present, sizeof(bool) * loader->ncols);
+		loader->batch_first = -1;
+	}
+	else if (memcmp(present, loader->batch_cols, sizeof(bool) * loader->ncols) != 0)
+		move_page_table(loader, loader->batch_cols);
+}
+
 /*
  * COPY the rendered rows (the present columns, in column order) into the
- * table the pages load into, as the run's role, after checking that role's
- * INSERT privilege on those columns, as COPY's own caller would.
+ * table the pages load into -- or, for a target another extension takes
+ * over, into the page table and from there into the target -- as the
+ * run's role, after checking that role's INSERT privilege on those
+ * columns, as COPY's own caller would.
  */
 static void
 copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int32 page_index)
 {
 	int			ncols = loader->ncols;
 	List	   *attnames = NIL;
+	Oid			copy_relid = OidIsValid(loader->page_relid) ? loader->page_relid : loader->insert_relid;
 	Relation	rel;
 	ParseState *pstate;
 	ParseNamespaceItem *nsitem;
 	CopyFromState cstate;
 	Bitmapset  *inserted = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
+	uint64		copied = 0;
 	RoleSwitch	sw;
 
 	for (int c = 0; c < ncols; c++)
@@ -956,8 +1203,10 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	etl_cap_lock_waits();
 	act_as_run_role(loader, &sw);
 	check_constraints_in_page();
+	if (OidIsValid(loader->page_relid))
+		prepare_page_table(loader, present);
 
-	rel = table_open(loader->insert_relid, RowExclusiveLock);
+	rel = table_open(copy_relid, RowExclusiveLock);
 	pstate = make_parsestate(NULL);
 	nsitem = addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
 	for (int c = 0; c < ncols; c++)
@@ -971,7 +1220,7 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 												  (Node *) makeString((char *) GetDatabaseEncodingName()), -1)));
 	PG_TRY();
 	{
-		(void) CopyFrom(cstate);
+		copied = CopyFrom(cstate);
 	}
 	PG_CATCH();
 	{
@@ -987,6 +1236,8 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	EndCopyFrom(cstate);
 	table_close(rel, NoLock);
 
+	if (OidIsValid(loader->page_relid))
+		note_page_copied(loader, present, copied, page_index);
 	back_from_run_role(&sw);
 }
 

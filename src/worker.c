@@ -244,6 +244,8 @@ commit_pages(RunState *st)
 	HOLD_CANCEL_INTERRUPTS();
 	PG_TRY();
 	{
+		/* rows a loader still holds go in with the checkpoint that covers them */
+		etl_loader_flush(st->loader);
 		etl_save_checkpoint(st->run_id, &st->cp, st->pages_fetched, st->expected_total,
 							etl_pager_retries(st->pager));
 		commit_transaction();
@@ -297,6 +299,14 @@ start_run(RunState *st)
 		apply_job_overrides(st);
 		st->loader = etl_loader_create(&st->job, st->row.role_oid, st->run_cxt, st->run_id,
 									   st->row.dry_run, st->row.staging_table, st->cp.page_index > 0);
+
+		/*
+		 * Rows that other servers commit after us (Citus: COMMIT PREPARED
+		 * once our commit is done) must never outlive a commit of ours
+		 * that a crash loses: such runs commit synchronously.
+		 */
+		if (etl_loader_commits_remotely(st->loader))
+			SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 		etl_http_init(&st->settings);
 		st->pager = etl_pager_create(&st->job, st->loader, st->row.dry_run,
 									 st->cp.next_url != NULL || st->cp.cursor != NULL,
@@ -429,7 +439,10 @@ finish_run(RunState *st)
 		if (st->row.dry_run || st->lost_uncommitted)
 			;
 		else if (st->stop != ETL_STOP_NONE || st->cp.page_index > 0 || st->had_checkpoint)
+		{
+			etl_loader_flush(st->loader);
 			etl_save_checkpoint(st->run_id, &st->cp, st->pages_fetched, st->expected_total, retries);
+		}
 		if (st->error_message == NULL)
 			st->error_message = stop_message(st, etl_ms_since(st->segment_start));
 		etl_finish_run(st->run_id, stop_status(st->stop), st->pages_fetched,

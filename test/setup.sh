@@ -3,7 +3,8 @@
 # on Debian (as root) for PostgreSQL PG_MAJOR (default 15: Debian 12; 17 and
 # 18 in test/compat.sh's chroots), then builds and installs the extension.
 # postgresql-PG_MAJOR-cron is installed where Debian packages it; where it
-# does not, the pg_cron tests are skipped.  --packages-only: no build.
+# does not, the pg_cron tests are skipped.  On PostgreSQL 15 it also
+# installs Citus (test/citus.sh).  --packages-only: no build.
 # Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +44,7 @@ fi
 echo "== building etl_exec for PostgreSQL $PG_MAJOR"
 make -s PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
 make -s install PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+# Citus for test/integration/test_citus.py and the benchmark's --citus
+# scenario: PostgreSQL 15 only, built once from the vendored source and
+# cached (test/citus.sh); elsewhere it says so and the Citus tests skip
+PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config bash test/citus.sh

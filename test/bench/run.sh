@@ -13,6 +13,10 @@
 #   --no-setup    skip test/setup.sh (packages, build, make install)
 #   --smoke       the CI run: no 3N-record memory run
 #   --keep        leave the cluster and nginx running at the end (to inspect)
+#   --citus       the Citus scenario instead: etl_exec on a coordinator (two
+#                 workers on this machine, test/citus_cluster.sh) into a
+#                 distributed table vs psql's COPY into it (PostgreSQL 15 with
+#                 Citus installed: test/citus.sh; ports ETL_BENCH_PGPORT + 10..12)
 #
 # Uses a cluster of its own (ETL_BENCH_ROOT, default /tmp/etl_exec_bench, port
 # ETL_BENCH_PGPORT, default 55433), nginx on 127.0.0.1:ETL_BENCH_NGINX_PORT
@@ -27,8 +31,9 @@ RECORDS=1000000
 SETUP=1
 SMOKE=0
 KEEP=0
+CITUS=0
 REPEAT=
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --records) RECORDS="${2:?--records needs a number}"; shift 2 ;;
@@ -38,6 +43,7 @@ while [ $# -gt 0 ]; do
         --no-setup) SETUP=0; shift ;;
         --smoke) SMOKE=1; shift ;;
         --keep) KEEP=1; shift ;;
+        --citus) CITUS=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -80,6 +86,7 @@ cleanup() {
         exit "$rc"
     fi
     stop_nginx
+    [ "$CITUS" = 1 ] && bash "$REPO/test/citus_cluster.sh" stop >/dev/null 2>&1
     bash "$REPO/test/cluster.sh" stop >/dev/null 2>&1 || true
     exit "$rc"
 }
@@ -158,6 +165,16 @@ done
 curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/m1/Patients?skip=0&top=1000" \
     || { echo "run.sh: nginx did not serve the first page"; cat "$NGX/error.log"; exit 1; }
 echo "== nginx running: http://127.0.0.1:$NGINX_PORT/m1/Patients (pid $(cat "$NGX/nginx.pid"), conf $NGX/nginx.conf)"
+
+# ---- the Citus scenario (instead of the measurements below)
+if [ "$CITUS" = 1 ]; then
+    bash "$REPO/test/citus_cluster.sh" available || exit 1
+    export CITUS_ROOT="$ETL_TEST_ROOT/citus" CITUS_PORT=$((PGPORT + 10))
+    bash "$REPO/test/citus_cluster.sh" start etl_bench
+    "$PYTHON" "$HERE/citus_bench.py" --data "$DATA" --base-url "http://127.0.0.1:$NGINX_PORT" \
+        --host "$CITUS_ROOT/socket" --port "$CITUS_PORT" --dbname etl_bench --psql "$PGBIN/psql" --repeat "$REPEAT"
+    exit $?
+fi
 
 # ---- the measurements
 args=(--data "$DATA" --base-url "http://127.0.0.1:$NGINX_PORT" --work "$ETL_TEST_ROOT/work" --repeat "$REPEAT")
