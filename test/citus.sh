@@ -14,7 +14,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PG_MAJOR="${PG_MAJOR:-15}"
 PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}"
-TARBALL="${CITUS_TARBALL:-/work/shared/vendor/citus-13.2.2-pg15.tar.gz}"
+# the vendored source lives in shared/vendor, beside the checkout
+TARBALL="${CITUS_TARBALL:-$(cd "$HERE/../.." && pwd)/shared/vendor/citus-13.2.2-pg15.tar.gz}"
 [ -f "$TARBALL" ] || TARBALL="$HERE/vendor/citus-13.2.2-pg15.tar.gz"
 CACHE="${CITUS_CACHE:-/var/cache/etl_exec/citus-13.2.2-pg15}"
 
