@@ -350,7 +350,8 @@ def test_short_run_still_leaves_a_checkpoint(db):
 def test_runs_beyond_max_workers_queue_instead_of_failing(db):
     """0.3.0: more runs than etl_exec.max_workers (4) are queued, not refused;
     a queued run is cancelled without ever running."""
-    db.patients_table("p_slots")
+    db.q("DROP TABLE IF EXISTS p_slots")
+    db.q("CREATE TABLE p_slots (patientid int, name text)")        # the runs load the same records
     job = db.job("slots", "/odata/Patients?n=100000&delay_ms=2000", "p_slots", page_size=10,
                  allow_concurrent_runs=True)
     started = []
@@ -376,7 +377,8 @@ def test_no_free_background_worker_slot_is_a_clear_error_and_leaves_no_run(db):
     db.q("ALTER SYSTEM SET etl_exec.max_workers = 16")
     db.q("SELECT pg_reload_conf()")
     time.sleep(0.5)
-    db.patients_table("p_noslot")
+    db.q("DROP TABLE IF EXISTS p_noslot")
+    db.q("CREATE TABLE p_noslot (patientid int, name text)")      # the runs load the same records
     job = db.job("noslot", "/odata/Patients?n=100000&delay_ms=2000", "p_noslot", page_size=10,
                  allow_concurrent_runs=True)
     started = []
