@@ -122,16 +122,20 @@ struct EtlLoader
 	Oid			page_relid;
 	bool	   *batch_cols;		/* the columns the page table's rows carry */
 	int64		batch_rows;		/* rows copied since the last move (a guide) */
+	int64		batch_bytes;	/* and their COPY text */
 	int32		batch_first;	/* first page among them */
 	int32		batch_last;
 };
 
 /*
  * Rows the page table gathers before they move (each INSERT ... SELECT
- * into a Citus table costs a COPY to every shard it touches: few large
- * statements, not one a page); they also move before every commit.
+ * into a Citus table costs a COPY to every shard it touches, and once the
+ * first has run, every page's savepoint goes to the nodes too: few large
+ * statements, not one a page); they also move before every commit.  The
+ * bytes bound the temporary table's size on disk when rows are wide.
  */
-#define ETL_PAGE_TABLE_ROWS 10000
+#define ETL_PAGE_TABLE_ROWS 100000
+#define ETL_PAGE_TABLE_BYTES (64 * 1024 * 1024)
 
 /* where a conversion is, for the error context */
 typedef struct ConvertPosition
@@ -1087,6 +1091,7 @@ move_page_table(EtlLoader *loader, const bool *cols)
 	SPI_finish();
 	error_context_stack = errcb.previous;
 	loader->batch_rows = 0;
+	loader->batch_bytes = 0;
 	loader->batch_first = -1;
 }
 
@@ -1098,9 +1103,10 @@ move_page_table(EtlLoader *loader, const bool *cols)
  * the target's default).
  */
 static void
-note_page_copied(EtlLoader *loader, const bool *present, uint64 copied, int32 page_index)
+note_page_copied(EtlLoader *loader, const bool *present, uint64 copied, int len, int32 page_index)
 {
 	loader->batch_rows += copied;
+	loader->batch_bytes += len;
 	if (loader->batch_first < 0)
 		loader->batch_first = page_index;
 	loader->batch_last = page_index;
@@ -1109,7 +1115,7 @@ note_page_copied(EtlLoader *loader, const bool *present, uint64 copied, int32 pa
 		move_page_table(loader, present);
 		return;
 	}
-	if (loader->batch_rows >= ETL_PAGE_TABLE_ROWS)
+	if (loader->batch_rows >= ETL_PAGE_TABLE_ROWS || loader->batch_bytes >= ETL_PAGE_TABLE_BYTES)
 		move_page_table(loader, loader->batch_cols);
 }
 
@@ -1237,7 +1243,7 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	table_close(rel, NoLock);
 
 	if (OidIsValid(loader->page_relid))
-		note_page_copied(loader, present, copied, page_index);
+		note_page_copied(loader, present, copied, len, page_index);
 	back_from_run_role(&sw);
 }
 

@@ -304,9 +304,20 @@ start_run(RunState *st)
 		 * Rows that other servers commit after us (Citus: COMMIT PREPARED
 		 * once our commit is done) must never outlive a commit of ours
 		 * that a crash loses: such runs commit synchronously.
+		 *
+		 * And they go to each Citus node over one connection: Citus would
+		 * otherwise open one per shard (32 of them for 32 shards on two
+		 * nodes), and then send every savepoint -- one a page, around the
+		 * prefetch -- to each of them, and prepare and commit on each.  The
+		 * rows reach the same shards either way (Citus buffers those of
+		 * the shards a connection is not copying to yet).  A setting of
+		 * this session only, which the run's role could set itself.
 		 */
 		if (etl_loader_commits_remotely(st->loader))
+		{
 			SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+			SetConfigOption("citus.max_adaptive_executor_pool_size", "1", PGC_USERSET, PGC_S_SESSION);
+		}
 		etl_http_init(&st->settings);
 		st->pager = etl_pager_create(&st->job, st->loader, st->row.dry_run,
 									 st->cp.next_url != NULL || st->cp.cursor != NULL,

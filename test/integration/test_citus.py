@@ -96,6 +96,20 @@ def test_append_into_distributed_table_lands_in_the_shards(cdb):
     assert cdb.one("SELECT count(*) FROM pg_class WHERE relname LIKE 'etl\\_exec\\_page\\_%%'") == 0
 
 
+def test_append_moves_the_page_table_within_a_transaction(cdb):
+    """More rows than the page table gathers (100,000) before one commit: a
+    move before the commit, pages (and their savepoints) after it, the rest
+    at the commit."""
+    cdb.distributed("c_big")
+    job = cdb.job("c_big", "/odata/Patients?n=130000", "c_big", page_size=5000, pagination_options=TOTAL)
+    run_id = cdb.one("SELECT etl_execute_job(%s, wait := true, timeout := 300)", (job,))
+    row = cdb.run_row(run_id)
+    assert (row["status"], row["records_loaded"], row["pages_fetched"]) == ("succeeded", 130000, 26)
+    assert row["run_context"]["segments"][-1]["commits"] == 0     # all in the run's last transaction
+    cdb.assert_patients_exact("c_big", 130000)
+    cdb.assert_in_shards("c_big", 130000)
+
+
 def test_append_with_a_checkpoint_every_page(cdb):
     cdb.distributed("c_every")
     job = cdb.job("c_every", "/odata/Patients?n=3500", "c_every", page_size=500, pagination_options=TOTAL,
