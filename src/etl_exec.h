@@ -54,7 +54,6 @@ typedef struct EtlRunSettings
 	char	   *allowed_hosts;
 	char	   *user_agent;
 	char	   *ca_file;
-	char	   *search_path;
 } EtlRunSettings;
 
 /* Why a run stopped short of succeeding, as far as the worker can tell. */

@@ -215,6 +215,26 @@ lock_resumable_run(int64 run_id, Oid role_oid, int32 *job_id, char **target)
 }
 
 /*
+ * The run a resume by role_oid continues, locked and checked (its row, its
+ * job, its target): returns the target it loads.  caller_target is the
+ * table the caller resolved (or NULL), for a run from before targets were
+ * frozen.
+ */
+static char *
+lock_startable_resume(int64 run_id, Oid role_oid, const char *caller_target)
+{
+	char	   *target;
+	int32		job_id;
+
+	lock_resumable_run(run_id, role_oid, &job_id, &target);
+	if (target == NULL && caller_target)
+		target = pstrdup(caller_target);
+	etl_job_claim_lock(job_id);
+	check_job_startable(job_id, run_id, false, target);
+	return target;
+}
+
+/*
  * Claim an existing run for a resume by role_oid: the run's lock first (two
  * workers never run one run), then its row, whose status must still allow
  * it.  caller_target is the table the caller resolved (or NULL), for a run
@@ -227,7 +247,6 @@ etl_claim_run(int64 run_id, Oid role_oid, int32 timeout_seconds,
 	const char *args[5];
 	char	   *sql;
 	char	   *target;
-	int32		job_id;
 
 	if (!etl_run_lock_try_acquire(run_id))
 		raise_refusal(ERRCODE_OBJECT_IN_USE,
@@ -235,13 +254,7 @@ etl_claim_run(int64 run_id, Oid role_oid, int32 timeout_seconds,
 					  psprintf("Wait for it with SELECT etl_wait_run(" INT64_FORMAT ").", run_id));
 
 	SPI_connect();
-	lock_resumable_run(run_id, role_oid, &job_id, &target);
-
-	/* a run from before targets were frozen takes the one its caller resolved */
-	if (target == NULL && caller_target)
-		target = pstrdup(caller_target);
-	etl_job_claim_lock(job_id);
-	check_job_startable(job_id, run_id, false, target);
+	target = lock_startable_resume(run_id, role_oid, caller_target);
 
 	args[0] = int64_str(run_id);
 	args[1] = psprintf("%d", MyProcPid);
@@ -269,14 +282,9 @@ etl_queue_resume(int64 run_id, Oid role_oid, int32 timeout_seconds,
 {
 	const char *args[5];
 	char	   *target;
-	int32		job_id;
 
 	SPI_connect();
-	lock_resumable_run(run_id, role_oid, &job_id, &target);
-	if (target == NULL && caller_target)
-		target = pstrdup(caller_target);
-	etl_job_claim_lock(job_id);
-	check_job_startable(job_id, run_id, false, target);
+	target = lock_startable_resume(run_id, role_oid, caller_target);
 
 	args[0] = int64_str(run_id);
 	args[1] = psprintf("%d", timeout_seconds);
@@ -326,7 +334,12 @@ etl_claim_queued_run(int64 only_run_id)
 		run_id = pg_strtoint64(etl_spi_value(CurrentMemoryContext, 1));
 		uargs[0] = int64_str(run_id);
 		uargs[1] = psprintf("%d", MyProcPid);
-		if (enabled && etl_run_lock_try_acquire(run_id))
+		if (enabled && !etl_run_lock_try_acquire(run_id))
+		{
+			run_id = 0;			/* another worker has it after all */
+			break;
+		}
+		if (enabled)
 		{
 			/* a run that ran before is resumed: count it */
 			etl_spi_run(psprintf("UPDATE %s SET status = 'running', worker_pid = $2::int, "
@@ -385,7 +398,6 @@ read_run_settings(Jsonb *settings, EtlRunSettings *out)
 	out->allowed_hosts = etl_jsonb_str(settings, "allowed_hosts");
 	out->user_agent = etl_jsonb_str(settings, "user_agent");
 	out->ca_file = etl_jsonb_str(settings, "ca_file");
-	out->search_path = etl_jsonb_str(settings, "search_path");
 }
 
 /* Read the run's bookkeeping and checkpoint into *row (current context). */

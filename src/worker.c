@@ -281,7 +281,13 @@ start_run(RunState *st)
 
 	begin_transaction();
 	MemoryContextSwitchTo(st->run_cxt);
+	/*
+	 * A cancel may come as soon as the claim committed: it must end this run
+	 * "cancelled" (the page loop sees it), not break off reading it.
+	 */
+	HOLD_CANCEL_INTERRUPTS();
 	etl_read_run(st->run_id, &st->row);
+	RESUME_CANCEL_INTERRUPTS();
 	st->had_checkpoint = st->row.has_checkpoint;
 	st->cp = st->row.checkpoint;
 	st->pages_fetched = st->row.pages_fetched;
@@ -672,10 +678,12 @@ claim_next_queued(void)
 	int64		run_id;
 
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+	HOLD_CANCEL_INTERRUPTS();
 	begin_transaction();
 	run_id = etl_claim_queued_run(0);
 	report_run(run_id);
 	commit_transaction();
+	RESUME_CANCEL_INTERRUPTS();
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	return run_id;
 }
