@@ -131,6 +131,7 @@ extern void etl_redact_register(const char *value);
 extern char *etl_redact(const char *text);
 extern void etl_redact_error(ErrorData *edata);
 extern void etl_redact_log(void);
+extern void etl_redact_forget(void);
 extern ErrorData *etl_catch_error(MemoryContext cxt);
 
 /* in ext_schema.c */
@@ -400,6 +401,7 @@ typedef struct EtlLoader EtlLoader;
 extern EtlLoader *etl_loader_create(const EtlJob *job, Oid role_oid,
 									MemoryContext cxt, int64 run_id, bool dry_run,
 									const char *staging, bool has_loaded_pages);
+extern void etl_loader_end(EtlLoader *loader);
 extern void etl_loader_finish(EtlLoader *loader);
 extern void etl_loader_flush(EtlLoader *loader);
 extern bool etl_loader_commits_remotely(EtlLoader *loader);

@@ -564,7 +564,13 @@ create_page_table(EtlLoader *loader, int64 run_id)
 	appendStringInfoChar(&sql, ')');
 
 	SPI_connect();
-	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY ||
+	/*
+	 * A worker runs one queued run after another in the same session: an
+	 * earlier segment of this run may have left its page table here.
+	 */
+	if (SPI_execute(psprintf("DROP TABLE IF EXISTS pg_temp.%s", quote_identifier(name)),
+					false, 0) != SPI_OK_UTILITY ||
+		SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY ||
 		SPI_execute(psprintf("ALTER TABLE pg_temp.%s OWNER TO %s", quote_identifier(name),
 							 quote_identifier(role)), false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "etl_exec: could not create page table %s", name);
@@ -573,6 +579,22 @@ create_page_table(EtlLoader *loader, int64 run_id)
 	relid = RangeVarGetRelid(makeRangeVar("pg_temp", name, -1), NoLock, false);
 	loader->page_relid = relid;
 	loader->page_table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), name);
+}
+
+/*
+ * The run is over: drop its page table (if it has one), so that a worker
+ * going on to other queued runs does not gather temporary tables.
+ */
+void
+etl_loader_end(EtlLoader *loader)
+{
+	if (loader == NULL || loader->page_table == NULL)
+		return;
+	SPI_connect();
+	if (SPI_execute(psprintf("DROP TABLE IF EXISTS %s", loader->page_table), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "etl_exec: could not drop page table %s", loader->page_table);
+	SPI_finish();
+	loader->page_table = NULL;
 }
 
 /*
@@ -1184,6 +1206,27 @@ prepare_page_table(EtlLoader *loader, const bool *present)
  * run's role, after checking that role's INSERT privilege on those
  * columns, as COPY's own caller would.
  */
+/*
+ * The run's role must be able to INSERT the page's columns into the target
+ * (checked as the executor would; for a page table, which the role owns).
+ */
+static void
+check_target_insert(EtlLoader *loader, const bool *present)
+{
+	Relation	rel = table_open(loader->insert_relid, AccessShareLock);
+	ParseState *pstate = make_parsestate(NULL);
+	ParseNamespaceItem *nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
+															   NULL, false, false);
+	Bitmapset  *inserted = NULL;
+
+	for (int c = 0; c < loader->ncols; c++)
+		if (present[c])
+			inserted = bms_add_member(inserted,
+									  attnameAttNum(rel, loader->cols[c].name, false) - FirstLowInvalidHeapAttributeNumber);
+	etl_check_insert_permission(pstate, nsitem, inserted);
+	table_close(rel, NoLock);
+}
+
 static void
 copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int32 page_index)
 {
@@ -1210,7 +1253,11 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	act_as_run_role(loader, &sw);
 	check_constraints_in_page();
 	if (OidIsValid(loader->page_relid))
+	{
 		prepare_page_table(loader, present);
+		/* the rows are for the target: its INSERT privilege decides, now */
+		check_target_insert(loader, present);
+	}
 
 	rel = table_open(copy_relid, RowExclusiveLock);
 	pstate = make_parsestate(NULL);

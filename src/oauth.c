@@ -31,9 +31,13 @@ typedef struct OAuthToken
 
 static List *token_cache = NIL;
 
+static MemoryContext tokens_cxt = NULL;	/* the cache's memory */
+
 void
 etl_oauth_forget_all(void)
 {
+	if (tokens_cxt)
+		MemoryContextReset(tokens_cxt);
 	token_cache = NIL;
 }
 
@@ -57,9 +61,15 @@ cached_token(const char *name)
 static const char *
 cache_token(const char *name, const char *token, int64 ttl_ms)
 {
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-	OAuthToken *tok = palloc0(sizeof(OAuthToken));
+	MemoryContext old;
+	OAuthToken *tok;
 	ListCell   *lc;
+
+	if (tokens_cxt == NULL)
+		tokens_cxt = AllocSetContextCreate(TopMemoryContext, "etl_exec OAuth2 tokens",
+										   ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(tokens_cxt);
+	tok = palloc0(sizeof(OAuthToken));
 
 	tok->name = pstrdup(name);
 	tok->token = pstrdup(token);

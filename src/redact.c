@@ -25,8 +25,18 @@
 
 #define REDACTED "[secret redacted]"
 
-/* the secret values in use (TopMemoryContext: they live as long as the run) */
+/* the secret values in use, in a context of their own (they live as long as the run) */
 static List *secret_values = NIL;
+static MemoryContext secrets_cxt = NULL;
+
+/* A new run in this process: the last run's secrets are not its. */
+void
+etl_redact_forget(void)
+{
+	if (secrets_cxt)
+		MemoryContextReset(secrets_cxt);
+	secret_values = NIL;
+}
 
 static void
 register_one(const char *value)
@@ -37,7 +47,10 @@ register_one(const char *value)
 	foreach(lc, secret_values)
 		if (strcmp((char *) lfirst(lc), value) == 0)
 			return;
-	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (secrets_cxt == NULL)
+		secrets_cxt = AllocSetContextCreate(TopMemoryContext, "etl_exec redaction",
+											ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(secrets_cxt);
 	secret_values = lappend(secret_values, pstrdup(value));
 	MemoryContextSwitchTo(old);
 }

@@ -207,6 +207,12 @@ lock_resumable_run(int64 run_id, Oid role_oid, int32 *job_id, char **target)
 		raise_refusal(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 					  psprintf("etl_exec run " INT64_FORMAT " is a dry run and cannot be resumed", run_id),
 					  "Start a real run with etl_execute_job().");
+	/* (after the reap above, "running" means a live worker has it) */
+	if (strcmp(status, "running") == 0 || strcmp(status, "queued") == 0)
+		raise_refusal(ERRCODE_OBJECT_IN_USE,
+					  psprintf("etl_exec run " INT64_FORMAT " is %s already", run_id,
+							   strcmp(status, "running") == 0 ? "being run" : "queued"),
+					  psprintf("Wait for it with SELECT etl_wait_run(" INT64_FORMAT ").", run_id));
 	if (strcmp(status, "succeeded") == 0 ||
 		(strcmp(status, "failed") == 0 && strcmp(has_checkpoint, "t") != 0))
 		raise_refusal(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -299,18 +305,27 @@ etl_queue_resume(int64 run_id, Oid role_oid, int32 timeout_seconds,
 	SPI_finish();
 }
 
+/* queued runs that may start now (the job's own rule on concurrent runs) */
+#define STARTABLE_QUEUED_RUNS \
+	"FROM %s r JOIN %s j ON j.job_id = r.job_id " \
+	"WHERE r.status = 'queued' " \
+	"  AND (j.allow_concurrent_runs OR r.dry_run OR NOT EXISTS (" \
+	"       SELECT 1 FROM %s x WHERE x.job_id = r.job_id AND x.status = 'running' " \
+	"       AND x.run_id <> r.run_id AND NOT x.dry_run)) "
+
 /*
  * Start a queued run in this worker (which holds a worker slot): the
  * oldest queued run of this database (or only_run_id, when not 0) that may
  * start now -- a job that does not allow concurrent runs starts its next
  * run only when the one before it has ended.  Takes the run's lock and
  * marks it running; returns its run_id, or 0 when there is none.  A run
- * whose job was disabled while it waited fails instead.
+ * whose job was disabled while it waited fails instead; one another worker
+ * is taking just now is passed over.
  */
 int64
 etl_claim_queued_run(int64 only_run_id)
 {
-	const char *args[1];
+	const char *args[2];
 	int64		run_id = 0;
 	char	   *sql;
 
@@ -319,14 +334,12 @@ etl_claim_queued_run(int64 only_run_id)
 	etl_spi_run(psprintf("SELECT %s._etl_reap()", quote_identifier(etl_extension_schema())),
 				0, NULL, SPI_OK_SELECT);
 	args[0] = int64_str(only_run_id);
-	sql = psprintf("SELECT r.run_id, j.enabled FROM %s r JOIN %s j ON j.job_id = r.job_id "
-				   "WHERE r.status = 'queued' AND ($1::bigint = 0 OR r.run_id = $1::bigint) "
-				   "  AND (j.allow_concurrent_runs OR r.dry_run OR NOT EXISTS ("
-				   "       SELECT 1 FROM %s x WHERE x.job_id = r.job_id AND x.status = 'running' "
-				   "       AND x.run_id <> r.run_id AND NOT x.dry_run)) "
+	args[1] = "0";
+	sql = psprintf("SELECT r.run_id, j.enabled " STARTABLE_QUEUED_RUNS
+				   "  AND ($1::bigint = 0 OR r.run_id = $1::bigint) AND r.run_id > $2::bigint "
 				   "ORDER BY r.run_id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
 				   etl_qualified("dw_etl_runs"), etl_qualified("dw_etl_jobs"), etl_qualified("dw_etl_runs"));
-	while (etl_spi_run(sql, 1, args, SPI_OK_SELECT) > 0)
+	while (etl_spi_run(sql, 2, args, SPI_OK_SELECT) > 0)
 	{
 		const char *uargs[2];
 		bool		enabled = strcmp(etl_spi_value(CurrentMemoryContext, 2), "t") == 0;
@@ -334,12 +347,8 @@ etl_claim_queued_run(int64 only_run_id)
 		run_id = pg_strtoint64(etl_spi_value(CurrentMemoryContext, 1));
 		uargs[0] = int64_str(run_id);
 		uargs[1] = psprintf("%d", MyProcPid);
-		if (enabled && !etl_run_lock_try_acquire(run_id))
-		{
-			run_id = 0;			/* another worker has it after all */
-			break;
-		}
-		if (enabled)
+		args[1] = uargs[0];		/* the next look starts after this run */
+		if (enabled && etl_run_lock_try_acquire(run_id))
 		{
 			/* a run that ran before is resumed: count it */
 			etl_spi_run(psprintf("UPDATE %s SET status = 'running', worker_pid = $2::int, "
@@ -355,13 +364,14 @@ etl_claim_queued_run(int64 only_run_id)
 						2, uargs, SPI_OK_UPDATE);
 			break;
 		}
-		etl_spi_run(psprintf("WITH u AS (UPDATE %s SET status = 'failed', finished_at = now(), "
-							 "  error_message = format('etl_exec run %%s was not started: its job %%s was disabled while it was queued', "
-							 "                         run_id, job_id) "
-							 " WHERE run_id = $1::bigint RETURNING run_id, job_id, status, records_loaded) "
-							 "SELECT pg_notify('etl_exec_run', row_to_json(u)::text) FROM u",
-							 etl_qualified("dw_etl_runs")),
-					1, uargs, SPI_OK_SELECT);
+		if (!enabled)
+			etl_spi_run(psprintf("WITH u AS (UPDATE %s SET status = 'failed', finished_at = now(), "
+								 "  error_message = format('etl_exec run %%s was not started: its job %%s was disabled while it was queued', "
+								 "                         run_id, job_id) "
+								 " WHERE run_id = $1::bigint RETURNING run_id, job_id, status, records_loaded) "
+								 "SELECT pg_notify('etl_exec_run', row_to_json(u)::text) FROM u",
+								 etl_qualified("dw_etl_runs")),
+						1, uargs, SPI_OK_SELECT);
 		run_id = 0;
 		if (only_run_id != 0)
 			break;
@@ -370,14 +380,16 @@ etl_claim_queued_run(int64 only_run_id)
 	return run_id;
 }
 
-/* Are runs of this database waiting in the queue? */
+/* Are runs of this database waiting in the queue that may start now? */
 bool
 etl_runs_queued(void)
 {
 	bool		queued;
 
 	SPI_connect();
-	etl_spi_run(psprintf("SELECT 1 FROM %s WHERE status = 'queued' LIMIT 1", etl_qualified("dw_etl_runs")),
+	etl_spi_run(psprintf("SELECT 1 " STARTABLE_QUEUED_RUNS "LIMIT 1",
+						 etl_qualified("dw_etl_runs"), etl_qualified("dw_etl_jobs"),
+						 etl_qualified("dw_etl_runs")),
 				0, NULL, SPI_OK_SELECT);
 	queued = SPI_processed > 0;
 	SPI_finish();

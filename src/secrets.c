@@ -43,12 +43,24 @@ typedef struct SecretEntry
 } SecretEntry;
 
 static List *secret_cache = NIL;
+static MemoryContext secrets_cxt = NULL;	/* the cache's memory */
+
+static MemoryContext
+secrets_memory(void)
+{
+	if (secrets_cxt == NULL)
+		secrets_cxt = AllocSetContextCreate(TopMemoryContext, "etl_exec secrets",
+											ALLOCSET_SMALL_SIZES);
+	return secrets_cxt;
+}
 
 /* A new run in this process: secrets are read again (they may have changed). */
 void
 etl_secrets_forget(void)
 {
-	secret_cache = NIL;			/* the entries live in TopMemoryContext; few */
+	if (secrets_cxt)
+		MemoryContextReset(secrets_cxt);
+	secret_cache = NIL;
 	etl_oauth_forget_all();
 }
 
@@ -84,7 +96,7 @@ lookup_secret(const EtlJob *job, const char *name, const char *header)
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1];
 	char	   *sql;
-	MemoryContext top = TopMemoryContext;
+	MemoryContext top = secrets_memory();
 	char	   *hosts;
 
 	foreach(lc, secret_cache)

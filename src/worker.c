@@ -232,8 +232,9 @@ apply_job_overrides(RunState *st)
 
 /*
  * Commit the pages loaded since the last commit with their checkpoint.
- * NULL on success; else the error (the pages are lost, the checkpoint
- * before them stands) and a new transaction is open.
+ * NULL on success; else the error, its SQLSTATE in st->error_sqlstate (the
+ * pages are lost, the checkpoint before them stands), and a new
+ * transaction is open.
  */
 static char *
 commit_pages(RunState *st)
@@ -256,6 +257,7 @@ commit_pages(RunState *st)
 
 		AbortCurrentTransaction();
 		failure = format_error(edata);
+		st->error_sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
 	}
 	PG_END_TRY();
 	begin_transaction();
@@ -428,7 +430,6 @@ page_loop(RunState *st)
 			if (commit_error)
 			{
 				st->error_message = commit_error;
-				st->error_sqlstate = pstrdup(unpack_sql_state(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION));
 				st->lost_uncommitted = true;
 				break;
 			}
@@ -465,6 +466,7 @@ finish_run(RunState *st)
 		etl_finish_run(st->run_id, stop_status(st->stop), st->pages_fetched,
 					   etl_ms_since(st->segment_start), st->commits, st->commit_us,
 					   st->error_message, st->error_sqlstate, dry_run_report);
+		etl_loader_end(st->loader);
 		commit_transaction();
 	}
 	PG_CATCH();
@@ -605,7 +607,8 @@ report_run(int64 run_id)
  * (its lock is then this process's) and returned to be run here.  Without
  * one: it is created or left "queued" and 0 is returned.  *reported is the
  * run_id the caller gets.  A refusal goes back to the caller through the
- * segment, and ends the worker.
+ * segment, and ends the worker -- or, when it holds a slot, returns -1 so
+ * that it starts the queue before it goes.
  */
 static int64
 create_or_claim_run(EtlLaunchShared *shared, const EtlLaunchShared *request,
@@ -653,7 +656,14 @@ create_or_claim_run(EtlLaunchShared *shared, const EtlLaunchShared *request,
 		MemoryContextSwitchTo(TopMemoryContext);
 		edata = CopyErrorData();
 		report_refusal(shared, edata);
-		PG_RE_THROW();
+		if (!have_slot)
+			PG_RE_THROW();
+		/* a slot holder must not leave with the queue unattended */
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG,
+				(errmsg("etl_exec worker: launch refused: %s", edata->message)));
+		run_id = -1;
 	}
 	PG_END_TRY();
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
@@ -668,6 +678,7 @@ run_claimed(int64 run_id)
 	etl_run_lock_release(run_id);
 	/* the next run reads secrets anew */
 	etl_secrets_forget();
+	etl_redact_forget();
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -771,10 +782,11 @@ etl_worker_main(Datum main_arg)
 	have_slot = etl_worker_slot_try_acquire();
 	run_id = create_or_claim_run(shared, &request, settings_json, parameters_json, have_slot,
 								 &reported);
-	report_started(shared, reported);
+	if (run_id >= 0)
+		report_started(shared, reported);
 	dsm_detach(seg);
 
-	if (run_id != 0)
+	if (run_id > 0)
 		run_claimed(run_id);
 	/* queued: a slot may have come free since; then start the queue here */
 	if (have_slot || (runs_queued() && etl_worker_slot_try_acquire()))

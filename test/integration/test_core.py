@@ -370,6 +370,40 @@ def test_runs_beyond_max_workers_queue_instead_of_failing(db):
     assert db.one("SELECT count(*) FROM dw_etl_runs WHERE job_id = %s AND pages_fetched = 0", (job,)) >= 36
 
 
+def test_a_resume_that_finds_its_run_running_is_refused_not_queued(db):
+    """A caller whose snapshot predates another resume of the same run (here
+    REPEATABLE READ) gets a clear refusal from the worker, whether a worker
+    slot is free or not: the running run is never marked queued."""
+    db.q("LOAD 'etl_exec'")
+    db.q("ALTER SYSTEM SET etl_exec.max_workers = 1")
+    db.q("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+    try:
+        db.patients_table("p_rr")
+        job = db.job("rr", "/odata/Patients?n=2000&delay_ms=300", "p_rr", page_size=100)
+        run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
+        assert db.wait(run_id) == "timed_out"
+        rr = connect(db.dbname)
+        rr.autocommit = False
+        cur = rr.cursor()
+        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SELECT count(*) FROM dw_etl_runs")          # the snapshot: the run is timed_out
+        db.q("SELECT etl_resume_run(%s, 60)", (run_id,))          # now it runs, holding the only slot
+        with pytest.raises(psycopg2.Error) as exc:
+            cur.execute("SELECT etl_resume_run(%s, 60)", (run_id,))
+        assert exc.value.pgcode == "55006"
+        assert f"etl_exec run {run_id} is being run already" in exc.value.pgerror \
+            or f"etl_exec run {run_id} is already being run by another worker" in exc.value.pgerror
+        rr.rollback()
+        rr.close()
+        assert db.run_row(run_id)["status"] == "running"
+        db.q("SELECT etl_cancel_run(%s)", (run_id,))
+        assert db.wait(run_id) == "cancelled"
+    finally:
+        db.q("ALTER SYSTEM RESET etl_exec.max_workers")
+        db.q("SELECT pg_reload_conf()")
+
+
 def test_no_free_background_worker_slot_is_a_clear_error_and_leaves_no_run(db):
     """With etl_exec.max_workers at max_worker_processes, the server runs out
     of background worker slots first: a call waits 30 s for one, then fails."""
