@@ -140,13 +140,18 @@ class Db:
         assert [r[0] for r in rows] == list(range(1, n + 1))
 
 
-@pytest.fixture(scope="module")
-def db(request):
-    name = "it_" + request.module.__name__.split(".")[-1].replace("test_", "")[:40]
+def fresh_database(name):
+    """An empty database of that name (dropped first if it exists)."""
     admin = connect()
     admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.cursor().execute(f"CREATE DATABASE {name}")
     admin.close()
+
+
+@pytest.fixture(scope="module")
+def db(request):
+    name = "it_" + request.module.__name__.split(".")[-1].replace("test_", "")[:40]
+    fresh_database(name)
     d = Db(name)
     d.q("CREATE EXTENSION etl_exec")
     yield d

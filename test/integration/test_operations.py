@@ -10,7 +10,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import MOCK_API, connect
+from conftest import MOCK_API, connect, fresh_database
 
 TOTAL = {"total_path": '$."@odata.count"'}
 PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
@@ -265,10 +265,7 @@ def test_prune_runs(db):
 
 
 def test_upgrade_path_from_0_1_0(db):
-    admin = connect()
-    admin.cursor().execute("DROP DATABASE IF EXISTS it_upgrade WITH (FORCE)")
-    admin.cursor().execute("CREATE DATABASE it_upgrade")
-    admin.close()
+    fresh_database("it_upgrade")
     conn = connect("it_upgrade")
     cur = conn.cursor()
     cur.execute("CREATE EXTENSION etl_exec VERSION '0.1.0'")
@@ -290,10 +287,7 @@ def test_dump_and_restore_keep_jobs_and_secrets(db, tmp_path):
                  headers={"Authorization": "Bearer {secret:dump_secret}"})
     dump = tmp_path / "db.dump"
     subprocess.run([f"{PGBIN}/pg_dump", "-Fc", "-f", str(dump), db.dbname], check=True)
-    admin = connect()
-    admin.cursor().execute("DROP DATABASE IF EXISTS it_restored WITH (FORCE)")
-    admin.cursor().execute("CREATE DATABASE it_restored")
-    admin.close()
+    fresh_database("it_restored")
     subprocess.run([f"{PGBIN}/pg_restore", "-d", "it_restored", str(dump)], check=True)
     conn = connect("it_restored")
     cur = conn.cursor()

@@ -7,7 +7,7 @@ import urllib.request
 import psycopg2
 import pytest
 
-from conftest import MOCK_API, connect
+from conftest import MOCK_API, connect, fresh_database
 
 ORIGIN = MOCK_API.split("://", 1)[1]
 PORT = ORIGIN.rsplit(":", 1)[1]
@@ -264,10 +264,7 @@ def test_secrets_are_bound_to_origins(db):
 
 
 def test_upgrade_binds_existing_secrets_to_their_jobs_origins(db):
-    admin = connect()
-    admin.cursor().execute("DROP DATABASE IF EXISTS it_upgrade WITH (FORCE)")
-    admin.cursor().execute("CREATE DATABASE it_upgrade")
-    admin.close()
+    fresh_database("it_upgrade")
     conn = connect("it_upgrade")
     cur = conn.cursor()
     cur.execute("CREATE EXTENSION etl_exec VERSION '0.2.0'")
