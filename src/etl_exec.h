@@ -48,6 +48,7 @@ typedef struct EtlRunSettings
 	int			request_timeout_ms;
 	int			connect_timeout_ms;
 	int			max_retries;
+	int			concurrency;	/* requests in flight at once */
 	int			retry_base_delay_ms;
 	int64		max_response_bytes;
 	int			low_speed_time_seconds;
@@ -74,6 +75,9 @@ typedef struct EtlCheckpoint
 	int64		total_records;	/* records loaded so far */
 	char	   *next_url;		/* next_link / link_header: next request */
 	char	   *cursor;			/* cursor: token for the next request */
+	int32		sequential_from_page;	/* > 0: one request at a time from this
+										 * page on (an offset page came back
+										 * short without being the last) */
 } EtlCheckpoint;
 
 /* ================ leaves ================ */
@@ -84,6 +88,7 @@ extern int	etl_checkpoint_interval_seconds;
 extern int	etl_request_timeout_ms;
 extern int	etl_connect_timeout_ms;
 extern int	etl_max_retries;
+extern int	etl_default_concurrency;
 extern int	etl_retry_base_delay_ms;
 extern int	etl_max_response_bytes;
 extern int	etl_low_speed_time_seconds;
@@ -265,8 +270,20 @@ typedef struct EtlHttpAuth
 	void	   *arg;
 } EtlHttpAuth;
 
+/* the most requests of a run in flight at once (dw_etl_jobs.concurrency) */
+#define ETL_MAX_CONCURRENCY 64
+
+/* A request of the run's: started, then waited for (others progress meanwhile). */
+typedef struct EtlHttpRequest EtlHttpRequest;
+
 extern void etl_http_init(const EtlRunSettings *settings);
 extern void etl_http_cleanup(void);
+extern EtlHttpRequest *etl_http_request_create(void);
+extern void etl_http_start(EtlHttpRequest *req, const char *url, const EtlHttpAuth *auth,
+						   EtlHttpBuffer *body);
+extern EtlStopReason etl_http_wait(EtlHttpRequest *req, EtlHttpResponse *resp);
+extern bool etl_http_ready(EtlHttpRequest *req);
+extern void etl_http_abandon(EtlHttpRequest *req);
 extern EtlStopReason etl_http_get(const char *url, const EtlHttpAuth *auth,
 								  EtlHttpBuffer *body, EtlHttpResponse *resp);
 extern void etl_http_buffer_free(EtlHttpBuffer *buf);
@@ -314,6 +331,7 @@ typedef struct EtlJob
 	int			checkpoint_interval_seconds;	/* -1: the setting */
 	int			max_retries;	/* -1: the setting */
 	int			request_timeout_ms; /* -1: the setting */
+	int			concurrency;	/* -1: the setting */
 	EtlPath    *records;		/* records_path, next_path, total_path compiled */
 	EtlPath    *next;
 	EtlPath    *total;
@@ -426,7 +444,8 @@ typedef struct EtlPageDone
 } EtlPageDone;
 
 extern EtlPager *etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run,
-								  bool from_stored_link, int retries, MemoryContext run_cxt);
+								  bool from_stored_link, int retries, int concurrency,
+								  MemoryContext run_cxt);
 extern EtlStopReason etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp,
 									   EtlPageDone *done);
 extern int	etl_pager_retries(EtlPager *pager);

@@ -1,11 +1,23 @@
 /*-------------------------------------------------------------------------
  *
  * http_client.c
- *	  The worker's HTTP client: one reused libcurl handle (keep-alive),
- *	  driven through the multi interface so that a transfer can be stopped
- *	  within ~100 ms by a cancel, a terminate, a shutdown or the run's
- *	  deadline; retries with backoff; redirects followed by hand so every
- *	  hop is checked against the allowed hosts.
+ *	  The worker's HTTP client: requests that run side by side on one
+ *	  libcurl multi handle (keep-alive connections shared, HTTP/2
+ *	  multiplexed where the server offers it), each stopped within ~100 ms
+ *	  by a cancel, a terminate, a shutdown or the run's deadline; retries
+ *	  with backoff; redirects followed by hand so every hop is checked
+ *	  against the allowed hosts.
+ *
+ * A request is started (etl_http_start), then waited for (etl_http_wait).
+ * While one request is waited for, every other started request makes
+ * progress too: that is how a run keeps several pages in flight (page.c).
+ * What a finished transfer leads to is settled in two steps.  What cannot
+ * raise an error -- a 2xx response, a retry after a 5xx or a dropped
+ * connection -- is settled at once, for any request.  What may raise or
+ * run SQL -- a redirect's host check, a 401's renewal, a refusal, retries
+ * spent -- waits until that request itself is waited for: an error
+ * belongs to the page that asked, and a page past the end, never waited
+ * for, never fails the run.
  *
  * libcurl callbacks never ereport() or CHECK_FOR_INTERRUPTS(): a longjmp
  * through curl would corrupt it.  They only copy bytes into malloc'd
@@ -30,17 +42,56 @@
 
 #include "common/pg_prng.h"
 #include "miscadmin.h"
+#include "utils/memutils.h"
 
 #include "etl_exec.h"
 
 #define ETL_MAX_REDIRECTS 5
 #define ETL_POLL_MS 100
+#define ETL_MAX_REQUESTS (ETL_MAX_CONCURRENCY + 2)
 
-static CURL *easy = NULL;
+typedef enum RequestState
+{
+	REQ_IDLE = 0,				/* not started, or abandoned */
+	REQ_WAITING,				/* to be sent at not_before (a retry's wait) */
+	REQ_RUNNING,				/* its transfer is on the multi handle */
+	REQ_FINISHED,				/* the transfer ended; what it leads to is unsettled */
+	REQ_DONE					/* a 2xx response is in the body buffer */
+} RequestState;
+
+struct EtlHttpRequest
+{
+	CURL	   *easy;
+	MemoryContext cxt;			/* its URLs; reset when it starts again */
+	RequestState state;
+	uint64		seq;			/* started before requests with a higher one */
+	const EtlHttpAuth *auth;
+	EtlHttpBuffer *body;
+	char	   *url;			/* as asked */
+	char	   *current_url;	/* after redirects */
+	TimestampTz not_before;
+	int			attempt;		/* retries so far */
+	int			redirects;
+	bool		reauthorized;
+	struct curl_slist *header_list;
+	CURLcode	result;
+	long		status;
+	char		problem[512];	/* why the last attempt failed */
+	char		curl_error[CURL_ERROR_SIZE];
+	char		blocked_address[INET6_ADDRSTRLEN + 1];
+	/* what the response's headers said */
+	EtlHttpBuffer link_buf;		/* Link header values, '\n'-separated */
+	char		retry_after[128];
+	char		location[4096];
+};
+
 static CURLM *multi = NULL;
-static EtlHttpBuffer link_buf;	/* Link header values, '\n'-separated */
-static char retry_after_buf[128];
-static char location_buf[4096];
+static CURLM *form_multi = NULL;	/* token requests: apart from the pages */
+static MemoryContext http_cxt = NULL;
+static EtlHttpRequest *requests[ETL_MAX_REQUESTS];
+static int	nrequests = 0;
+static uint64 next_seq = 0;
+static EtlHttpRequest *get_request = NULL;	/* etl_http_get's */
 static const EtlRunSettings *run_settings;
 
 static curl_socket_t open_checked_socket(void *clientp, curlsocktype purpose,
@@ -115,40 +166,40 @@ copy_header_value(char *dst, size_t dstlen, const char *value, size_t n)
 	dst[n] = '\0';
 }
 
-/* forget the response headers kept so far */
+/* forget the response headers a request kept so far */
 static void
-forget_headers(void)
+forget_headers(EtlHttpRequest *req)
 {
-	link_buf.len = 0;
-	if (link_buf.data)
-		link_buf.data[0] = '\0';
-	retry_after_buf[0] = '\0';
-	location_buf[0] = '\0';
+	buffer_reset(&req->link_buf, SIZE_MAX);
+	req->retry_after[0] = '\0';
+	req->location[0] = '\0';
 }
 
+/* one response header line, into the request given as CURLOPT_HEADERDATA */
 static size_t
 read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
+	EtlHttpRequest *req = (EtlHttpRequest *) userdata;
 	size_t		n = size * nmemb;
 
 	if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0)
 	{
 		/* a new response (after a 100-continue or similar): start over */
-		forget_headers();
+		forget_headers(req);
 	}
 	else if (n > 5 && pg_strncasecmp(ptr, "link:", 5) == 0)
 	{
 		char		value[8192];
 
 		copy_header_value(value, sizeof(value), ptr + 5, n - 5);
-		if (!buffer_append(&link_buf, value, strlen(value)) ||
-			!buffer_append(&link_buf, "\n", 1))
+		if (!buffer_append(&req->link_buf, value, strlen(value)) ||
+			!buffer_append(&req->link_buf, "\n", 1))
 			return 0;
 	}
 	else if (n > 12 && pg_strncasecmp(ptr, "retry-after:", 12) == 0)
-		copy_header_value(retry_after_buf, sizeof(retry_after_buf), ptr + 12, n - 12);
+		copy_header_value(req->retry_after, sizeof(req->retry_after), ptr + 12, n - 12);
 	else if (n > 9 && pg_strncasecmp(ptr, "location:", 9) == 0)
-		copy_header_value(location_buf, sizeof(location_buf), ptr + 9, n - 9);
+		copy_header_value(req->location, sizeof(req->location), ptr + 9, n - 9);
 	return n;
 }
 
@@ -177,37 +228,74 @@ etl_http_init(const EtlRunSettings *settings)
 {
 	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
 		elog(ERROR, "etl_exec: could not initialize libcurl");
-	easy = curl_easy_init();
-	multi = curl_multi_init();
-	if (easy == NULL || multi == NULL)
-		elog(ERROR, "etl_exec: could not create a libcurl handle");
 	run_settings = settings;
 	/* settings stored before user_agent was checked when set */
 	if (settings->user_agent && !etl_header_value_is_safe(settings->user_agent))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("etl_exec.user_agent must not contain control characters such as line breaks")));
-
-	set_handle_options(easy);
-	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, read_header);
-	curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
-	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, (long) settings->low_speed_time_seconds);
-	curl_easy_setopt(easy, CURLOPT_USERAGENT,
-					 settings->user_agent && settings->user_agent[0] ? settings->user_agent : "etl_exec/0.1");
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(ERROR, "etl_exec: could not create a libcurl handle");
+	http_cxt = AllocSetContextCreate(TopMemoryContext, "etl_exec HTTP client",
+									 ALLOCSET_SMALL_SIZES);
+	get_request = etl_http_request_create();
 }
 
+/* Free every request and handle (the run's end). */
 void
 etl_http_cleanup(void)
 {
+	for (int i = 0; i < nrequests; i++)
+	{
+		etl_http_abandon(requests[i]);
+		curl_easy_cleanup(requests[i]->easy);
+		etl_http_buffer_free(&requests[i]->link_buf);
+	}
+	nrequests = 0;
+	get_request = NULL;
 	if (multi)
 		curl_multi_cleanup(multi);
-	if (easy)
-		curl_easy_cleanup(easy);
-	multi = NULL;
-	easy = NULL;
+	if (form_multi)
+		curl_multi_cleanup(form_multi);
+	multi = form_multi = NULL;
+	if (http_cxt)
+		MemoryContextDelete(http_cxt);
+	http_cxt = NULL;
+}
+
+/*
+ * A request of the run's, with a handle of its own, to be started again
+ * and again; it lives until etl_http_cleanup.
+ */
+EtlHttpRequest *
+etl_http_request_create(void)
+{
+	EtlHttpRequest *req;
+
+	if (nrequests >= ETL_MAX_REQUESTS)
+		elog(ERROR, "etl_exec: more than %d HTTP requests", ETL_MAX_REQUESTS);
+	req = MemoryContextAllocZero(http_cxt, sizeof(EtlHttpRequest));
+	req->cxt = AllocSetContextCreate(http_cxt, "etl_exec HTTP request", ALLOCSET_SMALL_SIZES);
+	req->easy = curl_easy_init();
+	if (req->easy == NULL)
+		elog(ERROR, "etl_exec: could not create a libcurl handle");
+	set_handle_options(req->easy);
+	curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
+	curl_easy_setopt(req->easy, CURLOPT_OPENSOCKETDATA, req);
+	curl_easy_setopt(req->easy, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(req->easy, CURLOPT_HEADERFUNCTION, read_header);
+	curl_easy_setopt(req->easy, CURLOPT_HEADERDATA, req);
+	curl_easy_setopt(req->easy, CURLOPT_ERRORBUFFER, req->curl_error);
+	curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(req->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(req->easy, CURLOPT_LOW_SPEED_TIME, (long) run_settings->low_speed_time_seconds);
+	curl_easy_setopt(req->easy, CURLOPT_USERAGENT,
+					 run_settings->user_agent && run_settings->user_agent[0] ?
+					 run_settings->user_agent : "etl_exec/0.1");
+	requests[nrequests++] = req;
+	return req;
 }
 
 /*
@@ -234,57 +322,6 @@ check_host_allowed(const char *url)
 			 errhint("A superuser can add it to etl_exec.allowed_hosts.")));
 }
 
-/*
- * One transfer, polled so that stop requests are seen within ETL_POLL_MS.
- * Returns the stop reason (ETL_STOP_NONE when the transfer completed, in
- * which case *result is curl's result).
- */
-static EtlStopReason
-perform_transfer(CURL *handle, CURLcode *result)
-{
-	int			running = 1;
-	EtlStopReason stop = ETL_STOP_NONE;
-
-	/* after an error raised mid-transfer the handle may still be attached */
-	curl_multi_remove_handle(multi, handle);
-	curl_multi_add_handle(multi, handle);
-	for (;;)
-	{
-		CURLMcode	mc = curl_multi_perform(multi, &running);
-
-		if (mc != CURLM_OK)
-		{
-			curl_multi_remove_handle(multi, handle);
-			elog(ERROR, "etl_exec: libcurl multi error: %s", curl_multi_strerror(mc));
-		}
-		if (running == 0)
-			break;
-		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
-			break;
-		mc = curl_multi_poll(multi, NULL, 0, ETL_POLL_MS, NULL);
-		if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
-		{
-			curl_multi_remove_handle(multi, handle);
-			elog(ERROR, "etl_exec: libcurl poll error: %s", curl_multi_strerror(mc));
-		}
-		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
-			break;
-	}
-
-	*result = CURLE_OK;
-	if (stop == ETL_STOP_NONE)
-	{
-		CURLMsg    *msg;
-		int			left;
-
-		while ((msg = curl_multi_info_read(multi, &left)) != NULL)
-			if (msg->msg == CURLMSG_DONE)
-				*result = msg->data.result;
-	}
-	curl_multi_remove_handle(multi, handle);
-	return stop;
-}
-
 static bool
 retryable_status(long status)
 {
@@ -293,27 +330,27 @@ retryable_status(long status)
 
 /* Delay before retry number `attempt` (0-based): Retry-After, or backoff. */
 static int64
-retry_delay_ms(int attempt)
+retry_delay_ms(const EtlHttpRequest *req)
 {
 	int64		base = run_settings->retry_base_delay_ms;
 	int64		delay;
 
-	if (retry_after_buf[0])
+	if (req->retry_after[0])
 	{
 		char	   *end;
-		long		secs = strtol(retry_after_buf, &end, 10);
+		long		secs = strtol(req->retry_after, &end, 10);
 
-		if (end != retry_after_buf && *end == '\0' && secs >= 0)
+		if (end != req->retry_after && *end == '\0' && secs >= 0)
 			return (int64) Min(secs, 86400L) * 1000;
 		else
 		{
-			time_t		when = curl_getdate(retry_after_buf, NULL);
+			time_t		when = curl_getdate(req->retry_after, NULL);
 
 			if (when > 0)
 				return Min(Max((int64) (when - time(NULL)), 0), (int64) 86400) * 1000;
 		}
 	}
-	delay = base << Min(attempt, 16);
+	delay = base << Min(req->attempt, 16);
 	delay = Min(delay, (int64) 60000);
 	/* jitter: up to half the delay again, so parallel runs spread out */
 	if (delay > 0)
@@ -340,10 +377,8 @@ body_snippet(const EtlHttpBuffer *body)
  * IPv4-mapped, SIIT and NAT64 IPv6 forms of them), ::, IPv4-compatible
  * ::a.b.c.d, local-use NAT64 64:ff9b:1::/48, fe80::/10 and fd00:ec2::254 -- unless etl_exec.allowed_hosts names that address itself.
  * Loopback (127.0.0.0/8, ::1) stays allowed: local APIs are common.  Runs
- * inside a curl callback: only sets a flag.
+ * inside a curl callback: only notes the address in the request.
  */
-static char blocked_address[INET6_ADDRSTRLEN + 1];
-
 static bool
 ipv4_blocked(uint32 a)
 {
@@ -404,6 +439,7 @@ address_listed(const char *addr)
 static curl_socket_t
 open_checked_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
 {
+	EtlHttpRequest *req = (EtlHttpRequest *) clientp;
 	char		text[INET6_ADDRSTRLEN + 1] = "";
 	bool		blocked = false;
 
@@ -423,7 +459,7 @@ open_checked_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a
 	}
 	if (blocked && !address_listed(text))
 	{
-		strlcpy(blocked_address, text, sizeof(blocked_address));
+		strlcpy(req->blocked_address, text, sizeof(req->blocked_address));
 		return CURL_SOCKET_BAD;
 	}
 	return socket(address->family, address->socktype, address->protocol);
@@ -440,111 +476,327 @@ header_slist(List *headers)
 	return list;
 }
 
-/*
- * Send one request for url and wait for its response (into body), polled
- * so that a stop request ends it.  On ETL_STOP_NONE *res is curl's result.
- */
-static EtlStopReason
-send_request(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
-			 CURLcode *res, char *curl_error)
-{
-	EtlStopReason stop;
-	struct curl_slist *header_list;
-	int64		ms_left = etl_ms_until_deadline();
+/* ---------- the requests' life ---------- */
 
+/* Milliseconds from now until t (0 when it has come). */
+static int64
+ms_until(TimestampTz t)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	return t > now ? (t - now + 999) / 1000 : 0;
+}
+
+/* Take a request off the multi handle, if it is on it. */
+static void
+detach(EtlHttpRequest *req)
+{
+	if (req->state == REQ_RUNNING)
+		curl_multi_remove_handle(multi, req->easy);
+	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, NULL);
+	curl_slist_free_all(req->header_list);
+	req->header_list = NULL;
+}
+
+/* Send the next attempt of a request: onto the multi handle. */
+static void
+send_attempt(EtlHttpRequest *req)
+{
+	List	   *headers;
+
+	buffer_reset(req->body, (size_t) run_settings->max_response_bytes);
+	forget_headers(req);
+	req->curl_error[0] = '\0';
+	req->blocked_address[0] = '\0';
+	req->status = 0;
+
+	headers = req->auth && req->auth->headers ? req->auth->headers(req->auth->arg, req->current_url) : NIL;
+	req->header_list = header_slist(headers);
+	curl_easy_setopt(req->easy, CURLOPT_URL, req->current_url);
+	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->header_list);
+	curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req->body);
+	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS,
+					 (long) Max(Min((int64) run_settings->request_timeout_ms,
+									etl_ms_until_deadline()), 1));
+	if (curl_multi_add_handle(multi, req->easy) != CURLM_OK)
+		elog(ERROR, "etl_exec: could not start a libcurl transfer");
+	req->state = REQ_RUNNING;
+}
+
+/* Send at once (a redirect, a renewed credential): no wait. */
+static void
+resend_now(EtlHttpRequest *req)
+{
+	req->state = REQ_WAITING;
+	req->not_before = 0;
+}
+
+/*
+ * Start a GET of url into body, a buffer the caller owns (emptied now);
+ * etl_http_wait gives its response.  The request headers come from auth
+ * for every hop, so a redirect to another host gets only what is meant
+ * for that host.  Requests are sent in the order they were started.
+ */
+void
+etl_http_start(EtlHttpRequest *req, const char *url, const EtlHttpAuth *auth,
+			   EtlHttpBuffer *body)
+{
+	etl_http_abandon(req);
+	MemoryContextReset(req->cxt);
+	req->url = MemoryContextStrdup(req->cxt, url);
+	req->current_url = req->url;
+	req->auth = auth;
+	req->body = body;
+	req->attempt = 0;
+	req->redirects = 0;
+	req->reauthorized = false;
+	req->problem[0] = '\0';
+	req->seq = next_seq++;
 	buffer_reset(body, (size_t) run_settings->max_response_bytes);
-	forget_headers();
-	curl_error[0] = '\0';
-	blocked_address[0] = '\0';
-
-	header_list = header_slist(auth && auth->headers ? auth->headers(auth->arg, url) : NIL);
-	curl_easy_setopt(easy, CURLOPT_URL, url);
-	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, header_list);
-	curl_easy_setopt(easy, CURLOPT_WRITEDATA, body);
-	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, curl_error);
-	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
-					 (long) Max(Min((int64) run_settings->request_timeout_ms, ms_left), 1));
-
-	stop = perform_transfer(easy, res);
-	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
-	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
-	curl_slist_free_all(header_list);
-	if (stop != ETL_STOP_NONE)
-		return stop;
-
-	if (blocked_address[0])
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("refused to connect to %s for %s: unspecified, link-local and cloud-metadata addresses are blocked",
-						blocked_address, etl_url_redact(url)),
-				 errhint("A superuser can allow the address by listing it in etl_exec.allowed_hosts.")));
-	return ETL_STOP_NONE;
+	resend_now(req);
 }
 
-/*
- * A transfer that did not complete: raise the errors no retry can fix;
- * else describe it in problem (for the retry message) and return
- * ETL_STOP_TIMED_OUT when it ran into the run's deadline.
- */
-static EtlStopReason
-transfer_problem(CURLcode res, const char *url, const EtlHttpBuffer *body,
-				 const char *curl_error, char *problem, size_t problem_len)
+/* Drop a request, wherever it is (its transfer stopped, its body left as is). */
+void
+etl_http_abandon(EtlHttpRequest *req)
 {
-	if (res == CURLE_WRITE_ERROR && body->too_big)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("response from %s is larger than etl_exec.max_response_bytes (%zu bytes)",
-						etl_url_redact(url), body->max),
-				 errhint("Lower the job's page_size, or raise etl_exec.max_response_bytes.")));
-	if (res == CURLE_UNSUPPORTED_PROTOCOL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("URL %s does not use http or https", etl_url_redact(url)),
-				 errhint("etl_exec only fetches http:// and https:// URLs.")));
-	if (res == CURLE_OPERATION_TIMEDOUT && etl_ms_until_deadline() <= 0)
-		return ETL_STOP_TIMED_OUT;
-	snprintf(problem, problem_len, "%s", curl_error[0] ? curl_error : curl_easy_strerror(res));
-	return ETL_STOP_NONE;
+	if (req == NULL)
+		return;
+	detach(req);
+	req->state = REQ_IDLE;
 }
 
 /*
- * Before retry number attempt + 1 of url: fail when the retries are spent;
- * wait (Retry-After, or backoff), or stop when the wait would pass the
- * run's deadline.
+ * Send the requests whose time has come, oldest first.  *wake: the
+ * earliest time a request still waits for (0: none).
+ */
+static void
+send_due_requests(TimestampTz *wake)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	*wake = 0;
+	for (;;)
+	{
+		EtlHttpRequest *first = NULL;
+
+		for (int i = 0; i < nrequests; i++)
+		{
+			EtlHttpRequest *req = requests[i];
+
+			if (req->state != REQ_WAITING)
+				continue;
+			if (req->not_before > now)
+			{
+				if (*wake == 0 || req->not_before < *wake)
+					*wake = req->not_before;
+				continue;
+			}
+			if (first == NULL || req->seq < first->seq)
+				first = req;
+		}
+		if (first == NULL)
+			return;
+		send_attempt(first);
+	}
+}
+
+/*
+ * Settle a finished transfer.  may_raise false (the request is not the
+ * one waited for): only what raises nothing and runs no SQL -- a 2xx is
+ * done, a retryable failure with retries left waits for its retry; the
+ * rest stays REQ_FINISHED until the request is waited for.  May return
+ * ETL_STOP_TIMED_OUT (the transfer ran into the run's deadline).
  */
 static EtlStopReason
-wait_to_retry(int attempt, const char *url, const char *problem)
+settle(EtlHttpRequest *req, bool may_raise)
 {
 	int64		delay;
 
-	if (attempt >= run_settings->max_retries)
+	Assert(req->state == REQ_FINISHED);
+	if (req->blocked_address[0])
+	{
+		if (!may_raise)
+			return ETL_STOP_NONE;
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("refused to connect to %s for %s: unspecified, link-local and cloud-metadata addresses are blocked",
+						req->blocked_address, etl_url_redact(req->current_url)),
+				 errhint("A superuser can allow the address by listing it in etl_exec.allowed_hosts.")));
+	}
+	if (req->result == CURLE_OK)
+	{
+		long		status = req->status;
+
+		if (status >= 200 && status < 300)
+		{
+			req->state = REQ_DONE;
+			return ETL_STOP_NONE;
+		}
+		if (!may_raise && !retryable_status(status))
+			return ETL_STOP_NONE;
+		if (status >= 300 && status < 400 && req->location[0])
+		{
+			if (++req->redirects > ETL_MAX_REDIRECTS)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("too many redirects (more than %d) from %s",
+								ETL_MAX_REDIRECTS, etl_url_redact(req->url))));
+			req->current_url = etl_url_resolve(req->current_url, req->location);
+			req->current_url = MemoryContextStrdup(req->cxt, req->current_url);
+			check_host_allowed(req->current_url);
+			resend_now(req);
+			return ETL_STOP_NONE;
+		}
+		if (status == 401 && !req->reauthorized && req->auth && req->auth->renew &&
+			req->auth->renew(req->auth->arg))
+		{
+			/* credentials the server no longer takes: renewed, try once more */
+			req->reauthorized = true;
+			resend_now(req);
+			return ETL_STOP_NONE;
+		}
+		if (!retryable_status(status))
+			ereport(ERROR,
+					(errcode(ETL_ERRCODE_HTTP_REFUSED),
+					 errmsg("HTTP %ld from %s: %s", status,
+							etl_url_redact(req->current_url), body_snippet(req->body))));
+		snprintf(req->problem, sizeof(req->problem), "HTTP %ld: %s", status, body_snippet(req->body));
+	}
+	else
+	{
+		/* a transfer that did not complete: some errors no retry can fix */
+		if (req->result == CURLE_OPERATION_TIMEDOUT && etl_ms_until_deadline() <= 0)
+			return ETL_STOP_TIMED_OUT;
+		if (req->result == CURLE_WRITE_ERROR && req->body->too_big)
+		{
+			if (!may_raise)
+				return ETL_STOP_NONE;
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("response from %s is larger than etl_exec.max_response_bytes (%zu bytes)",
+							etl_url_redact(req->current_url), req->body->max),
+					 errhint("Lower the job's page_size, or raise etl_exec.max_response_bytes.")));
+		}
+		if (req->result == CURLE_UNSUPPORTED_PROTOCOL)
+		{
+			if (!may_raise)
+				return ETL_STOP_NONE;
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("URL %s does not use http or https", etl_url_redact(req->current_url)),
+					 errhint("etl_exec only fetches http:// and https:// URLs.")));
+		}
+		snprintf(req->problem, sizeof(req->problem), "%s",
+				 req->curl_error[0] ? req->curl_error : curl_easy_strerror(req->result));
+	}
+
+	/* retryable: a connection problem, a timeout, 408/429/5xx */
+	if (req->attempt >= run_settings->max_retries)
+	{
+		if (!may_raise)
+			return ETL_STOP_NONE;
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("request to %s failed after %d retries: %s",
-						etl_url_redact(url), attempt, problem)));
-	delay = retry_delay_ms(attempt);
-	/* a wait that would pass the deadline: stop now, resumable */
-	if (delay >= etl_ms_until_deadline())
-		return ETL_STOP_TIMED_OUT;
+						etl_url_redact(req->current_url), req->attempt, req->problem)));
+	}
+	delay = retry_delay_ms(req);
 	elog(DEBUG1, "etl_exec: retrying %s in " INT64_FORMAT " ms: %s",
-		 etl_url_redact(url), delay, problem);
-	etl_wait_ms(delay);
+		 etl_url_redact(req->current_url), delay, req->problem);
+	req->attempt++;
+	req->state = REQ_WAITING;
+	req->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 	return ETL_STOP_NONE;
 }
 
-/* The response a completed GET of url leaves: body, status, Link headers. */
+/*
+ * The transfers that ended: finished, and settled at once when that
+ * cannot raise (all but `awaited`, which its waiter settles).
+ */
 static void
-fill_response(EtlHttpResponse *resp, char *url, const EtlHttpBuffer *body)
+collect_finished(EtlHttpRequest *awaited)
 {
-	resp->status = 200;
-	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &resp->status);
-	resp->body = body->data ? body->data : "";
-	resp->body_len = body->len;
-	resp->retry_after = NULL;
-	resp->effective_url = url;
-	if (link_buf.len > 0)
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
 	{
-		char	   *copy = pnstrdup(link_buf.data, link_buf.len);
+		EtlHttpRequest *req = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		if (req == NULL || req->state != REQ_RUNNING)
+			continue;
+		req->result = msg->data.result;
+		curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &req->status);
+		detach(req);
+		req->state = REQ_FINISHED;
+		if (req != awaited)
+			(void) settle(req, false);
+	}
+}
+
+/* Let every transfer make progress, without waiting. */
+static void
+perform(EtlHttpRequest *awaited)
+{
+	int			running;
+	CURLMcode	mc = curl_multi_perform(multi, &running);
+
+	if (mc != CURLM_OK)
+		elog(ERROR, "etl_exec: libcurl multi error: %s", curl_multi_strerror(mc));
+	collect_finished(awaited);
+}
+
+/*
+ * Drive every request until `awaited` has finished, polled so that stop
+ * requests are seen within ETL_POLL_MS.  A retry's wait that would pass
+ * the run's deadline stops the run now (it can be resumed).
+ */
+static EtlStopReason
+drive_until_finished(EtlHttpRequest *awaited)
+{
+	for (;;)
+	{
+		TimestampTz wake;
+		EtlStopReason stop;
+		long		timeout = ETL_POLL_MS;
+		CURLMcode	mc;
+
+		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
+			return stop;
+		send_due_requests(&wake);
+		if (awaited->state == REQ_WAITING &&
+			ms_until(awaited->not_before) >= etl_ms_until_deadline())
+			return ETL_STOP_TIMED_OUT;
+		perform(awaited);
+		if (awaited->state == REQ_FINISHED || awaited->state == REQ_DONE)
+			return ETL_STOP_NONE;
+		if (awaited->state == REQ_IDLE)
+			elog(ERROR, "etl_exec: waiting for an HTTP request that was not started");
+		if (wake != 0)
+			timeout = Min(timeout, ms_until(wake));
+		mc = curl_multi_poll(multi, NULL, 0, (int) timeout, NULL);
+		if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
+			elog(ERROR, "etl_exec: libcurl poll error: %s", curl_multi_strerror(mc));
+	}
+}
+
+/* The response a completed request leaves: body, status, Link headers. */
+static void
+fill_response(EtlHttpRequest *req, EtlHttpResponse *resp)
+{
+	memset(resp, 0, sizeof(*resp));
+	resp->status = req->status;
+	resp->body = req->body->data ? req->body->data : "";
+	resp->body_len = req->body->len;
+	resp->effective_url = pstrdup(req->current_url);
+	resp->retries = req->attempt;
+	if (req->link_buf.len > 0)
+	{
+		char	   *copy = pnstrdup(req->link_buf.data, req->link_buf.len);
 		char	   *save = NULL;
 
 		for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
@@ -553,92 +805,121 @@ fill_response(EtlHttpResponse *resp, char *url, const EtlHttpBuffer *body)
 }
 
 /*
- * GET a URL into body, a buffer the caller owns.  The request headers come
- * from auth for every hop, so a redirect to another host gets only what is
- * meant for that host; after a 401 auth may renew its credentials for one
- * more try.  On success fills *resp (its body is body's data, valid until
- * body is used again) and returns ETL_STOP_NONE.  Returns a stop reason
- * when the run must stop (deadline, cancel, terminate) before a complete
- * response was had; raises an error for an HTTP error that retries cannot
- * fix.
+ * Wait for a started request's response, while the other started requests
+ * make progress.  On success fills *resp (its body is the request's body
+ * buffer, valid until that is used again) and returns ETL_STOP_NONE.
+ * Returns a stop reason when the run must stop (deadline, cancel,
+ * terminate) before a complete response was had; raises an error for an
+ * HTTP error that retries cannot fix.
  */
 EtlStopReason
-etl_http_get(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
-			 EtlHttpResponse *resp)
+etl_http_wait(EtlHttpRequest *req, EtlHttpResponse *resp)
 {
-	char	   *current_url = pstrdup(url);
-	int			redirects = 0;
-	int			attempt = 0;
-	bool		reauthorized = false;
-	char		problem[512];
-
-	memset(resp, 0, sizeof(*resp));
 	for (;;)
 	{
 		EtlStopReason stop;
-		CURLcode	res;
-		long		status = 0;
-		char		curl_error[CURL_ERROR_SIZE];
 
-		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
+		if ((stop = drive_until_finished(req)) != ETL_STOP_NONE)
 			return stop;
-		check_host_allowed(current_url);
-		if ((stop = send_request(current_url, auth, body, &res, curl_error)) != ETL_STOP_NONE)
+		if (req->state == REQ_FINISHED &&
+			(stop = settle(req, true)) != ETL_STOP_NONE)
 			return stop;
-
-		if (res == CURLE_OK)
-		{
-			curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-			if (status >= 200 && status < 300)
-				break;
-			if (status >= 300 && status < 400 && location_buf[0])
-			{
-				if (++redirects > ETL_MAX_REDIRECTS)
-					ereport(ERROR,
-							(errcode(ERRCODE_CONNECTION_FAILURE),
-							 errmsg("too many redirects (more than %d) from %s",
-									ETL_MAX_REDIRECTS, etl_url_redact(url))));
-				current_url = etl_url_resolve(current_url, location_buf);
-				continue;
-			}
-			if (status == 401 && !reauthorized && auth && auth->renew && auth->renew(auth->arg))
-			{
-				/* credentials the server no longer takes: renewed, try once more */
-				reauthorized = true;
-				continue;
-			}
-			if (!retryable_status(status))
-				ereport(ERROR,
-						(errcode(ETL_ERRCODE_HTTP_REFUSED),
-						 errmsg("HTTP %ld from %s: %s", status,
-								etl_url_redact(current_url), body_snippet(body))));
-			snprintf(problem, sizeof(problem), "HTTP %ld: %s", status, body_snippet(body));
-		}
-		else if ((stop = transfer_problem(res, current_url, body, curl_error,
-										  problem, sizeof(problem))) != ETL_STOP_NONE)
-			return stop;
-
-		/* retryable: a connection problem, a timeout, 408/429/5xx */
-		if ((stop = wait_to_retry(attempt, current_url, problem)) != ETL_STOP_NONE)
-			return stop;
-		attempt++;
-		resp->retries++;
+		if (req->state == REQ_DONE)
+			break;
 	}
-
-	fill_response(resp, current_url, body);
+	fill_response(req, resp);
 	return ETL_STOP_NONE;
 }
 
 /*
+ * Whether a started request has its response already (a 2xx in its body
+ * buffer), after letting every transfer make progress; never waits.
+ */
+bool
+etl_http_ready(EtlHttpRequest *req)
+{
+	TimestampTz wake;
+
+	if (req->state == REQ_DONE)
+		return true;
+	send_due_requests(&wake);
+	perform(NULL);
+	return req->state == REQ_DONE;
+}
+
+/* GET url and wait for its response: etl_http_start and etl_http_wait. */
+EtlStopReason
+etl_http_get(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
+			 EtlHttpResponse *resp)
+{
+	EtlStopReason stop;
+
+	if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
+		return stop;
+	check_host_allowed(url);
+	etl_http_start(get_request, url, auth, body);
+	stop = etl_http_wait(get_request, resp);
+	if (stop != ETL_STOP_NONE)
+		etl_http_abandon(get_request);
+	return stop;
+}
+
+/*
+ * One transfer on a multi handle of its own, polled so that stop requests
+ * are seen within ETL_POLL_MS.  Returns the stop reason (ETL_STOP_NONE
+ * when the transfer completed, in which case *result is curl's result).
+ */
+static EtlStopReason
+perform_alone(CURLM *m, CURL *handle, CURLcode *result)
+{
+	int			running = 1;
+	EtlStopReason stop = ETL_STOP_NONE;
+	CURLMsg    *msg;
+	int			left;
+
+	curl_multi_add_handle(m, handle);
+	for (;;)
+	{
+		CURLMcode	mc = curl_multi_perform(m, &running);
+
+		if (mc != CURLM_OK)
+		{
+			curl_multi_remove_handle(m, handle);
+			elog(ERROR, "etl_exec: libcurl multi error: %s", curl_multi_strerror(mc));
+		}
+		if (running == 0)
+			break;
+		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
+			break;
+		mc = curl_multi_poll(m, NULL, 0, ETL_POLL_MS, NULL);
+		if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
+		{
+			curl_multi_remove_handle(m, handle);
+			elog(ERROR, "etl_exec: libcurl poll error: %s", curl_multi_strerror(mc));
+		}
+		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
+			break;
+	}
+	*result = CURLE_OK;
+	while ((msg = curl_multi_info_read(m, &left)) != NULL)
+		if (msg->msg == CURLMSG_DONE)
+			*result = msg->data.result;
+	curl_multi_remove_handle(m, handle);
+	return stop;
+}
+
+/*
  * POST a form (OAuth2 token requests) and return the body; raises an error
- * on anything but a 2xx.  Its own handle and buffer: it may run while a
- * GET is being prepared (its headers built).  Polled like every transfer (a stop request ends
- * it at once, as a query cancel) and bounded by the run's time left.
+ * on anything but a 2xx.  Its own handle, buffer and multi handle: it may
+ * run while page requests are in flight (their headers being built).
+ * Polled like every transfer (a stop request ends it at once, as a query
+ * cancel) and bounded by the run's time left.
  */
 char *
 etl_http_post_form(const char *url, const char *form, const char *what)
 {
 	CURL	   *h = curl_easy_init();
+	EtlHttpRequest *checks = palloc0(sizeof(EtlHttpRequest));	/* for the address check */
 	EtlHttpBuffer body = {0};
 	CURLcode	res = CURLE_OK;
 	EtlStopReason stop;
@@ -649,15 +930,18 @@ etl_http_post_form(const char *url, const char *form, const char *what)
 	check_host_allowed(url);
 	if (h == NULL)
 		elog(ERROR, "etl_exec: could not create a libcurl handle");
+	if (form_multi == NULL && (form_multi = curl_multi_init()) == NULL)
+		elog(ERROR, "etl_exec: could not create a libcurl handle");
 	body.max = 1024 * 1024;
 	set_handle_options(h);
+	curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, checks);
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	curl_easy_setopt(h, CURLOPT_POSTFIELDS, form);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_error);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
 					 (long) Max(Min((int64) run_settings->request_timeout_ms, etl_ms_until_deadline()), 1));
-	stop = perform_transfer(h, &res);
+	stop = perform_alone(form_multi, h, &res);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_cleanup(h);
 	result = pnstrdup(body.data ? body.data : "", body.len);
@@ -668,7 +952,12 @@ etl_http_post_form(const char *url, const char *form, const char *what)
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("%s: request stopped (%s)", what,
 						stop == ETL_STOP_TIMED_OUT ? "the run's timeout" : "cancel or shutdown")));
-
+	if (checks->blocked_address[0])
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("refused to connect to %s for %s: unspecified, link-local and cloud-metadata addresses are blocked",
+						checks->blocked_address, etl_url_redact(url)),
+				 errhint("A superuser can allow the address by listing it in etl_exec.allowed_hosts.")));
 	if (res != CURLE_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),

@@ -172,7 +172,7 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	sql = psprintf("SELECT name, url, pagination, page_size, pagination_options, records_path, "
 				   "  headers, target_table, column_map, load_mode, array_to_json(key_columns), "
 				   "  coalesce(checkpoint_interval_seconds, -1), coalesce(max_retries, -1), "
-				   "  coalesce(request_timeout_ms, -1) "
+				   "  coalesce(request_timeout_ms, -1), coalesce(concurrency, -1) "
 				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec job %d does not exist", job_id);
@@ -194,6 +194,7 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	job->checkpoint_interval_seconds = pg_strtoint32(etl_spi_value(cxt, 12));
 	job->max_retries = pg_strtoint32(etl_spi_value(cxt, 13));
 	job->request_timeout_ms = pg_strtoint32(etl_spi_value(cxt, 14));
+	job->concurrency = pg_strtoint32(etl_spi_value(cxt, 15));
 	SPI_finish();
 
 	read_paging_options(job, opts);

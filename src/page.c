@@ -12,13 +12,26 @@
  * with repeated links and cursors refused.  Load: into the target
  * (loader.c), in the worker's current subtransaction.
  *
- * When the page reader reads the job's pages, the next page is fetched
- * before this one is loaded, and scanned in the background while this one
- * goes through COPY: the two cores each do half the work.  The two pages
- * live in two fetch slots that alternate, each with its own body buffer,
- * so the page being scanned is never the one being fetched into.  If
- * fetching ahead fails, this page still loads, and the run fails after it
- * (etl_pager_deferred_error).
+ * Offset and page paging know the URL of every page in advance: with a
+ * concurrency above 1 the pager keeps that many pages in flight (the
+ * window), and still reads, loads and checkpoints them strictly in page
+ * order -- the checkpoint stays a prefix of the pages, so resumes, exactly
+ * once and every other guarantee hold unchanged.  Pages in flight when a
+ * run stops are dropped, and asked again by the resume.  Nothing is asked
+ * past a total the API reported, and pages after the last one are dropped
+ * unseen.  An offset page that comes back short without being the last
+ * shifts every offset after it: the window is dropped and the rest of the
+ * run goes one request at a time (checkpoint.sequential_from_page).
+ *
+ * One request at a time (link and cursor paging, whose next URL comes from
+ * the page before; a concurrency of 1), the next page is fetched before
+ * this one is loaded.  Either way, when the page reader reads the job's
+ * pages, the next page is scanned in the background while this one goes
+ * through COPY: the two cores each do half the work.  One request at a
+ * time, the two pages live in two fetch slots that alternate, each with
+ * its own body buffer, so the page being scanned is never the one being
+ * fetched into.  If fetching ahead fails, this page still loads, and the
+ * run fails after it (etl_pager_deferred_error).
  *
  *-------------------------------------------------------------------------
  */
@@ -44,6 +57,19 @@ typedef struct PageFetch
 	EtlScanResult scan;
 } PageFetch;
 
+/* A page in flight, in the window (page p in slot p % concurrency). */
+typedef struct WindowSlot
+{
+	EtlHttpRequest *req;
+	EtlHttpBuffer body;			/* malloc'd, reused page after page */
+	EtlScanResult scan;
+	MemoryContext cxt;			/* its URL; reset when it takes another page */
+	int32		page_index;		/* the page it fetches; -1: free */
+	int64		skip;			/* the offset that page was asked from */
+	char	   *url;
+	bool		scanning;		/* its page is being scanned in the background */
+} WindowSlot;
+
 struct EtlPager
 {
 	const EtlJob *job;
@@ -64,6 +90,10 @@ struct EtlPager
 	bool		prefetched;		/* it is there, and being scanned */
 	char	   *prefetch_url;	/* (in run memory) */
 	EtlHttpResponse prefetch_resp;
+	/* the window: pages in flight (offset and page paging) */
+	int			concurrency;
+	WindowSlot *window;			/* NULL until first used */
+	int64		known_total;	/* the total the API last reported; -1: none */
 };
 
 /* The page being processed, from fetch to load. */
@@ -83,7 +113,7 @@ typedef struct Page
  */
 EtlPager *
 etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_link,
-				 int retries, MemoryContext run_cxt)
+				 int retries, int concurrency, MemoryContext run_cxt)
 {
 	EtlPager   *pager = MemoryContextAllocZero(run_cxt, sizeof(EtlPager));
 
@@ -93,6 +123,8 @@ etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_
 	pager->from_stored_link = from_stored_link;
 	pager->retries = retries;
 	pager->run_cxt = run_cxt;
+	pager->concurrency = Min(Max(concurrency, 1), ETL_MAX_CONCURRENCY);
+	pager->known_total = -1;
 	etl_job_http_auth(job, &pager->auth);
 	return pager;
 }
@@ -116,10 +148,14 @@ etl_pager_deferred_error(EtlPager *pager)
 	return pager->deferred_error;
 }
 
+static void window_drop_all(EtlPager *pager);
+
 /* Wait for a background scan still running (after an error or a stop). */
 void
 etl_pager_drain(EtlPager *pager)
 {
+	if (pager->window)
+		window_drop_all(pager);
 	if (!pager->prefetched)
 		return;
 	(void) etl_scan_finish();
@@ -134,6 +170,9 @@ etl_pager_end(EtlPager *pager)
 	etl_pager_drain(pager);
 	for (int i = 0; i < 2; i++)
 		etl_http_buffer_free(&pager->fetches[i].body);
+	if (pager->window)
+		for (int i = 0; i < pager->concurrency; i++)
+			etl_http_buffer_free(&pager->window[i].body);
 }
 
 /* ---------- fetch ---------- */
@@ -435,6 +474,169 @@ fetch_ahead(EtlPager *pager, const EtlScanSpec *spec, const EtlCheckpoint *after
 	}
 }
 
+/* ---------- the window: pages in flight ---------- */
+
+/* Whether the page after cp can be one of several in flight. */
+static bool
+window_applies(EtlPager *pager, const EtlCheckpoint *cp)
+{
+	return pager->concurrency > 1 && !pager->dry_run && cp->sequential_from_page == 0 &&
+		(pager->job->pagination == ETL_PAGINATION_OFFSET ||
+		 pager->job->pagination == ETL_PAGINATION_PAGE);
+}
+
+static WindowSlot *
+window_slot(EtlPager *pager, int32 page_index)
+{
+	return &pager->window[page_index % pager->concurrency];
+}
+
+/* Free a slot: its request dropped, a background scan of it waited for. */
+static void
+window_drop(WindowSlot *slot)
+{
+	if (slot->scanning)
+	{
+		(void) etl_scan_finish();
+		etl_scan_result_free(&slot->scan);
+		slot->scanning = false;
+	}
+	etl_http_abandon(slot->req);
+	slot->page_index = -1;
+}
+
+static void
+window_drop_all(EtlPager *pager)
+{
+	for (int i = 0; i < pager->concurrency; i++)
+		window_drop(&pager->window[i]);
+}
+
+/*
+ * Have the pages from cp on in flight, up to the window's size: page
+ * cp->page_index + k asks from the offset it has if every page before it
+ * is full.  A slot that holds another page, or this page from another
+ * offset, is asked again; none past a total the API reported.
+ */
+static void
+window_fill(EtlPager *pager, const EtlCheckpoint *cp)
+{
+	if (pager->window == NULL)
+	{
+		pager->window = MemoryContextAllocZero(pager->run_cxt,
+											   sizeof(WindowSlot) * pager->concurrency);
+		for (int i = 0; i < pager->concurrency; i++)
+		{
+			pager->window[i].req = etl_http_request_create();
+			pager->window[i].cxt = AllocSetContextCreate(pager->run_cxt, "etl_exec page in flight",
+														 ALLOCSET_SMALL_SIZES);
+			pager->window[i].page_index = -1;
+		}
+	}
+	for (int k = 0; k < pager->concurrency; k++)
+	{
+		int32		page_index = cp->page_index + k;
+		WindowSlot *slot = window_slot(pager, page_index);
+		EtlCheckpoint at = *cp;
+
+		at.page_index = page_index;
+		at.skip = cp->skip + (int64) k * pager->job->page_size;
+		if (slot->page_index == page_index && slot->skip == at.skip)
+			continue;
+		window_drop(slot);
+		/* the first page is always asked: it says whether there are any */
+		if (k > 0 && pager->known_total >= 0 && at.skip >= pager->known_total)
+			continue;
+		MemoryContextReset(slot->cxt);
+		slot->url = MemoryContextStrdup(slot->cxt, etl_pagination_request_url(pager->job, &at));
+		slot->page_index = page_index;
+		slot->skip = at.skip;
+		etl_http_start(slot->req, slot->url, &pager->auth, &slot->body);
+	}
+}
+
+/*
+ * Fetch the page that follows cp from the window (its request may have
+ * been answered already, and its body even scanned), scanned when spec
+ * (the page reader's) is given.
+ */
+static EtlStopReason
+window_fetch(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *spec, Page *page,
+			 WindowSlot **slot_out)
+{
+	WindowSlot *slot;
+	EtlStopReason stop;
+	bool		scanned_ok = false;
+
+	memset(page, 0, sizeof(*page));
+	window_fill(pager, cp);
+	slot = window_slot(pager, cp->page_index);
+	*slot_out = slot;
+	page->url = slot->url;
+	if ((stop = etl_http_wait(slot->req, &page->resp)) != ETL_STOP_NONE)
+		return stop;
+	pager->retries += page->resp.retries;
+	if (spec)
+	{
+		page->scanned = &slot->scan;
+		if (slot->scanning)
+		{
+			scanned_ok = etl_scan_finish();
+			slot->scanning = false;
+		}
+		else
+			scanned_ok = etl_scan_page(spec, page->resp.body, page->resp.body_len, page->scanned);
+		etl_loader_note_scan(pager->loader, scanned_ok);
+		if (!scanned_ok || (page->scanned->nrec == 0 && !page->scanned->container_seen &&
+							cp->page_index == 0))
+		{
+			etl_scan_result_free(page->scanned);
+			page->scanned = NULL;
+		}
+	}
+	return ETL_STOP_NONE;
+}
+
+/*
+ * After page cp->page_index was read: drop the pages in flight that will
+ * not be loaded (past the last page; after a short offset page, whose
+ * successors asked from the wrong offsets -- the rest of the run then goes
+ * one request at a time), and start scanning the next page in the
+ * background if it is here already.
+ */
+static void
+window_after_read(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *spec,
+				  const Page *page, const EtlPageOutcome *outcome, EtlCheckpoint *next)
+{
+	WindowSlot *following;
+
+	if (outcome->expected_total >= 0)
+		pager->known_total = outcome->expected_total;
+	if (outcome->last_page)
+	{
+		window_drop_all(pager);
+		return;
+	}
+	if (pager->job->pagination == ETL_PAGINATION_OFFSET &&
+		page->facts.record_count < pager->job->page_size)
+	{
+		ereport(LOG,
+				(errmsg("etl_exec: page %d of job %d had %d records where %d were asked, and was not the last; the run goes on one request at a time",
+						cp->page_index + 1, pager->job->job_id, page->facts.record_count,
+						pager->job->page_size),
+				 errdetail("The pages in flight after it asked from offsets that no longer follow on.")));
+		window_drop_all(pager);
+		next->sequential_from_page = next->page_index;
+		return;
+	}
+	following = window_slot(pager, cp->page_index + 1);
+	if (spec && page->scanned && following->page_index == cp->page_index + 1 &&
+		!following->scanning && etl_http_ready(following->req) &&
+		etl_scan_start(spec, following->body.data ? following->body.data : "",
+					   following->body.len, &following->scan))
+		following->scanning = true;
+}
+
 /* ---------- load ---------- */
 
 /* Load a parsed page; a dry run converts its values and reports. */
@@ -473,7 +675,18 @@ etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 	EtlPageOutcome outcome;
 	EtlStopReason stop;
 
-	if ((stop = fetch_page(pager, cp, spec, &page)) != ETL_STOP_NONE)
+	WindowSlot *slot = NULL;
+	bool		windowed = window_applies(pager, cp);
+
+	if (windowed)
+		stop = window_fetch(pager, cp, spec, &page, &slot);
+	else
+	{
+		if (pager->window)
+			window_drop_all(pager); /* fell back to one request at a time */
+		stop = fetch_page(pager, cp, spec, &page);
+	}
+	if (stop != ETL_STOP_NONE)
 		return stop;
 	read_page(pager, cp, &page);
 
@@ -485,13 +698,17 @@ etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 		load_parsed(pager, cp, &page);
 	advance(pager, cp, &page, &outcome);
 	checkpoint_after(cp, &page.facts, &outcome, pager->dry_run, &done->next);
+	if (windowed)
+		window_after_read(pager, cp, spec, &page, &outcome, &done->next);
 	if (page.scanned)
 	{
-		if (!outcome.last_page)
+		if (!outcome.last_page && !windowed)
 			fetch_ahead(pager, spec, &done->next);
 		etl_loader_copy_scanned(pager->loader, page.scanned, cp->page_index);
 		etl_scan_result_free(page.scanned);
 	}
+	if (slot)
+		slot->page_index = -1;	/* free for the page after the window */
 
 	if (outcome.last_page && !pager->dry_run)
 		etl_loader_finish(pager->loader);

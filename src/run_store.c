@@ -404,6 +404,8 @@ read_run_settings(Jsonb *settings, EtlRunSettings *out)
 	out->request_timeout_ms = etl_jsonb_int(settings, "request_timeout_ms", 60000);
 	out->connect_timeout_ms = etl_jsonb_int(settings, "connect_timeout_ms", 10000);
 	out->max_retries = etl_jsonb_int(settings, "max_retries", 3);
+	/* runs started before 0.4.0 sent one request at a time */
+	out->concurrency = etl_jsonb_int(settings, "default_concurrency", 1);
 	out->retry_base_delay_ms = etl_jsonb_int(settings, "retry_base_delay_ms", 500);
 	out->max_response_bytes = etl_jsonb_int(settings, "max_response_bytes", 256 * 1024 * 1024);
 	out->low_speed_time_seconds = etl_jsonb_int(settings, "low_speed_time_seconds", 30);
@@ -431,7 +433,8 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 				   "  run_context #>> '{checkpoint,total_records}', run_context #>> '{checkpoint,next_url}', "
 				   "  run_context #>> '{checkpoint,cursor}', parameters, settings, "
 				   "  coalesce((run_context ->> 'retries')::int, 0), run_context ->> 'target', "
-				   "  run_context #>> '{staging,table}' "
+				   "  run_context #>> '{staging,table}', "
+				   "  run_context #>> '{checkpoint,sequential_from_page}' "
 				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
@@ -462,6 +465,8 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 	row->retries = pg_strtoint32(etl_spi_value(cxt, 17));
 	row->target = etl_spi_value(cxt, 18);
 	row->staging_table = etl_spi_value(cxt, 19);
+	if (row->has_checkpoint && (v = etl_spi_value(cxt, 20)) != NULL)
+		row->checkpoint.sequential_from_page = pg_strtoint32(v);
 	SPI_finish();
 
 	read_run_settings(settings, &row->settings);
@@ -524,6 +529,8 @@ checkpoint_patch(const EtlCheckpoint *cp, int retries, int64 expected_total)
 								 TIMESTAMPTZOID, NULL));
 	push_text(&state, "next_url", cp->next_url);
 	push_text(&state, "cursor", cp->cursor);
+	if (cp->sequential_from_page > 0)
+		push_int(&state, "sequential_from_page", cp->sequential_from_page);
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	push_int(&state, "retries", retries);
 	if (expected_total >= 0)

@@ -24,6 +24,7 @@ int			etl_checkpoint_interval_seconds = 60;
 int			etl_request_timeout_ms = 60000;
 int			etl_connect_timeout_ms = 10000;
 int			etl_max_retries = 3;
+int			etl_default_concurrency = 4;
 int			etl_retry_base_delay_ms = 500;
 int			etl_max_response_bytes = 256 * 1024 * 1024;
 int			etl_low_speed_time_seconds = 30;
@@ -92,6 +93,12 @@ etl_define_settings(void)
 							"A job's max_retries overrides it.",
 							&etl_max_retries,
 							3, 0, 100,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.default_concurrency",
+							"Most requests of a run in flight at once, for jobs whose concurrency is NULL.",
+							"Offset and page paging keep this many pages in flight and load them in page order; 1 sends one request at a time.",
+							&etl_default_concurrency,
+							4, 1, ETL_MAX_CONCURRENCY,
 							PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("etl_exec.retry_base_delay_ms",
 							"First retry delay; it doubles with each retry, with jitter.",
@@ -172,6 +179,7 @@ etl_settings_snapshot(PG_FUNCTION_ARGS)
 					 "\"request_timeout_ms\":%d,"
 					 "\"connect_timeout_ms\":%d,"
 					 "\"max_retries\":%d,"
+					 "\"default_concurrency\":%d,"
 					 "\"retry_base_delay_ms\":%d,"
 					 "\"max_response_bytes\":%d,"
 					 "\"low_speed_time_seconds\":%d,"
@@ -181,6 +189,7 @@ etl_settings_snapshot(PG_FUNCTION_ARGS)
 					 etl_request_timeout_ms,
 					 etl_connect_timeout_ms,
 					 etl_max_retries,
+					 etl_default_concurrency,
 					 etl_retry_base_delay_ms,
 					 etl_max_response_bytes,
 					 etl_low_speed_time_seconds,

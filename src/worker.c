@@ -214,6 +214,7 @@ adopt_checkpoint(RunState *st, const EtlCheckpoint *next)
 	st->cp.total_records = next->total_records;
 	st->cp.next_url = next_url;
 	st->cp.cursor = cursor;
+	st->cp.sequential_from_page = next->sequential_from_page;
 	MemoryContextSwitchTo(old);
 }
 
@@ -228,6 +229,8 @@ apply_job_overrides(RunState *st)
 		st->settings.max_retries = st->job.max_retries;
 	if (st->job.request_timeout_ms > 0)
 		st->settings.request_timeout_ms = st->job.request_timeout_ms;
+	if (st->job.concurrency > 0)
+		st->settings.concurrency = st->job.concurrency;
 }
 
 /*
@@ -329,7 +332,7 @@ start_run(RunState *st)
 		etl_http_init(&st->settings);
 		st->pager = etl_pager_create(&st->job, st->loader, st->row.dry_run,
 									 st->cp.next_url != NULL || st->cp.cursor != NULL,
-									 st->row.retries, st->run_cxt);
+									 st->row.retries, st->settings.concurrency, st->run_cxt);
 		setup_done = true;
 	}
 	PG_CATCH();

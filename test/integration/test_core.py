@@ -41,7 +41,7 @@ def test_empty_page_stops_offset_paging_without_total(db):
 def test_timeouts_then_resume_until_succeeded_is_exact(db):
     db.patients_table("p_resume")
     # 40 pages of 500 at >= 60 ms each: a 1 s timeout hits several times
-    job = db.job("resume", "/odata/Patients?n=20000&delay_ms=60", "p_resume", page_size=500,
+    job = db.job("resume", "/odata/Patients?n=20000&delay_ms=60", "p_resume", concurrency=1, page_size=500,
                  pagination_options=TOTAL)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
     statuses = db.resume_until_done(run_id, timeout=1)
@@ -60,7 +60,7 @@ def test_timeouts_then_resume_until_succeeded_is_exact(db):
 
 def test_timed_out_run_message_and_checkpoint(db):
     db.patients_table("p_tmsg")
-    job = db.job("tmsg", "/odata/Patients?n=5000&delay_ms=300", "p_tmsg", page_size=500, pagination_options=TOTAL)
+    job = db.job("tmsg", "/odata/Patients?n=5000&delay_ms=300", "p_tmsg", concurrency=1, page_size=500, pagination_options=TOTAL)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
     assert db.wait(run_id) == "timed_out"
     row = db.run_row(run_id)
@@ -76,7 +76,7 @@ def test_timed_out_run_message_and_checkpoint(db):
 
 def test_wait_true_raises_timeout_with_own_sqlstate(db):
     db.patients_table("p_wait")
-    job = db.job("waitto", "/odata/Patients?n=5000&delay_ms=300", "p_wait", page_size=500, pagination_options=TOTAL)
+    job = db.job("waitto", "/odata/Patients?n=5000&delay_ms=300", "p_wait", concurrency=1, page_size=500, pagination_options=TOTAL)
     with pytest.raises(psycopg2.Error) as exc:
         db.q("SELECT etl_execute_job(%s, timeout := 1, wait := true)", (job,))
     assert exc.value.pgcode == "ET002"
@@ -264,7 +264,7 @@ def test_worker_side_failures(db, fault, expect):
 
 def test_parameters_fill_the_url_and_guard_resume(db):
     db.patients_table("p_par")
-    job = db.job("par", "/odata/Patients?n={count}&delay_ms={delay}", "p_par", page_size=100,
+    job = db.job("par", "/odata/Patients?n={count}&delay_ms={delay}", "p_par", concurrency=1, page_size=100,
                  parameters={"delay": 200}, pagination_options=TOTAL)
     with pytest.raises(psycopg2.Error, match=r"placeholders without a value: \{count\}"):
         db.q("SELECT etl_execute_job(%s)", (job,))
@@ -284,7 +284,7 @@ def test_parameters_fill_the_url_and_guard_resume(db):
 
 def test_changed_paging_settings_refuse_resume(db):
     db.patients_table("p_chg")
-    job = db.job("chg", "/odata/Patients?n=3000&delay_ms=300", "p_chg", page_size=500)
+    job = db.job("chg", "/odata/Patients?n=3000&delay_ms=300", "p_chg", concurrency=1, page_size=500)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
     assert db.wait(run_id) == "timed_out"
     db.q("UPDATE dw_etl_jobs SET page_size = 250 WHERE job_id = %s", (job,))
@@ -320,7 +320,7 @@ def test_settings_come_from_the_callers_session(db):
 
 def test_checkpoint_is_never_older_than_the_interval(db):
     db.patients_table("p_int")
-    job = db.job("int", "/odata/Patients?n=3000&delay_ms=100", "p_int", page_size=100,
+    job = db.job("int", "/odata/Patients?n=3000&delay_ms=100", "p_int", concurrency=1, page_size=100,
                  checkpoint_interval_seconds=1)
     run_id = db.one("SELECT etl_execute_job(%s)", (job,))
     seen = []
@@ -490,7 +490,7 @@ def test_stop_mid_run_keeps_checkpoint_and_resumes_exactly(db, how, status):
 
 def test_cancelling_a_waiting_caller_stops_the_wait_not_the_run(db):
     db.patients_table("p_cw")
-    job = db.job("cw", "/odata/Patients?n=3000&delay_ms=100", "p_cw", page_size=500, pagination_options=TOTAL)
+    job = db.job("cw", "/odata/Patients?n=3000&delay_ms=100", "p_cw", concurrency=1, page_size=500, pagination_options=TOTAL)
     caller = connect(db.dbname)
     caller_pid = caller.get_backend_pid()
     import threading
@@ -517,7 +517,7 @@ def test_cancelling_a_waiting_caller_stops_the_wait_not_the_run(db):
 
 def test_two_resumes_of_one_run_never_run_at_once(db):
     db.patients_table("p_two")
-    job = db.job("two", "/odata/Patients?n=2000&delay_ms=200", "p_two", page_size=200)
+    job = db.job("two", "/odata/Patients?n=2000&delay_ms=200", "p_two", concurrency=1, page_size=200)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
     assert db.wait(run_id) == "timed_out"
     other = connect(db.dbname)
@@ -663,7 +663,7 @@ def test_per_page_checkpoints_keep_concurrent_updates_of_the_run_row(db):
     """Another session updating the run row mid-run loses nothing: the
     worker's next checkpoint write merges into the row as it now is."""
     db.patients_table("p_conc")
-    job = db.job("conc", "/odata/Patients?n=6000&delay_ms=60", "p_conc", page_size=500, pagination_options=TOTAL,
+    job = db.job("conc", "/odata/Patients?n=6000&delay_ms=60", "p_conc", concurrency=1, page_size=500, pagination_options=TOTAL,
                  checkpoint_interval_seconds=0)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
     _worker_pid(db, run_id)
@@ -759,7 +759,7 @@ def test_deleting_a_running_runs_row_stops_it_keeping_what_committed(db):
     message in the log, the pages it committed stay, the one in flight is
     rolled back, and the server carries on."""
     db.patients_table("p_del")
-    job = db.job("del", "/odata/Patients?n=6000&delay_ms=60", "p_del", page_size=500, pagination_options=TOTAL,
+    job = db.job("del", "/odata/Patients?n=6000&delay_ms=60", "p_del", concurrency=1, page_size=500, pagination_options=TOTAL,
                  checkpoint_interval_seconds=0)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
     pid = _worker_pid(db, run_id)

@@ -236,7 +236,7 @@ def test_oauth2_tokens_are_fetched_cached_and_refreshed(db):
                       "client_secret": "s3cret"}), [ORIGIN]))
     db.patients_table("h_oauth")
     # 15 pages of 200 at 400 ms: 6 s, with tokens that live 2 s
-    job = db.job("hoauth", "/odata/Patients?n=3000&oauth=1&delay_ms=400", "h_oauth", page_size=200,
+    job = db.job("hoauth", "/odata/Patients?n=3000&oauth=1&delay_ms=400", "h_oauth", concurrency=1, page_size=200,
                  headers={"Authorization": "Bearer {oauth2:oauth}"}, pagination_options=TOTAL)
     reset()
     run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
@@ -252,7 +252,7 @@ def test_a_revoked_oauth_token_is_fetched_again_once(db):
          (json.dumps({"token_url": MOCK_API + "/oauth/token", "client_id": "etl", "client_secret": "s3cret"}),
           [ORIGIN]))
     db.patients_table("h_oauth_rev")
-    job = db.job("hoauthrev", "/odata/Patients?n=2000&oauth=1&delay_ms=300", "h_oauth_rev", page_size=200,
+    job = db.job("hoauthrev", "/odata/Patients?n=2000&oauth=1&delay_ms=300", "h_oauth_rev", concurrency=1, page_size=200,
                  headers={"Authorization": "Bearer {oauth2:oauth_rev}"}, pagination_options=TOTAL)
     reset()
     run_id = db.one("SELECT etl_execute_job(%s)", (job,))

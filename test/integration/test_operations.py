@@ -51,7 +51,7 @@ def test_interrupted_run_is_notified_when_found(db):
 
 def test_progress_view_and_worker_in_pg_stat_activity(db):
     db.patients_table("o_prog")
-    job = db.job("oprog", "/odata/Patients?n=4000&delay_ms=100", "o_prog", page_size=200, pagination_options=TOTAL)
+    job = db.job("oprog", "/odata/Patients?n=4000&delay_ms=100", "o_prog", concurrency=1, page_size=200, pagination_options=TOTAL)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 60)", (job,))
     time.sleep(1.5)
     rows = db.q("""SELECT job_name, status, records_loaded, pages_fetched, expected_total, percent_done,
@@ -173,7 +173,7 @@ def test_a_role_without_insert_gets_a_failed_run_and_nothing_loaded(db, roles):
 def test_resuming_someone_elses_run_needs_membership(db, roles):
     db.patients_table("o_mine")
     db.q("GRANT SELECT, INSERT ON o_mine TO o_team")
-    job = db.job("omine", "/odata/Patients?n=2000&delay_ms=300", "o_mine", page_size=200)
+    job = db.job("omine", "/odata/Patients?n=2000&delay_ms=300", "o_mine", concurrency=1, page_size=200)
     conn = connect(db.dbname, user="o_login")
     cur = conn.cursor()
     cur.execute("SELECT etl_execute_job(%s, timeout := 1)", (job,))
@@ -197,7 +197,7 @@ def test_resuming_someone_elses_run_needs_membership(db, roles):
 def test_etl_resume_pending_picks_what_it_should(db):
     db.q("DROP TABLE IF EXISTS o_pend")
     db.q("CREATE TABLE o_pend (patientid int, name text)")     # several runs load it
-    job = db.job("opend", "/odata/Patients?n=1000&delay_ms=300", "o_pend", page_size=100,
+    job = db.job("opend", "/odata/Patients?n=1000&delay_ms=300", "o_pend", concurrency=1, page_size=100,
                  checkpoint_interval_seconds=0, allow_concurrent_runs=True)
     timed_out = db.one("""SELECT etl_execute_job(%s, timeout := 1, parameters := '{"k": 1}')""", (job,))
     cancelled = db.one("""SELECT etl_execute_job(%s, timeout := 60, parameters := '{"k": 2}')""", (job,))
@@ -366,7 +366,7 @@ def test_a_callers_search_path_cannot_hijack_the_worker(db, roles):
 def test_internal_functions_check_for_themselves(db, roles):
     db.patients_table("o_int")
     db.q("GRANT SELECT, INSERT ON o_int TO o_team")
-    job = db.job("oint", "/odata/Patients?n=1000&delay_ms=300", "o_int", page_size=100)
+    job = db.job("oint", "/odata/Patients?n=1000&delay_ms=300", "o_int", concurrency=1, page_size=100)
     owner = connect(db.dbname, user="o_login")
     cur = owner.cursor()
     cur.execute("SELECT etl_execute_job(%s, timeout := 1)", (job,))

@@ -31,12 +31,12 @@ STYLES = {
 }
 
 
-def make_job(db, style, extra="", n=N):
+def make_job(db, style, extra="", n=N, **cols):
     url, pagination, page_size, options, records_path = STYLES[style]
     table = f"s_{style}"
     db.patients_table(table)
     job = db.job(f"style_{style}", url.format(n=n) + extra, table, pagination=pagination, page_size=page_size,
-                 pagination_options=options, records_path=records_path, checkpoint_interval_seconds=0)
+                 pagination_options=options, records_path=records_path, checkpoint_interval_seconds=0, **cols)
     return job, table
 
 
@@ -52,7 +52,8 @@ def test_full_run(db, style):
 
 @pytest.mark.parametrize("style", sorted(s for s in STYLES if s != "none"))
 def test_timed_out_run_resumes_exactly(db, style):
-    job, table = make_job(db, style, extra="&delay_ms=300")
+    # one request at a time: 6 pages of 300 ms outlast the 1 s timeout
+    job, table = make_job(db, style, extra="&delay_ms=300", concurrency=1)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
     statuses = db.resume_until_done(run_id, timeout=1)
     assert "timed_out" in statuses, statuses
@@ -128,7 +129,7 @@ def test_replace_swaps_in_only_on_success(db):
     db.q("INSERT INTO repl (patientid, name) VALUES (-1, 'old row')")
     db.q("CREATE INDEX repl_name_idx ON repl (name)")
     db.q("GRANT SELECT ON repl TO etl_operator")
-    job = db.job("repl", "/odata/Patients?n=3000&delay_ms=300", "repl", page_size=500, load_mode="replace",
+    job = db.job("repl", "/odata/Patients?n=3000&delay_ms=300", "repl", concurrency=1, page_size=500, load_mode="replace",
                  pagination_options={"total_path": '$."@odata.count"'}, checkpoint_interval_seconds=0)
     run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
     assert db.wait(run_id) == "timed_out"
