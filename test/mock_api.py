@@ -117,6 +117,10 @@ DATA ENDPOINTS (GET only; POST/other -> 405; unknown path -> 404 {"error":..})
 8. /array/Patients?offset=S&limit=T            (defaults 0 / 100, T>=0)
        -> bare JSON array of records S+1 .. min(S+T, n)
 
+   short_at=K&short_by=M (/odata, /array): the page at offset K holds M
+   records fewer than asked, though it is not the last (a server that
+   returns fewer rows than asked mid-stream); the next offset is K + T - M.
+
    max_top=K (all endpoints except /single): the server caps the page size at
    K records whatever was asked.  For page-number style endpoints (/paged,
    /linked) the capped size is also used to compute the page's offset, as a
@@ -184,6 +188,10 @@ CONTROL ENDPOINTS (not counted as data requests)
                                 "unknown_paths": [paths asked for that are
                                    no endpoint (a smuggled request, say)],
                                 "token_requests": <POSTs to /oauth/token>,
+                                "inflight_max": <most data requests being
+                                   answered at once>,
+                                "past_end": <data requests for an offset at
+                                   or past the last record (n > 0)>,
                                 "fail_at": {"<path>@<K>": times asked}}
   POST /oauth/token         form body grant_type=client_credentials&client_id=
                             ID&client_secret=SECRET (or a JSON object with the
@@ -296,6 +304,9 @@ class State:
         self.fail_every_counts = {}  # path -> requests carrying fail_every
         self.fail_every_last = {}   # path -> did the previous one fail?
         self.unknown_paths = []
+        self.inflight = 0
+        self.inflight_max = 0
+        self.past_end = 0
 
 
 class BadRequest(Exception):
@@ -355,6 +366,13 @@ class Query:
 # (offset, render, is_array) where render() -> (json_obj, [extra headers]).
 # ---------------------------------------------------------------------------
 
+def _short(q, offset, size):
+    """Apply the short_at=K&short_by=M switch."""
+    if q.has("short_at") and q.int("short_at") == offset:
+        return max(0, size - q.int("short_by", 1))
+    return size
+
+
 def _cap(q, size):
     """Apply the max_top=K switch."""
     if q.has("max_top"):
@@ -366,7 +384,7 @@ def ep_odata(h, q, n):
     skip_name = q.get("skip_name") or "$skip"
     top_name = q.get("top_name") or "$top"
     skip = q.int(skip_name, 0)
-    top = _cap(q, q.int(top_name, DEFAULT_PAGE))
+    top = _short(q, skip, _cap(q, q.int(top_name, DEFAULT_PAGE)))
     no_count = q.flag("no_count")
 
     def render():
@@ -517,7 +535,7 @@ def ep_single(h, q, n):
 
 def ep_array(h, q, n):
     offset = q.int("offset", 0)
-    limit = _cap(q, q.int("limit", DEFAULT_PAGE))
+    limit = _short(q, offset, _cap(q, q.int("limit", DEFAULT_PAGE)))
     return offset, (lambda: (records(offset, limit, n), [])), True
 
 
@@ -569,6 +587,7 @@ class Handler(BaseHTTPRequestHandler):
         """Send status/headers/body (bytes).  Gzip if allowed for this
         request; stall=(bytes, ms) pauses mid-body; truncate closes the
         connection after half of the body (Content-Length stays full)."""
+        self._answered()
         hdrs = [("Content-Type", "application/json; charset=utf-8")]
         if self.gzip_ok:
             body = gzip.compress(body, mtime=0)
@@ -623,6 +642,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self):
         self.headers_sent = False
+        self.in_flight = False
         self.gzip_ok = False
         try:
             url = urlsplit(self.path)
@@ -699,6 +719,8 @@ class Handler(BaseHTTPRequestHandler):
                    "headers_seen": list(st.headers_seen),
                    "unknown_paths": list(st.unknown_paths),
                    "token_requests": st.token_requests,
+                   "inflight_max": st.inflight_max,
+                   "past_end": st.past_end,
                    "fail_at": {"%s@%d" % k: v
                                for k, v in st.fail_at_counts.items()}}
         self.send_json(200, obj)
@@ -763,6 +785,25 @@ class Handler(BaseHTTPRequestHandler):
     def _data(self, path, q, endpoint):
         st = self.server.state
         with st.lock:
+            st.inflight += 1
+            st.inflight_max = max(st.inflight_max, st.inflight)
+        self.in_flight = True
+        try:
+            self._data_counted(path, q, endpoint)
+        finally:
+            self._answered()
+
+    def _answered(self):
+        """A data request is no longer in flight once its answer starts
+        (the client may send its next request as soon as it has read it)."""
+        if getattr(self, "in_flight", False):
+            self.in_flight = False
+            with self.server.state.lock:
+                self.server.state.inflight -= 1
+
+    def _data_counted(self, path, q, endpoint):
+        st = self.server.state
+        with st.lock:
             st.requests += 1
             st.by_path[path] = st.by_path.get(path, 0) + 1
             st.headers_seen.append({
@@ -808,6 +849,9 @@ class Handler(BaseHTTPRequestHandler):
             # parameters
             n = q.int("n", DEFAULT_N, maximum=MAX_N)
             offset, render, is_array = endpoint(self, q, n)
+            if n > 0 and offset >= n:
+                with st.lock:
+                    st.past_end += 1
             fail_status = q.int("fail_status", 500, minimum=100, maximum=599)
             fail_at = q.int("fail_at")
             fail_times = q.int("fail_times")
@@ -870,6 +914,7 @@ class Handler(BaseHTTPRequestHandler):
 class MockServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128      # many connections at once (parallel paging)
 
     def __init__(self, addr, handler, verbose=False, token_ttl=3600):
         super().__init__(addr, handler)

@@ -166,8 +166,8 @@ def test_append_into_a_reference_table(cdb):
 
 def test_timeouts_then_resume_is_exact(cdb):
     cdb.distributed("c_timeout")
-    # 40 pages of 500 at >= 60 ms each: a 1 s timeout hits several times
-    job = cdb.job("c_timeout", "/odata/Patients?n=20000&delay_ms=60", "c_timeout", page_size=500,
+    # 40 pages of 500 at >= 250 ms each, 4 in flight: a 1 s timeout hits several times
+    job = cdb.job("c_timeout", "/odata/Patients?n=20000&delay_ms=250", "c_timeout", page_size=500,
                   pagination_options=TOTAL)
     run_id = cdb.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
     statuses = cdb.resume_until_done(run_id, timeout=1)
@@ -192,7 +192,7 @@ def _worker_pid(db, run_id):
 def test_cancel_then_resume_is_exact(cdb, interval):
     cdb.distributed("c_cancel")
     n = 6000 if interval == 0 else 30000     # with 1 s between commits: still running after the first
-    job = cdb.job("c_cancel", "/odata/Patients?n=%d&delay_ms=100" % n, "c_cancel", page_size=500,
+    job = cdb.job("c_cancel", "/odata/Patients?n=%d&delay_ms=400" % n, "c_cancel", page_size=500,
                   pagination_options=TOTAL, checkpoint_interval_seconds=interval)
     run_id = cdb.one("SELECT etl_execute_job(%s, timeout := 300)", (job,))
     _worker_pid(cdb, run_id)

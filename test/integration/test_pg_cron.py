@@ -34,7 +34,7 @@ def test_pg_cron_starts_a_job_and_resumes_it_until_done(db):
     skip_without_pg_cron()
     db.patients_table("cron_p")
     # 6 pages at 400 ms: 2.4 s, more than the 2 s timeout the schedule gives
-    job = db.job("cronjob", "/odata/Patients?n=3000&delay_ms=400", "cron_p", page_size=500,
+    job = db.job("cronjob", "/odata/Patients?n=3000&delay_ms=400", "cron_p", concurrency=1, page_size=500,
                  checkpoint_interval_seconds=0, pagination_options={"total_path": '$."@odata.count"'})
     cron = connect()          # pg_cron lives in the 'postgres' database
     cur = cron.cursor()
