@@ -15,6 +15,7 @@ OBJS = \
 	src/job.o \
 	src/loader.o \
 	src/run_store.o \
+	src/host_budget.o \
 	src/run_clock.o \
 	src/run_lock.o \
 	src/ext_schema.o \

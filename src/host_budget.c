@@ -1,0 +1,925 @@
+/*-------------------------------------------------------------------------
+ *
+ * host_budget.c
+ *	  Request budgets per host, shared by every run of the server: the
+ *	  limits of dw_etl_hosts (requests per second, requests in flight) and
+ *	  what the API's own rate-limit headers say (Retry-After, X-RateLimit-*,
+ *	  the IETF RateLimit fields), and a run's waits on them.
+ *
+ * The contract, per request (the HTTP engine may have several in flight):
+ *
+ *	  key = etl_host_budget_key(url);
+ *	  if (etl_host_budget_try_start(key, &until, &why))  -- counted: send it
+ *	  ... else ask again at `until` (never blocks, never waits itself)
+ *	  etl_rate_headers_reset(&h); each response header line ->
+ *	  etl_rate_header_line(&h, line, len)  -- from the curl header callback
+ *	  etl_host_budget_finish(key, status, &h);  -- once per started request
+ *
+ * etl_host_budget_start() is the blocking form for one request at a time:
+ * it waits on the run's latch (waking for cancel, terminate and the
+ * deadline), shows the wait in pg_stat_activity, and when the wait would
+ * pass the run's deadline stops the run at once (ETL_STOP_TIMED_OUT) and
+ * records when the host accepts requests again, which the worker stores as
+ * run_context.resume_after (etl_rate_limit_stopped).
+ *
+ * A host's key is its lower-case name (or address) with ":port" when the
+ * port is not the scheme's default -- what dw_etl_hosts.host names and
+ * dw_etl_secrets.allowed_hosts names.  Requests to a host are spaced
+ * 1/max_requests_per_second apart (plus ETL_SPREAD_US spread over each
+ * second, so that a request delayed on the way does not land one too many
+ * in a second of the API's clock); never more than max_concurrency are in
+ * flight; a quota the API reports (remaining, reset) is counted down by
+ * every request started after the response that reported it, so N
+ * requests in flight do not overshoot it, and when it is spent requests
+ * wait for the reset; a 429 (or a 503 with Retry-After) pauses every run's
+ * requests to the host until Retry-After has passed.
+ *
+ * Shared memory, without shared_preload_libraries: a fixed table of
+ * ETL_HOST_SLOTS hosts under a spinlock (critical sections are a lookup
+ * and a few assignments; nothing in them can fail).  On PostgreSQL 17 and
+ * later it is a named DSM segment (GetNamedDSMSegment); on 15, which has
+ * no DSM registry, a named struct in the main shared memory segment,
+ * allocated by the first process that needs it (ShmemInitStruct under
+ * AddinShmemInitLock) from the segment's slack -- PostgreSQL sizes the
+ * segment with 100 kB to spare (more after rounding to pages) for small
+ * structures nobody estimates; this one takes about 40 kB, once.  Both
+ * live exactly as long as the server's shared memory: a crash restart
+ * (a SIGKILLed worker) reinitialises the main segment and with it the DSM
+ * registry, and destroys the old DSM segments, so no count outlives the
+ * processes that held it.  See etl_shared_struct in compat.h.
+ *
+ * Counts a process holds (requests started and not finished) are known to
+ * it: a run's end (etl_host_budget_release_all) and the process's exit
+ * (a before_shmem_exit callback, which runs on ERROR exits too) give them
+ * back.  A full table is not an error: a host that finds no free entry
+ * (and no idle one to take over) is not budgeted, and the process says so
+ * once in its log.
+ *
+ * dw_etl_hosts is per database, the state per server: runs of another
+ * database share a host's state and apply their own database's limits.
+ * A run reads the limits when it starts (etl_host_budget_load).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "etl_exec.h"
+
+#define ETL_HOST_SLOTS 128
+#define ETL_HOST_KEY_LEN 272	/* a 253-character name, ":65535", NUL */
+#define ETL_SPREAD_US 30000		/* spread over each second of spacing */
+#define ETL_CONCURRENCY_POLL_MS 20	/* a full host: ask again this soon */
+#define ETL_UNKNOWN_RESET_MS 1000	/* quota spent, no reset said: wait this */
+#define ETL_BARE_429_PAUSE_MS 1000	/* a 429 that says nothing: pause this */
+#define ETL_MIN_PAUSE_MS 100	/* the shortest pause a 429 / 503 makes */
+#define ETL_MAX_WAIT_MS INT64CONST(86400000)	/* no header makes us wait longer */
+
+typedef struct HostSlot
+{
+	uint32		hash;
+	uint32		generation;		/* bumped when another host takes it */
+	char		key[ETL_HOST_KEY_LEN];	/* "": free */
+	int32		in_flight;
+	TimestampTz next_start;		/* spacing: no request before */
+	TimestampTz paused_until;	/* 429 / 503 Retry-After */
+	int64		quota_left;		/* -1: unknown */
+	TimestampTz quota_reset_at; /* 0: unknown */
+	TimestampTz last_used;
+	int64		started;		/* requests started (since server start) */
+	int64		throttled;		/* 429s seen */
+} HostSlot;
+
+typedef struct HostBudgetShared
+{
+	slock_t		mutex;
+	HostSlot	slots[ETL_HOST_SLOTS];
+} HostBudgetShared;
+
+/* this database's dw_etl_hosts, read when a run starts */
+typedef struct HostLimit
+{
+	char	   *key;
+	double		rps;			/* 0: no limit */
+	int			max_concurrency;	/* 0: no limit */
+} HostLimit;
+
+static HostBudgetShared *budget = NULL;
+static MemoryContext limits_cxt = NULL;
+static HostLimit *limits = NULL;
+static int	nlimits = 0;
+
+/* what this process holds, per slot (and which host held the slot then) */
+static int32 held[ETL_HOST_SLOTS];
+static uint32 held_generation[ETL_HOST_SLOTS];
+static bool warned_full = false;
+
+/* the run's wait, as pg_stat_activity shows it, and a stop for one */
+static char activity_figures[256];
+static char waiting_host[ETL_HOST_KEY_LEN];
+static TimestampTz waiting_until = 0;
+static char stopped_host[ETL_HOST_KEY_LEN];
+static TimestampTz stopped_until = 0;
+
+static void release_all_at_exit(int code, Datum arg);
+
+/* ---------- rate-limit headers (inside curl callbacks: no palloc, no ereport) ---------- */
+
+void
+etl_rate_headers_reset(EtlRateHeaders *h)
+{
+	h->retry_after_ms = -1;
+	h->remaining = -1;
+	h->reset_ms = -1;
+	h->x_remaining = -1;
+	h->x_reset_ms = -1;
+	h->ietf_remaining = -1;
+	h->ietf_reset_ms = -1;
+	h->structured_remaining = -1;
+	h->structured_reset_ms = -1;
+}
+
+/* a timestamp as milliseconds since the Unix epoch */
+static int64
+unix_ms(TimestampTz t)
+{
+	return t / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+}
+
+/*
+ * A non-negative decimal number ("12", "1.5") at *s, in thousandths;
+ * -1 when there is none.  Advances *s past it.
+ */
+static int64
+parse_thousandths(const char **s, const char *end)
+{
+	const char *p = *s;
+	int64		v = 0;
+	int64		frac = 0;
+	int			fdigits = 0;
+	bool		any = false;
+
+	while (p < end && (*p == ' ' || *p == '\t'))
+		p++;
+	while (p < end && *p >= '0' && *p <= '9')
+	{
+		if (v < INT64CONST(10000000000000))
+			v = v * 10 + (*p - '0');	/* (no overflow in thousandths) */
+		p++;
+		any = true;
+	}
+	if (p < end && *p == '.')
+	{
+		p++;
+		while (p < end && *p >= '0' && *p <= '9')
+		{
+			if (fdigits < 3)
+			{
+				frac = frac * 10 + (*p - '0');
+				fdigits++;
+			}
+			p++;
+			any = true;
+		}
+	}
+	*s = p;
+	if (!any)
+		return -1;
+	while (fdigits++ < 3)
+		frac *= 10;
+	return v * 1000 + frac;
+}
+
+/* a whole number, or -1 */
+static int64
+parse_count(const char *s, const char *end)
+{
+	int64		v = parse_thousandths(&s, end);
+
+	return v < 0 ? -1 : v / 1000;
+}
+
+/*
+ * A reset time in ms from now, decided by magnitude: epoch milliseconds
+ * (over 10^12), epoch seconds (over 10^9), else seconds to go.
+ */
+static int64
+reset_to_ms(int64 thousandths)
+{
+	int64		now_ms = unix_ms(GetCurrentTimestamp());
+	int64		ms;
+
+	if (thousandths < 0)
+		return -1;
+	if (thousandths > INT64CONST(1000000000000000))
+		ms = thousandths / 1000 - now_ms;	/* epoch ms */
+	else if (thousandths > INT64CONST(1000000000000))
+		ms = thousandths - now_ms;	/* epoch seconds */
+	else
+		ms = thousandths;
+	return Min(Max(ms, 0), ETL_MAX_WAIT_MS);
+}
+
+/* Retry-After: seconds, or an HTTP date */
+static int64
+retry_after_ms(const char *v, const char *end)
+{
+	char		date[128];
+	size_t		n = Min((size_t) (end - v), sizeof(date) - 1);
+	const char *p = v;
+	int64		t = parse_thousandths(&p, end);
+	time_t		when;
+
+	while (p < end && (*p == ' ' || *p == '\t'))
+		p++;
+	if (t >= 0 && p == end)
+		return Min(t, ETL_MAX_WAIT_MS);
+	memcpy(date, v, n);
+	date[n] = '\0';
+	when = curl_getdate(date, NULL);
+	if (when <= 0)
+		return -1;
+	return Min(Max((int64) (when - time(NULL)) * 1000, 0), ETL_MAX_WAIT_MS);
+}
+
+/* a policy of the IETF RateLimit field: kept when it is the most restrictive */
+static void
+consider_policy(EtlRateHeaders *h, int64 remaining, int64 reset)
+{
+	int64		reset_ms;
+
+	if (remaining < 0)
+		return;
+	reset_ms = reset_to_ms(reset);
+	if (h->structured_remaining < 0 || remaining < h->structured_remaining ||
+		(remaining == h->structured_remaining && reset_ms > h->structured_reset_ms))
+	{
+		h->structured_remaining = remaining;
+		h->structured_reset_ms = reset_ms;
+	}
+}
+
+static bool
+name_is(const char *name, size_t len, const char *what)
+{
+	return len == strlen(what) && pg_strncasecmp(name, what, len) == 0;
+}
+
+/*
+ * The IETF RateLimit field: the dictionary of draft 7
+ * ("limit=100, remaining=50, reset=5") or the list of policies of later
+ * drafts ("default";r=50;t=30, "burst";r=0;t=1 -- a policy's name may be a
+ * bare token).  Keeps the most restrictive policy: the fewest remaining,
+ * then the latest reset.
+ */
+static void
+parse_structured(EtlRateHeaders *h, const char *v, const char *end)
+{
+	int64		dict_remaining = -1;
+	int64		dict_reset = -1;
+	const char *member = v;
+
+	while (member < end)
+	{
+		const char *mend = memchr(member, ',', end - member);
+		const char *p = member;
+		int64		remaining = -1;
+		int64		reset = -1;
+		bool		policy = false;
+
+		if (mend == NULL)
+			mend = end;
+		while (p < mend && (*p == ' ' || *p == '\t'))
+			p++;
+		if (p < mend && *p == '"')
+		{
+			policy = true;
+			p = memchr(p + 1, '"', mend - p - 1);
+			p = p ? p + 1 : mend;
+		}
+		while (p < mend)
+		{
+			const char *name;
+			size_t		nlen;
+			int64		val = -1;
+
+			while (p < mend && (*p == ' ' || *p == '\t' || *p == ';'))
+				p++;
+			name = p;
+			while (p < mend && *p != '=' && *p != ';' && *p != ' ')
+				p++;
+			nlen = p - name;
+			while (p < mend && *p == ' ')
+				p++;
+			if (p < mend && *p == '=')
+			{
+				p++;
+				val = parse_thousandths(&p, mend);
+				while (p < mend && *p != ';')
+					p++;
+			}
+			else if (nlen > 0)
+				policy = true;	/* a bare token: a policy's name */
+			if (name_is(name, nlen, "r"))
+				remaining = val < 0 ? -1 : val / 1000;
+			else if (name_is(name, nlen, "t"))
+				reset = val;
+			else if (name_is(name, nlen, "remaining"))
+				dict_remaining = val < 0 ? -1 : val / 1000;
+			else if (name_is(name, nlen, "reset"))
+				dict_reset = val;
+		}
+		if (policy)
+			consider_policy(h, remaining, reset);
+		member = mend + 1;
+	}
+	consider_policy(h, dict_remaining, dict_reset);
+}
+
+/* the most restrictive of what the header families said */
+static void
+combine(EtlRateHeaders *h)
+{
+	int64		rems[3] = {h->x_remaining, h->ietf_remaining, h->structured_remaining};
+	int64		resets[3] = {h->x_reset_ms, h->ietf_reset_ms, h->structured_reset_ms};
+
+	h->remaining = -1;
+	h->reset_ms = -1;
+	for (int i = 0; i < 3; i++)
+	{
+		if (rems[i] < 0)
+			continue;
+		if (h->remaining < 0 || rems[i] < h->remaining ||
+			(rems[i] == h->remaining && resets[i] > h->reset_ms))
+		{
+			h->remaining = rems[i];
+			h->reset_ms = resets[i];
+		}
+	}
+	/* a reset without a count (a family split over two responses): keep it */
+	if (h->remaining < 0)
+		for (int i = 0; i < 3; i++)
+			h->reset_ms = Max(h->reset_ms, resets[i]);
+}
+
+static bool
+header_is(const char *line, size_t len, const char *name, const char **value)
+{
+	size_t		n = strlen(name);
+
+	if (len <= n || pg_strncasecmp(line, name, n) != 0 || line[n] != ':')
+		return false;
+	*value = line + n + 1;
+	return true;
+}
+
+/*
+ * One response header line ("Name: value\r\n"), from inside a libcurl
+ * header callback: no palloc, no ereport.  A status line starts a new
+ * response (after a 100 Continue, say): what came before is forgotten.
+ */
+void
+etl_rate_header_line(EtlRateHeaders *h, const char *line, size_t len)
+{
+	const char *v;
+	const char *end = line + len;
+
+	while (end > line && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	len = end - line;
+	if (len >= 5 && strncmp(line, "HTTP/", 5) == 0)
+		etl_rate_headers_reset(h);
+	else if (header_is(line, len, "retry-after", &v))
+		h->retry_after_ms = retry_after_ms(v, end);
+	else if (header_is(line, len, "x-ratelimit-remaining", &v) ||
+			 header_is(line, len, "x-rate-limit-remaining", &v))
+		h->x_remaining = parse_count(v, end);
+	else if (header_is(line, len, "x-ratelimit-reset", &v) ||
+			 header_is(line, len, "x-rate-limit-reset", &v) ||
+			 header_is(line, len, "x-ratelimit-reset-after", &v))
+	{
+		const char *p = v;
+
+		h->x_reset_ms = reset_to_ms(parse_thousandths(&p, end));
+	}
+	else if (header_is(line, len, "ratelimit-remaining", &v))
+		h->ietf_remaining = parse_count(v, end);
+	else if (header_is(line, len, "ratelimit-reset", &v))
+	{
+		const char *p = v;
+
+		h->ietf_reset_ms = reset_to_ms(parse_thousandths(&p, end));
+	}
+	else if (header_is(line, len, "ratelimit", &v))
+		parse_structured(h, v, end);
+	else
+		return;
+	/* (RateLimit-Policy and *-Limit only describe the quota: nothing to wait on) */
+	combine(h);
+}
+
+/* ---------- the shared table ---------- */
+
+static void
+init_budget(void *ptr)
+{
+	HostBudgetShared *b = (HostBudgetShared *) ptr;
+
+	memset(b, 0, sizeof(*b));
+	SpinLockInit(&b->mutex);
+	for (int i = 0; i < ETL_HOST_SLOTS; i++)
+		b->slots[i].quota_left = -1;
+}
+
+static void
+attach_budget(void)
+{
+	if (budget != NULL)
+		return;
+	budget = etl_shared_struct("etl_exec host budgets", sizeof(HostBudgetShared), init_budget);
+	memset(held, 0, sizeof(held));
+	before_shmem_exit(release_all_at_exit, (Datum) 0);
+}
+
+static uint32
+key_hash(const char *key)
+{
+	uint32		h = 2166136261u;
+
+	for (const char *p = key; *p; p++)
+		h = (h ^ (unsigned char) *p) * 16777619u;
+	return h;
+}
+
+/* may another host take this slot over? (spinlock held) */
+static bool
+slot_idle(const HostSlot *s, TimestampTz now)
+{
+	return s->in_flight == 0 && s->paused_until <= now && s->next_start <= now &&
+		(s->quota_reset_at <= now || s->quota_left != 0);
+}
+
+/*
+ * The slot of key (spinlock held), taken when the host has none: a free
+ * one, else the idle one used least recently.  -1 when all are busy.
+ */
+static int
+find_slot(const char *key, uint32 hash, bool create, TimestampTz now)
+{
+	int			victim = -1;
+
+	for (int i = 0; i < ETL_HOST_SLOTS; i++)
+	{
+		HostSlot   *s = &budget->slots[i];
+
+		if (s->key[0] != '\0' && s->hash == hash && strcmp(s->key, key) == 0)
+			return i;
+		if (!create)
+			continue;
+		if (s->key[0] == '\0')
+		{
+			if (victim < 0 || budget->slots[victim].key[0] != '\0')
+				victim = i;
+		}
+		else if (slot_idle(s, now) &&
+				 (victim < 0 || (budget->slots[victim].key[0] != '\0' &&
+								 s->last_used < budget->slots[victim].last_used)))
+			victim = i;
+	}
+	if (victim >= 0)
+	{
+		HostSlot   *s = &budget->slots[victim];
+		uint32		generation = s->generation + 1;
+
+		memset(s, 0, sizeof(*s));
+		s->generation = generation;
+		s->hash = hash;
+		strlcpy(s->key, key, sizeof(s->key));
+		s->quota_left = -1;
+	}
+	return victim;
+}
+
+static const HostLimit *
+limit_of(const char *key)
+{
+	for (int i = 0; i < nlimits; i++)
+		if (strcmp(limits[i].key, key) == 0)
+			return &limits[i];
+	return NULL;
+}
+
+/*
+ * The key of the host a URL goes to: its lower-case host name (or
+ * address), with ":port" when that is not the scheme's default.
+ */
+char *
+etl_host_budget_key(const char *url)
+{
+	char	   *host = etl_url_host(url);
+	int			port = etl_url_port(url);
+	bool		https = pg_strncasecmp(url, "https:", 6) == 0;
+	bool		http = pg_strncasecmp(url, "http:", 5) == 0;
+
+	for (char *p = host; *p; p++)
+		*p = pg_ascii_tolower((unsigned char) *p);
+	if ((https && port == 443) || (http && port == 80))
+		return host;
+	return psprintf("%s:%d", host, port);
+}
+
+/*
+ * Read this database's dw_etl_hosts (SPI; a worker, in a transaction, when
+ * a run starts), attach the shared table, and forget the run before's
+ * waits.  Without the table (an extension not yet updated) no host has
+ * limits.
+ */
+void
+etl_host_budget_load(void)
+{
+	MemoryContext old;
+	char	   *sql;
+
+	attach_budget();
+	waiting_host[0] = '\0';
+	stopped_host[0] = '\0';
+	stopped_until = 0;
+	activity_figures[0] = '\0';
+	if (limits_cxt == NULL)
+		limits_cxt = AllocSetContextCreate(TopMemoryContext, "etl_exec host limits",
+										   ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(limits_cxt);
+	limits = NULL;
+	nlimits = 0;
+
+	SPI_connect();
+	if (etl_spi_run(psprintf("SELECT pg_catalog.to_regclass(%s)",
+							 quote_literal_cstr(etl_qualified("dw_etl_hosts"))),
+					0, NULL, SPI_OK_SELECT) == 1 &&
+		etl_spi_value(CurrentMemoryContext, 1) != NULL)
+	{
+		uint64		n;
+
+		sql = psprintf("SELECT host, coalesce(max_requests_per_second, 0)::float8, "
+					   "  coalesce(max_concurrency, 0) FROM %s "
+					   "WHERE max_requests_per_second IS NOT NULL OR max_concurrency IS NOT NULL",
+					   etl_qualified("dw_etl_hosts"));
+		n = etl_spi_run(sql, 0, NULL, SPI_OK_SELECT);
+		old = MemoryContextSwitchTo(limits_cxt);
+		limits = palloc0(sizeof(HostLimit) * Max(n, 1));
+		for (uint64 i = 0; i < n; i++)
+		{
+			limits[i].key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			limits[i].rps = strtod(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2), NULL);
+			limits[i].max_concurrency = atoi(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3));
+		}
+		nlimits = (int) n;
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+}
+
+/* the gap between two requests to a host limited to rps a second */
+static int64
+spacing_us(double rps)
+{
+	double		us = (1000000.0 + ETL_SPREAD_US) / rps;
+
+	return (int64) Min(us, (double) ETL_MAX_WAIT_MS * 1000);
+}
+
+/*
+ * May a request to host start now?  True: it is counted (one more in
+ * flight, a request of the host's quota spent, the next one spaced after
+ * it).  False: *wait_until says when to ask again and *why what it waits
+ * for (the latest of what holds it back).  Never blocks.
+ */
+bool
+etl_host_budget_try_start(const char *host, TimestampTz *wait_until, EtlBudgetWait *why)
+{
+	const HostLimit *limit = limit_of(host);
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz until = 0;
+	EtlBudgetWait reason = ETL_BUDGET_GO;
+	uint32		hash = key_hash(host);
+	int			i;
+
+	attach_budget();
+	SpinLockAcquire(&budget->mutex);
+	i = find_slot(host, hash, true, now);
+	if (i >= 0)
+	{
+		HostSlot   *s = &budget->slots[i];
+
+		if (s->quota_reset_at != 0 && s->quota_reset_at <= now)
+		{
+			/* the window the quota was for is over */
+			s->quota_left = -1;
+			s->quota_reset_at = 0;
+		}
+		if (limit && limit->max_concurrency > 0 && s->in_flight >= limit->max_concurrency)
+		{
+			until = TimestampTzPlusMilliseconds(now, ETL_CONCURRENCY_POLL_MS);
+			reason = ETL_BUDGET_CONCURRENCY;
+		}
+		if (limit && limit->rps > 0 && s->next_start > now && s->next_start >= until)
+		{
+			until = s->next_start;
+			reason = ETL_BUDGET_SPACING;
+		}
+		if (s->quota_left == 0 && s->quota_reset_at >= until)
+		{
+			until = s->quota_reset_at;
+			reason = ETL_BUDGET_QUOTA;
+		}
+		if (s->paused_until > now && s->paused_until >= until)
+		{
+			until = s->paused_until;
+			reason = ETL_BUDGET_PAUSED;
+		}
+		if (reason == ETL_BUDGET_GO)
+		{
+			s->in_flight++;
+			s->started++;
+			s->last_used = now;
+			if (s->quota_left > 0)
+				s->quota_left--;
+			if (limit && limit->rps > 0)
+				s->next_start = now + spacing_us(limit->rps);
+			if (held_generation[i] != s->generation)
+			{
+				held_generation[i] = s->generation;
+				held[i] = 0;
+			}
+			held[i]++;
+		}
+	}
+	SpinLockRelease(&budget->mutex);
+
+	if (i < 0 && !warned_full)
+	{
+		warned_full = true;
+		ereport(WARNING,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("etl_exec: the shared host budget table is full (%d hosts busy at once); requests to %s are not budgeted",
+						ETL_HOST_SLOTS, host),
+				 errhint("Fewer hosts at once; this process says it only once.")));
+	}
+	if (wait_until)
+		*wait_until = until;
+	if (why)
+		*why = reason;
+	return reason == ETL_BUDGET_GO;
+}
+
+/* one request this process started on slot i is over (spinlock held) */
+static void
+give_back(int i)
+{
+	HostSlot   *s = &budget->slots[i];
+
+	if (held_generation[i] == s->generation && held[i] > 0)
+	{
+		held[i]--;
+		if (s->in_flight > 0)
+			s->in_flight--;
+	}
+}
+
+/*
+ * A request started with etl_host_budget_try_start ended (status 0: no
+ * response, h may then be NULL).  What its response said about the host's
+ * quota becomes every run's: Retry-After on a 429 or 503 pauses the host,
+ * a remaining count (less the other requests still in flight, which the
+ * API may not have counted yet) and its reset bound what may start.
+ */
+void
+etl_host_budget_finish(const char *host, long status, const EtlRateHeaders *h)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	if (budget == NULL)
+		return;
+	SpinLockAcquire(&budget->mutex);
+	i = find_slot(host, key_hash(host), false, now);
+	if (i >= 0)
+	{
+		HostSlot   *s = &budget->slots[i];
+		int64		pause_ms = -1;
+
+		give_back(i);
+		s->last_used = now;
+		if (status == 429)
+			s->throttled++;
+		if ((status == 429 || status == 503) && h && h->retry_after_ms >= 0)
+			pause_ms = h->retry_after_ms;
+		else if (status == 429)
+			pause_ms = (h && h->remaining == 0 && h->reset_ms >= 0) ? h->reset_ms : ETL_BARE_429_PAUSE_MS;
+		if (pause_ms >= 0)		/* (Retry-After: 0 must not make a busy loop) */
+			s->paused_until = Max(s->paused_until,
+								  TimestampTzPlusMilliseconds(now, Max(pause_ms, ETL_MIN_PAUSE_MS)));
+
+		if (h && h->remaining >= 0)
+		{
+			int64		left = Max(h->remaining - s->in_flight, 0);
+			TimestampTz reset_at = TimestampTzPlusMilliseconds(now, h->reset_ms >= 0 ? h->reset_ms
+															   : ETL_UNKNOWN_RESET_MS);
+
+			/* a later window's count replaces, one of the same window bounds */
+			if (s->quota_left < 0 || s->quota_reset_at == 0 ||
+				reset_at >= s->quota_reset_at + USECS_PER_SEC)
+				s->quota_left = left;
+			else
+				s->quota_left = Min(s->quota_left, left);
+			if (h->reset_ms >= 0 || s->quota_reset_at == 0)
+				s->quota_reset_at = reset_at;
+		}
+	}
+	SpinLockRelease(&budget->mutex);
+}
+
+/* Give back every request this process still counts (a run's end, an error). */
+void
+etl_host_budget_release_all(void)
+{
+	if (budget == NULL)
+		return;
+	SpinLockAcquire(&budget->mutex);
+	for (int i = 0; i < ETL_HOST_SLOTS; i++)
+		while (held[i] > 0 && held_generation[i] == budget->slots[i].generation)
+			give_back(i);
+	memset(held, 0, sizeof(held));
+	SpinLockRelease(&budget->mutex);
+}
+
+static void
+release_all_at_exit(int code, Datum arg)
+{
+	etl_host_budget_release_all();
+}
+
+/* ---------- the run's waits ---------- */
+
+/* pg_stat_activity: the worker's figures, and the wait while it waits */
+static void
+publish(void)
+{
+	char		activity[512];
+
+	if (waiting_host[0])
+		snprintf(activity, sizeof(activity), "%s [rate limit: %s until " INT64_FORMAT "]",
+				 activity_figures[0] ? activity_figures : "etl_exec run",
+				 waiting_host, unix_ms(waiting_until));
+	else
+		strlcpy(activity, activity_figures, sizeof(activity));
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/* What the worker reports between pages (run_store.c's figures). */
+void
+etl_activity_publish(const char *figures)
+{
+	strlcpy(activity_figures, figures, sizeof(activity_figures));
+	publish();
+}
+
+/* The run waits for host's budget until `until` (etl_run_progress shows it). */
+void
+etl_rate_wait_begin(const char *host, TimestampTz until)
+{
+	if (waiting_host[0] && waiting_until == until && strcmp(waiting_host, host) == 0)
+		return;
+	strlcpy(waiting_host, host, sizeof(waiting_host));
+	waiting_until = until;
+	publish();
+}
+
+void
+etl_rate_wait_end(void)
+{
+	if (waiting_host[0] == '\0')
+		return;
+	waiting_host[0] = '\0';
+	publish();
+}
+
+/*
+ * The run stops: host accepts requests again only at `until`, past its
+ * deadline.  (host NULL: forget it -- a new run.)
+ */
+void
+etl_rate_limit_stop(const char *host, TimestampTz until)
+{
+	strlcpy(stopped_host, host ? host : "", sizeof(stopped_host));
+	stopped_until = until;
+}
+
+/* Did the run stop for a rate limit?  Then which host, and until when. */
+bool
+etl_rate_limit_stopped(const char **host, TimestampTz *until)
+{
+	if (stopped_host[0] == '\0')
+		return false;
+	*host = stopped_host;
+	*until = stopped_until;
+	return true;
+}
+
+/*
+ * Start one request to host, waiting for its budget as long as the run
+ * may: ETL_STOP_NONE once it is counted (finish it with
+ * etl_host_budget_finish); a stop reason when the run must stop first --
+ * at once, recorded for resume_after, when the host accepts requests only
+ * after the run's deadline.  Waits wake for cancel and terminate.
+ */
+EtlStopReason
+etl_host_budget_start(const char *host)
+{
+	EtlStopReason stop = ETL_STOP_NONE;
+
+	for (;;)
+	{
+		TimestampTz until;
+		EtlBudgetWait why;
+		int64		ms;
+
+		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
+			break;
+		if (etl_host_budget_try_start(host, &until, &why))
+			break;
+		ms = Max((until - GetCurrentTimestamp()) / 1000, 0);
+		if (why != ETL_BUDGET_CONCURRENCY && ms >= etl_ms_until_deadline())
+		{
+			/* nothing to wait for: the run ends now, resumable from then */
+			etl_rate_limit_stop(host, until);
+			stop = ETL_STOP_TIMED_OUT;
+			break;
+		}
+		if (why == ETL_BUDGET_PAUSED || why == ETL_BUDGET_QUOTA || ms >= 1000)
+			etl_rate_wait_begin(host, until);
+		etl_wait_ms(Max(ms, 1));
+	}
+	etl_rate_wait_end();
+	return stop;
+}
+
+/* ---------- SQL: the shared state, for operators ---------- */
+
+PG_FUNCTION_INFO_V1(etl_host_budgets_sql);
+
+/*
+ * etl_host_budgets(): every host of the shared table -- requests in flight,
+ * next start the spacing allows, pause, quota left and its reset, and
+ * requests started and 429s seen since the server started.
+ */
+Datum
+etl_host_budgets_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HostSlot   *copy = palloc(sizeof(HostSlot) * ETL_HOST_SLOTS);
+
+	InitMaterializedSRF(fcinfo, 0);
+	attach_budget();
+	SpinLockAcquire(&budget->mutex);
+	memcpy(copy, budget->slots, sizeof(HostSlot) * ETL_HOST_SLOTS);
+	SpinLockRelease(&budget->mutex);
+
+	for (int i = 0; i < ETL_HOST_SLOTS; i++)
+	{
+		HostSlot   *s = &copy[i];
+		Datum		values[8];
+		bool		nulls[8] = {0};
+
+		if (s->key[0] == '\0')
+			continue;
+		values[0] = CStringGetTextDatum(s->key);
+		values[1] = Int32GetDatum(s->in_flight);
+		values[2] = TimestampTzGetDatum(s->next_start);
+		nulls[2] = (s->next_start == 0);
+		values[3] = TimestampTzGetDatum(s->paused_until);
+		nulls[3] = (s->paused_until == 0);
+		values[4] = Int64GetDatum(s->quota_left);
+		nulls[4] = (s->quota_left < 0);
+		values[5] = TimestampTzGetDatum(s->quota_reset_at);
+		nulls[5] = (s->quota_reset_at == 0);
+		values[6] = Int64GetDatum(s->started);
+		values[7] = Int64GetDatum(s->throttled);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
