@@ -42,6 +42,7 @@ static EtlHttpBuffer link_buf;	/* Link header values, '\n'-separated */
 static char retry_after_buf[128];
 static char location_buf[4096];
 static const EtlRunSettings *run_settings;
+static EtlRateHeaders rate_headers;	/* rate budget (issue 12): the response's quota */
 
 static curl_socket_t open_checked_socket(void *clientp, curlsocktype purpose,
 										 struct curl_sockaddr *address);
@@ -124,6 +125,7 @@ forget_headers(void)
 		link_buf.data[0] = '\0';
 	retry_after_buf[0] = '\0';
 	location_buf[0] = '\0';
+	etl_rate_headers_reset(&rate_headers);
 }
 
 static size_t
@@ -131,6 +133,7 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	size_t		n = size * nmemb;
 
+	etl_rate_header_line(&rate_headers, ptr, n);	/* rate budget (issue 12) */
 	if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0)
 	{
 		/* a new response (after a 100-continue or similar): start over */
@@ -579,16 +582,25 @@ etl_http_get(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
 		CURLcode	res;
 		long		status = 0;
 		char		curl_error[CURL_ERROR_SIZE];
+		char	   *budget_key;
 
 		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
 			return stop;
 		check_host_allowed(current_url);
-		if ((stop = send_request(current_url, auth, body, &res, curl_error)) != ETL_STOP_NONE)
+
+		/* rate budget (issue 12): wait for the host's budget, shared by all runs */
+		budget_key = etl_host_budget_key(current_url);
+		if ((stop = etl_host_budget_start(budget_key)) != ETL_STOP_NONE)
+			return stop;
+		stop = send_request(current_url, auth, body, &res, curl_error);
+		if (stop == ETL_STOP_NONE && res == CURLE_OK)
+			curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+		etl_host_budget_finish(budget_key, status, &rate_headers);
+		if (stop != ETL_STOP_NONE)
 			return stop;
 
 		if (res == CURLE_OK)
 		{
-			curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
 			if (status >= 200 && status < 300)
 				break;
 			if (status >= 300 && status < 400 && location_buf[0])
@@ -613,6 +625,18 @@ etl_http_get(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
 						 errmsg("HTTP %ld from %s: %s", status,
 								etl_url_redact(current_url), body_snippet(body))));
 			snprintf(problem, sizeof(problem), "HTTP %ld: %s", status, body_snippet(body));
+
+			/*
+			 * rate budget (issue 12): the host is paused for every run until
+			 * Retry-After; the next turn waits for that (or stops the run,
+			 * resumable after it, when it lies past the deadline).  Such a
+			 * wait is the API's schedule, not a failure: no retry spent.
+			 */
+			if ((status == 429 || status == 503) && rate_headers.retry_after_ms >= 0)
+			{
+				resp->retries++;
+				continue;
+			}
 		}
 		else if ((stop = transfer_problem(res, current_url, body, curl_error,
 										  problem, sizeof(problem))) != ETL_STOP_NONE)
