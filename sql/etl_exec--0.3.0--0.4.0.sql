@@ -70,6 +70,10 @@ RETURNS TABLE (host text, in_flight int, next_start timestamptz, paused_until ti
 
 COMMENT ON FUNCTION etl_host_budgets() IS 'etl_exec: per host (shared by all runs): requests in flight, next start the spacing allows, 429 pause, the API''s quota left and its reset, requests started and 429s seen since the server started';
 
+-- What the rate-limit header parser makes of header lines (for tests).
+CREATE FUNCTION _etl_rate_headers(headers text) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'etl_rate_headers_sql' LANGUAGE C VOLATILE STRICT;
+
 -- etl_resume_pending: a run that stopped because a rate-limited API accepts
 -- requests only later (run_context.resume_after) waits until then.
 CREATE OR REPLACE FUNCTION _etl_resume_pending(max_resumes int DEFAULT 10, include_cancelled boolean DEFAULT false,
@@ -196,7 +200,7 @@ WHERE r.status = 'queued';
 
 COMMENT ON VIEW etl_run_progress IS 'etl_exec: running runs with records, pages, expected total, percent, rows/s, elapsed, ETA and checkpoint age, and the host whose rate limit a run waits for, until when; queued runs with their queue_position';
 
-REVOKE ALL ON FUNCTION etl_live_runs(), etl_host_budgets(), _etl_validate_host() FROM PUBLIC;
+REVOKE ALL ON FUNCTION etl_live_runs(), etl_host_budgets(), _etl_validate_host(), _etl_rate_headers(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION etl_live_runs(), etl_host_budgets() TO etl_operator;
 GRANT SELECT ON etl_run_progress TO etl_operator;
 

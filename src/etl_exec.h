@@ -14,7 +14,7 @@
  *	                     pagination.c, job.c
  *	                     loader.c            (into the target table)
  *	  the run store      run_store.c         (dw_etl_runs)
- *	  leaves             host_budget.c, run_clock.c, run_lock.c, ext_schema.c,
+ *	  leaves             host_budget.c (rate_headers.c), run_clock.c, run_lock.c, ext_schema.c,
  *	                     target_kind.c, json_path.c, key_resolver.c,
  *	                     copy_text.c, url.c, redact.c, settings.c
  *
@@ -79,12 +79,12 @@ typedef struct EtlCheckpoint
 /* ================ leaves ================ */
 
 /*
- * in host_budget.c: request budgets per host, shared by every run of the
+ * host_budget.c: request budgets per host, shared by every run of the
  * server (dw_etl_hosts, and the API's rate-limit headers), and a run's
  * waits on them.  Per request: key = etl_host_budget_key(url);
  * etl_host_budget_try_start(key, ...) until it says go (never blocks);
- * feed each response header line to etl_rate_header_line (from the curl
- * header callback: it never pallocs or ereports); then
+ * feed each response header line to etl_rate_header_line (rate_headers.c,
+ * from the curl header callback: it never pallocs or ereports); then
  * etl_host_budget_finish(key, status, &headers) exactly once.
  */
 typedef struct EtlRateHeaders
@@ -111,8 +111,11 @@ typedef enum EtlBudgetWait
 	ETL_BUDGET_PAUSED			/* a 429 / 503 Retry-After */
 } EtlBudgetWait;
 
+/* in rate_headers.c */
 extern void etl_rate_headers_reset(EtlRateHeaders *h);
 extern void etl_rate_header_line(EtlRateHeaders *h, const char *line, size_t len);
+
+/* in host_budget.c */
 extern char *etl_host_budget_key(const char *url);
 extern void etl_host_budget_load(void);
 extern bool etl_host_budget_try_start(const char *host, TimestampTz *wait_until,
