@@ -108,7 +108,7 @@ typedef enum EtlBudgetWait
 	ETL_BUDGET_SPACING,			/* max_requests_per_second */
 	ETL_BUDGET_CONCURRENCY,		/* max_concurrency (until: when to ask again) */
 	ETL_BUDGET_QUOTA,			/* the API's remaining quota is spent */
-	ETL_BUDGET_PAUSED			/* a 429 / 503 Retry-After */
+	ETL_BUDGET_PAUSED			/* a 429 (its Retry-After) */
 } EtlBudgetWait;
 
 /* in rate_headers.c */

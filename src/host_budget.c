@@ -33,8 +33,10 @@
  * flight; a quota the API reports (remaining, reset) is counted down by
  * every request started after the response that reported it, so N
  * requests in flight do not overshoot it, and when it is spent requests
- * wait for the reset; a 429 (or a 503 with Retry-After) pauses every run's
- * requests to the host until Retry-After has passed.
+ * wait for the reset; a 429 pauses every run's requests to the host until
+ * its Retry-After (else its quota's reset, else a second) has passed.  (A
+ * 503's Retry-After is the request's own retry wait: a server in trouble,
+ * which the HTTP client retries a limited number of times.)
  *
  * Shared memory, without shared_preload_libraries: a fixed table of
  * ETL_HOST_SLOTS hosts under a spinlock (critical sections are a lookup
@@ -413,7 +415,7 @@ give_back(int i)
 /*
  * A request started with etl_host_budget_try_start ended (status 0: no
  * response, h may then be NULL).  What its response said about the host's
- * quota becomes every run's: Retry-After on a 429 or 503 pauses the host,
+ * quota becomes every run's: a 429 pauses the host (Retry-After),
  * a remaining count (less the other requests still in flight, which the
  * API may not have counted yet) and its reset bound what may start.
  */
@@ -436,10 +438,9 @@ etl_host_budget_finish(const char *host, long status, const EtlRateHeaders *h)
 		s->last_used = now;
 		if (status == 429)
 			s->throttled++;
-		if ((status == 429 || status == 503) && h && h->retry_after_ms >= 0)
-			pause_ms = h->retry_after_ms;
-		else if (status == 429)
-			pause_ms = (h && h->remaining == 0 && h->reset_ms >= 0) ? h->reset_ms : ETL_BARE_429_PAUSE_MS;
+		if (status == 429)
+			pause_ms = (h && h->retry_after_ms >= 0) ? h->retry_after_ms :
+				(h && h->remaining == 0 && h->reset_ms >= 0) ? h->reset_ms : ETL_BARE_429_PAUSE_MS;
 		if (pause_ms >= 0)		/* (Retry-After: 0 must not make a busy loop) */
 			s->paused_until = Max(s->paused_until,
 								  TimestampTzPlusMilliseconds(now, Max(pause_ms, ETL_MIN_PAUSE_MS)));

@@ -528,7 +528,13 @@ wait_to_retry(int attempt, const char *url, const char *problem)
 	delay = retry_delay_ms(attempt);
 	/* a wait that would pass the deadline: stop now, resumable */
 	if (delay >= etl_ms_until_deadline())
+	{
+		/* rate budget (issue 12): the API said when: resume_after */
+		if (retry_after_buf[0])
+			etl_rate_limit_stop(etl_host_budget_key(url),
+								TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay));
 		return ETL_STOP_TIMED_OUT;
+	}
 	elog(DEBUG1, "etl_exec: retrying %s in " INT64_FORMAT " ms: %s",
 		 etl_url_redact(url), delay, problem);
 	etl_wait_ms(delay);
@@ -627,12 +633,12 @@ etl_http_get(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
 			snprintf(problem, sizeof(problem), "HTTP %ld: %s", status, body_snippet(body));
 
 			/*
-			 * rate budget (issue 12): the host is paused for every run until
-			 * Retry-After; the next turn waits for that (or stops the run,
-			 * resumable after it, when it lies past the deadline).  Such a
-			 * wait is the API's schedule, not a failure: no retry spent.
+			 * rate budget (issue 12): a 429 paused the host for every run
+			 * until Retry-After; the next turn waits for that (or stops the
+			 * run, resumable after it, when it lies past the deadline).  Such
+			 * a wait is the API's schedule, not a failure: no retry spent.
 			 */
-			if ((status == 429 || status == 503) && rate_headers.retry_after_ms >= 0)
+			if (status == 429 && rate_headers.retry_after_ms >= 0)
 			{
 				resp->retries++;
 				continue;
