@@ -86,7 +86,7 @@
 #define ETL_CONCURRENCY_POLL_MS 20	/* a full host: ask again this soon */
 #define ETL_UNKNOWN_RESET_MS 1000	/* quota spent, no reset said: wait this */
 #define ETL_BARE_429_PAUSE_MS 1000	/* a 429 that says nothing: pause this */
-#define ETL_MIN_PAUSE_MS 100	/* the shortest pause a 429 / 503 makes */
+#define ETL_MIN_PAUSE_MS 100	/* the shortest pause a 429 makes */
 #define ETL_MAX_WAIT_MS INT64CONST(86400000)	/* no header makes us wait longer */
 
 typedef struct HostSlot
@@ -96,7 +96,7 @@ typedef struct HostSlot
 	char		key[ETL_HOST_KEY_LEN];	/* "": free */
 	int32		in_flight;
 	TimestampTz next_start;		/* spacing: no request before */
-	TimestampTz paused_until;	/* 429 / 503 Retry-After */
+	TimestampTz paused_until;	/* a 429 (its Retry-After) */
 	int64		quota_left;		/* -1: unknown */
 	TimestampTz quota_reset_at; /* 0: unknown */
 	TimestampTz last_used;
