@@ -15,6 +15,8 @@ OBJS = \
 	src/job.o \
 	src/loader.o \
 	src/run_store.o \
+	src/host_budget.o \
+	src/rate_headers.o \
 	src/run_clock.o \
 	src/run_lock.o \
 	src/ext_schema.o \

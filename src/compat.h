@@ -15,7 +15,13 @@
 #include "nodes/bitmapset.h"
 #include "parser/parse_node.h"
 #include "parser/parse_relation.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "utils/regproc.h"
+
+#if PG_VERSION_NUM >= 170000
+#include "storage/dsm_registry.h"
+#endif
 
 /* a possibly qualified name as a list of String nodes (16 added escontext) */
 #if PG_VERSION_NUM >= 160000
@@ -50,6 +56,33 @@ etl_check_insert_permission(ParseState *pstate, ParseNamespaceItem *nsitem,
 	nsitem->p_rte->requiredPerms = ACL_INSERT;
 	nsitem->p_rte->insertedCols = inserted_cols;
 	(void) ExecCheckRTPerms(pstate->p_rtable, true);
+#endif
+}
+
+/*
+ * A struct of shared memory found by name, made (and init called on it) by
+ * the first process that asks, without shared_preload_libraries.  17 has
+ * a registry of named DSM segments.  15 has none: the struct is carved
+ * from the main segment's slack, under AddinShmemInitLock, as extensions
+ * do at startup -- a backend may do it later, it is found by name in the
+ * shared index by every process (all map the main segment at one address).
+ * Both are reinitialised with the server's shared memory (a crash restart).
+ */
+static inline void *
+etl_shared_struct(const char *name, Size size, void (*init) (void *ptr))
+{
+	bool		found;
+#if PG_VERSION_NUM >= 170000
+	return GetNamedDSMSegment(name, size, init, &found);
+#else
+	void	   *ptr;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ptr = ShmemInitStruct(name, size, &found);
+	if (!found)
+		init(ptr);
+	LWLockRelease(AddinShmemInitLock);
+	return ptr;
 #endif
 }
 

@@ -14,9 +14,9 @@
  *	                     pagination.c, job.c
  *	                     loader.c            (into the target table)
  *	  the run store      run_store.c         (dw_etl_runs)
- *	  leaves             run_clock.c, run_lock.c, ext_schema.c, target_kind.c,
- *	                     json_path.c, key_resolver.c, copy_text.c, url.c,
- *	                     redact.c, settings.c
+ *	  leaves             host_budget.c (rate_headers.c), run_clock.c, run_lock.c, ext_schema.c,
+ *	                     target_kind.c, json_path.c, key_resolver.c,
+ *	                     copy_text.c, url.c, redact.c, settings.c
  *
  * Every call between files points down this list (test/check_module_graph.sh
  * checks that there is no cycle).
@@ -81,6 +81,56 @@ typedef struct EtlCheckpoint
 } EtlCheckpoint;
 
 /* ================ leaves ================ */
+
+/*
+ * host_budget.c: request budgets per host, shared by every run of the
+ * server (dw_etl_hosts, and the API's rate-limit headers), and a run's
+ * waits on them.  Per request: key = etl_host_budget_key(url);
+ * etl_host_budget_try_start(key, ...) until it says go (never blocks);
+ * feed each response header line to etl_rate_header_line (rate_headers.c,
+ * from the curl header callback: it never pallocs or ereports); then
+ * etl_host_budget_finish(key, status, &headers) exactly once.
+ */
+typedef struct EtlRateHeaders
+{
+	int64		retry_after_ms; /* Retry-After (seconds or HTTP date); -1: none */
+	int64		remaining;		/* requests left in the window; -1: not said */
+	int64		reset_ms;		/* ms from now until the window resets; -1: not said */
+	/* each header family's own (combined into the two above) */
+	int64		x_remaining;	/* X-RateLimit-Remaining */
+	int64		x_reset_ms;		/* X-RateLimit-Reset: epoch s/ms or seconds to go */
+	int64		ietf_remaining; /* RateLimit-Remaining */
+	int64		ietf_reset_ms;	/* RateLimit-Reset */
+	int64		structured_remaining;	/* RateLimit: remaining= / r= */
+	int64		structured_reset_ms;	/* RateLimit: reset= / t= */
+} EtlRateHeaders;
+
+/* what a request that may not start yet waits for */
+typedef enum EtlBudgetWait
+{
+	ETL_BUDGET_GO = 0,			/* it started */
+	ETL_BUDGET_SPACING,			/* max_requests_per_second */
+	ETL_BUDGET_CONCURRENCY,		/* max_concurrency (until: when to ask again) */
+	ETL_BUDGET_QUOTA,			/* the API's remaining quota is spent */
+	ETL_BUDGET_PAUSED			/* a 429 (its Retry-After) */
+} EtlBudgetWait;
+
+/* in rate_headers.c */
+extern void etl_rate_headers_reset(EtlRateHeaders *h);
+extern void etl_rate_header_line(EtlRateHeaders *h, const char *line, size_t len);
+
+/* in host_budget.c */
+extern char *etl_host_budget_key(const char *url);
+extern void etl_host_budget_load(void);
+extern bool etl_host_budget_try_start(const char *host, TimestampTz *wait_until,
+									  EtlBudgetWait *why);
+extern void etl_host_budget_finish(const char *host, long status, const EtlRateHeaders *h);
+extern void etl_host_budget_release_all(void);
+extern void etl_rate_wait_begin(const char *host, TimestampTz until);
+extern void etl_rate_wait_end(void);
+extern void etl_rate_limit_stop(const char *host, TimestampTz until);
+extern bool etl_rate_limit_stopped(const char **host, TimestampTz *until);
+extern void etl_activity_publish(const char *figures);
 
 /* in settings.c */
 extern int	etl_default_timeout_seconds;
@@ -404,6 +454,7 @@ extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,
 								int64 pages_fetched, int64 expected_total,
 								int retries);
 extern void etl_record_staging(int64 run_id, const char *staging);
+extern void etl_record_resume_after(int64 run_id, TimestampTz resume_after);
 extern void etl_finish_run(int64 run_id, const char *status,
 						   int64 pages_fetched, int64 segment_ms,
 						   int64 commits, int64 commit_us,

@@ -19,6 +19,12 @@
  * belongs to the page that asked, and a page past the end, never waited
  * for, never fails the run.
  *
+ * Every attempt goes out when its host's budget says so (host_budget.c:
+ * dw_etl_hosts and the API's rate-limit headers, shared by every run of
+ * the server), and every response's headers go back to it.  A wait for
+ * the budget that would pass the run's deadline ends the run at once, and
+ * the run records when the API takes requests again (resume_after).
+ *
  * libcurl callbacks never ereport() or CHECK_FOR_INTERRUPTS(): a longjmp
  * through curl would corrupt it.  They only copy bytes into malloc'd
  * buffers and return an abort code when a body grows too large; errors
@@ -50,6 +56,15 @@
 #define ETL_POLL_MS 100
 #define ETL_MAX_REQUESTS (ETL_MAX_CONCURRENCY + 2)
 
+/* what a waiting request waits for */
+typedef enum RequestWait
+{
+	WAIT_NONE = 0,
+	WAIT_BACKOFF,				/* a retry's backoff */
+	WAIT_RETRY_AFTER,			/* the time the API's Retry-After gave */
+	WAIT_BUDGET					/* its host's budget (budget_wait says why) */
+} RequestWait;
+
 typedef enum RequestState
 {
 	REQ_IDLE = 0,				/* not started, or abandoned */
@@ -70,7 +85,12 @@ struct EtlHttpRequest
 	char	   *url;			/* as asked */
 	char	   *current_url;	/* after redirects */
 	TimestampTz not_before;
-	int			attempt;		/* retries so far */
+	RequestWait wait;
+	EtlBudgetWait budget_wait;
+	char	   *budget_key;		/* its host, as host_budget.c counts it */
+	bool		budget_held;	/* an attempt counted in the budget, not yet given back */
+	int			attempt;		/* retries spent (of max_retries) */
+	int			retries;		/* retries, and resends the API's 429 asked for */
 	int			redirects;
 	bool		reauthorized;
 	struct curl_slist *header_list;
@@ -83,6 +103,7 @@ struct EtlHttpRequest
 	EtlHttpBuffer link_buf;		/* Link header values, '\n'-separated */
 	char		retry_after[128];
 	char		location[4096];
+	EtlRateHeaders rate;		/* what they said of the host's quota */
 };
 
 static CURLM *multi = NULL;
@@ -173,6 +194,7 @@ forget_headers(EtlHttpRequest *req)
 	buffer_reset(&req->link_buf, SIZE_MAX);
 	req->retry_after[0] = '\0';
 	req->location[0] = '\0';
+	etl_rate_headers_reset(&req->rate);
 }
 
 /* one response header line, into the request given as CURLOPT_HEADERDATA */
@@ -182,6 +204,7 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 	EtlHttpRequest *req = (EtlHttpRequest *) userdata;
 	size_t		n = size * nmemb;
 
+	etl_rate_header_line(&req->rate, ptr, n);
 	if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0)
 	{
 		/* a new response (after a 100-continue or similar): start over */
@@ -491,6 +514,12 @@ ms_until(TimestampTz t)
 static void
 detach(EtlHttpRequest *req)
 {
+	if (req->budget_held)
+	{
+		/* stopped without a response */
+		etl_host_budget_finish(req->budget_key, 0, NULL);
+		req->budget_held = false;
+	}
 	if (req->state == REQ_RUNNING)
 		curl_multi_remove_handle(multi, req->easy);
 	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, NULL);
@@ -523,12 +552,21 @@ send_attempt(EtlHttpRequest *req)
 	req->state = REQ_RUNNING;
 }
 
-/* Send at once (a redirect, a renewed credential): no wait. */
+/* Send again as soon as its host's budget allows: no wait of its own. */
 static void
 resend_now(EtlHttpRequest *req)
 {
 	req->state = REQ_WAITING;
 	req->not_before = 0;
+	req->wait = WAIT_NONE;
+}
+
+/* A URL's host, as the budget counts it (in the request's memory). */
+static void
+set_url(EtlHttpRequest *req, const char *url)
+{
+	req->current_url = MemoryContextStrdup(req->cxt, url);
+	req->budget_key = MemoryContextStrdup(req->cxt, etl_host_budget_key(url));
 }
 
 /*
@@ -543,11 +581,12 @@ etl_http_start(EtlHttpRequest *req, const char *url, const EtlHttpAuth *auth,
 {
 	etl_http_abandon(req);
 	MemoryContextReset(req->cxt);
-	req->url = MemoryContextStrdup(req->cxt, url);
-	req->current_url = req->url;
+	set_url(req, url);
+	req->url = req->current_url;
 	req->auth = auth;
 	req->body = body;
 	req->attempt = 0;
+	req->retries = 0;
 	req->redirects = 0;
 	req->reauthorized = false;
 	req->problem[0] = '\0';
@@ -567,8 +606,9 @@ etl_http_abandon(EtlHttpRequest *req)
 }
 
 /*
- * Send the requests whose time has come, oldest first.  *wake: the
- * earliest time a request still waits for (0: none).
+ * Send the requests whose time has come, oldest first, each when its
+ * host's budget allows (else it waits for when the budget says).  *wake:
+ * the earliest time a request still waits for (0: none).
  */
 static void
 send_due_requests(TimestampTz *wake)
@@ -597,6 +637,14 @@ send_due_requests(TimestampTz *wake)
 		}
 		if (first == NULL)
 			return;
+		if (!etl_host_budget_try_start(first->budget_key, &first->not_before, &first->budget_wait))
+		{
+			first->wait = WAIT_BUDGET;
+			if (*wake == 0 || first->not_before < *wake)
+				*wake = first->not_before;
+			continue;
+		}
+		first->budget_held = true;
 		send_attempt(first);
 	}
 }
@@ -642,8 +690,7 @@ settle(EtlHttpRequest *req, bool may_raise)
 						(errcode(ERRCODE_CONNECTION_FAILURE),
 						 errmsg("too many redirects (more than %d) from %s",
 								ETL_MAX_REDIRECTS, etl_url_redact(req->url))));
-			req->current_url = etl_url_resolve(req->current_url, req->location);
-			req->current_url = MemoryContextStrdup(req->cxt, req->current_url);
+			set_url(req, etl_url_resolve(req->current_url, req->location));
 			check_host_allowed(req->current_url);
 			resend_now(req);
 			return ETL_STOP_NONE;
@@ -662,6 +709,18 @@ settle(EtlHttpRequest *req, bool may_raise)
 					 errmsg("HTTP %ld from %s: %s", status,
 							etl_url_redact(req->current_url), body_snippet(req->body))));
 		snprintf(req->problem, sizeof(req->problem), "HTTP %ld: %s", status, body_snippet(req->body));
+
+		/*
+		 * A 429 with Retry-After paused the host for every run
+		 * (host_budget.c); waiting for that is the API's schedule, not a
+		 * failure: no retry spent.
+		 */
+		if (status == 429 && req->rate.retry_after_ms >= 0)
+		{
+			req->retries++;
+			resend_now(req);
+			return ETL_STOP_NONE;
+		}
 	}
 	else
 	{
@@ -705,7 +764,9 @@ settle(EtlHttpRequest *req, bool may_raise)
 	elog(DEBUG1, "etl_exec: retrying %s in " INT64_FORMAT " ms: %s",
 		 etl_url_redact(req->current_url), delay, req->problem);
 	req->attempt++;
+	req->retries++;
 	req->state = REQ_WAITING;
+	req->wait = req->retry_after[0] ? WAIT_RETRY_AFTER : WAIT_BACKOFF;
 	req->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 	return ETL_STOP_NONE;
 }
@@ -731,6 +792,9 @@ collect_finished(EtlHttpRequest *awaited)
 			continue;
 		req->result = msg->data.result;
 		curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &req->status);
+		etl_host_budget_finish(req->budget_key, req->result == CURLE_OK ? req->status : 0,
+							   &req->rate);
+		req->budget_held = false;
 		detach(req);
 		req->state = REQ_FINISHED;
 		if (req != awaited)
@@ -751,9 +815,41 @@ perform(EtlHttpRequest *awaited)
 }
 
 /*
+ * Whether the awaited request's wait passes the run's deadline: the run
+ * then stops now (it can be resumed), recording when the API takes
+ * requests again if the API said so.  Shows a long wait for the host's
+ * budget in etl_run_progress.
+ */
+static bool
+wait_passes_deadline(EtlHttpRequest *awaited)
+{
+	int64		ms;
+
+	if (awaited->state != REQ_WAITING || awaited->wait == WAIT_NONE)
+	{
+		etl_rate_wait_end();
+		return false;
+	}
+	ms = ms_until(awaited->not_before);
+	if (awaited->wait == WAIT_BUDGET && awaited->budget_wait == ETL_BUDGET_CONCURRENCY)
+		return false;			/* not a time: a poll for a free place */
+	if (ms >= etl_ms_until_deadline())
+	{
+		if (awaited->wait == WAIT_BUDGET || awaited->wait == WAIT_RETRY_AFTER)
+			etl_rate_limit_stop(awaited->budget_key, awaited->not_before);
+		etl_rate_wait_end();
+		return true;
+	}
+	if (awaited->wait == WAIT_BUDGET &&
+		(awaited->budget_wait == ETL_BUDGET_PAUSED || awaited->budget_wait == ETL_BUDGET_QUOTA ||
+		 ms >= 1000))
+		etl_rate_wait_begin(awaited->budget_key, awaited->not_before);
+	return false;
+}
+
+/*
  * Drive every request until `awaited` has finished, polled so that stop
- * requests are seen within ETL_POLL_MS.  A retry's wait that would pass
- * the run's deadline stops the run now (it can be resumed).
+ * requests are seen within ETL_POLL_MS.
  */
 static EtlStopReason
 drive_until_finished(EtlHttpRequest *awaited)
@@ -768,8 +864,7 @@ drive_until_finished(EtlHttpRequest *awaited)
 		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
 			return stop;
 		send_due_requests(&wake);
-		if (awaited->state == REQ_WAITING &&
-			ms_until(awaited->not_before) >= etl_ms_until_deadline())
+		if (wait_passes_deadline(awaited))
 			return ETL_STOP_TIMED_OUT;
 		perform(awaited);
 		if (awaited->state == REQ_FINISHED || awaited->state == REQ_DONE)
@@ -793,7 +888,7 @@ fill_response(EtlHttpRequest *req, EtlHttpResponse *resp)
 	resp->body = req->body->data ? req->body->data : "";
 	resp->body_len = req->body->len;
 	resp->effective_url = pstrdup(req->current_url);
-	resp->retries = req->attempt;
+	resp->retries = req->retries;
 	if (req->link_buf.len > 0)
 	{
 		char	   *copy = pnstrdup(req->link_buf.data, req->link_buf.len);

@@ -610,6 +610,27 @@ etl_record_staging(int64 run_id, const char *staging)
 }
 
 /*
+ * Record when the API accepts the run's requests again (0: no such wait),
+ * for etl_resume_pending: run_context.resume_after.
+ */
+void
+etl_record_resume_after(int64 run_id, TimestampTz resume_after)
+{
+	const char *args[2];
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	args[1] = resume_after == 0 ? NULL :
+		psprintf("%.3f", (double) (resume_after - SetEpochTimestamp()) / USECS_PER_SEC);
+	etl_spi_run(psprintf("UPDATE %s SET run_context = (run_context - 'resume_after') || "
+						 "  CASE WHEN $2 IS NULL THEN '{}'::jsonb "
+						 "  ELSE jsonb_build_object('resume_after', pg_catalog.to_timestamp($2::float8)) END "
+						 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
+				2, args, SPI_OK_UPDATE);
+	SPI_finish();
+}
+
+/*
  * Record how the run (segment) ended, in the transaction that commits its
  * last rows and checkpoint, and NOTIFY etl_exec_run listeners on commit.
  */
@@ -663,5 +684,6 @@ etl_report_activity(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 			 "etl_exec run " INT64_FORMAT ": " INT64_FORMAT " pages, " INT64_FORMAT " records, "
 			 "%.0f rows/s, expected " INT64_FORMAT ", %d retries",
 			 run_id, pages_fetched, cp->total_records, rows_per_second, expected_total, retries);
-	pgstat_report_activity(STATE_RUNNING, activity);
+	/* (with the rate-limit wait, while there is one: host_budget.c) */
+	etl_activity_publish(activity);
 }

@@ -153,6 +153,17 @@ static char *
 stop_message(RunState *st, int64 segment_ms)
 {
 	const char *what;
+	const char *host;
+	TimestampTz until;
+
+	if (st->stop == ETL_STOP_TIMED_OUT && etl_rate_limit_stopped(&host, &until))
+		return psprintf("etl_exec run " INT64_FORMAT " stopped before its timeout of %d s: %s accepts "
+						"requests again at %s, after the run's deadline; " INT64_FORMAT " records on %d "
+						"pages are loaded and checkpointed (this segment ran " INT64_FORMAT " ms). "
+						"Resume it then with: SELECT etl_resume_run(" INT64_FORMAT "); "
+						"etl_resume_pending() waits until then.",
+						st->run_id, st->row.timeout_seconds, host, timestamptz_to_str(until),
+						st->cp.total_records, st->cp.page_index, segment_ms, st->run_id);
 
 	switch (st->stop)
 	{
@@ -329,6 +340,8 @@ start_run(RunState *st)
 			SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 			SetConfigOption("citus.max_adaptive_executor_pool_size", "1", PGC_USERSET, PGC_S_SESSION);
 		}
+		/* the limits of the hosts it asks (dw_etl_hosts), shared by all runs */
+		etl_host_budget_load();
 		etl_http_init(&st->settings);
 		st->pager = etl_pager_create(&st->job, st->loader, st->row.dry_run,
 									 st->cp.next_url != NULL || st->cp.cursor != NULL,
@@ -451,6 +464,12 @@ finish_run(RunState *st)
 {
 	int			retries = st->pager ? etl_pager_retries(st->pager) : st->row.retries;
 	const char *dry_run_report = st->pager ? etl_pager_dry_run_report(st->pager) : NULL;
+	const char *rate_host;
+	TimestampTz resume_after = 0;
+
+	/* stopped because the API accepts requests only after the deadline? */
+	if (st->stop != ETL_STOP_TIMED_OUT || !etl_rate_limit_stopped(&rate_host, &resume_after))
+		resume_after = 0;
 
 	HOLD_CANCEL_INTERRUPTS();
 	QueryCancelPending = false;
@@ -466,6 +485,7 @@ finish_run(RunState *st)
 		}
 		if (st->error_message == NULL)
 			st->error_message = stop_message(st, etl_ms_since(st->segment_start));
+		etl_record_resume_after(st->run_id, resume_after);
 		etl_finish_run(st->run_id, stop_status(st->stop), st->pages_fetched,
 					   etl_ms_since(st->segment_start), st->commits, st->commit_us,
 					   st->error_message, st->error_sqlstate, dry_run_report);
@@ -506,6 +526,7 @@ run_pages(int64 run_id)
 	st.expected_total = -1;
 	st.segment_start = GetCurrentTimestamp();
 	st.run_cxt = AllocSetContextCreate(TopMemoryContext, "etl_exec run", ALLOCSET_DEFAULT_SIZES);
+	etl_rate_limit_stop(NULL, 0);	/* (a run before in this process) */
 
 	if (start_run(&st))
 		page_loop(&st);
@@ -513,6 +534,8 @@ run_pages(int64 run_id)
 	if (st.pager)
 		etl_pager_end(st.pager);	/* a page fetched but not to be loaded now */
 	etl_http_cleanup();
+	/* requests an error or a stop left counted in the hosts' budgets */
+	etl_host_budget_release_all();
 	MemoryContextSwitchTo(st.run_cxt);
 	finish_run(&st);
 

@@ -172,6 +172,43 @@ render (badjson_at / nokey_at / oversize_at) -> gzip -> send (stall, truncate).
 
   Every integer switch must be a non-negative integer, else 400.
 
+RATE LIMITS (query switches; state per bucket, shared by every request that
+names the same rate_key, default "default" -- two jobs against one "host")
+===========
+Checked right after the request is counted, before delay_ms.
+
+  rate_limit=N[&rate_window=W]
+                        the bucket accepts N requests per fixed window of W
+                        seconds (default 1), windows aligned on the epoch
+                        (floor(time / W)); beyond that it answers 429
+                        {"error": "rate limited"} with "Retry-After: S"
+                        (S = whole seconds to the window's end, rounded up).
+                        Every answer of the bucket (200 and 429) carries the
+                        quota headers that rate_headers picks:
+  rate_headers=x        X-RateLimit-Limit: N, X-RateLimit-Remaining: R,
+                        X-RateLimit-Reset: epoch seconds of the window's end
+                        (default)
+               x_delta  ... X-RateLimit-Reset: seconds to go (rounded up)
+               x_epoch_ms ... X-RateLimit-Reset: epoch milliseconds
+               ietf     RateLimit-Limit / RateLimit-Remaining /
+                        RateLimit-Reset (seconds to go) and
+                        RateLimit-Policy: N;w=W
+               ietf_dict  RateLimit: limit=N, remaining=R, reset=S
+               ietf_list  RateLimit: "default";r=R;t=S and
+                        RateLimit-Policy: "default";q=N;w=W
+               none     no quota headers (429s still say Retry-After)
+  storm=M[&storm_retry_after=S]
+                        a "429 storm": the first M requests of the bucket
+                        (since /__reset) answer 429 {"error": "storm"} with
+                        "Retry-After: S" (default 1) and no other quota header.
+
+The mock records per bucket (GET /__stats -> "rate": {key: ...}):
+"events": [[arrival time (epoch seconds, float), status], ...] (last 20000),
+"per_window": {"<window start>": requests seen in that 1-second window},
+"throttled": 429s sent, "max_in_flight": the most requests of the bucket
+being answered at once.  "max_in_flight" at the top level counts all data
+requests.
+
 CONTROL ENDPOINTS (not counted as data requests)
 =================
   GET /__health             -> {"ok": true}
@@ -189,7 +226,8 @@ CONTROL ENDPOINTS (not counted as data requests)
                                    no endpoint (a smuggled request, say)],
                                 "token_requests": <POSTs to /oauth/token>,
                                 "inflight_max": <most data requests being
-                                   answered at once>,
+                                   answered at once, until their answer
+                                   starts>,
                                 "past_end": <data requests for an offset at
                                    or past the last record (n > 0)>,
                                 "fail_at": {"<path>@<K>": times asked}}
@@ -307,6 +345,35 @@ class State:
         self.inflight = 0
         self.inflight_max = 0
         self.past_end = 0
+        self.rate = {}              # rate_key -> RateBucket
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def bucket(self, key):
+        # Caller holds the lock.
+        b = self.rate.get(key)
+        if b is None:
+            b = self.rate[key] = RateBucket()
+        return b
+
+
+class RateBucket:
+    """What one rate_key's requests did: see RATE LIMITS in the docstring."""
+
+    def __init__(self):
+        self.events = collections.deque(maxlen=20000)   # [t, status]
+        self.per_window = {}        # floor(t) -> requests seen
+        self.window_counts = {}     # (W, floor(t / W)) -> requests accepted
+        self.throttled = 0
+        self.storm_sent = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def as_json(self):
+        return {"events": [list(e) for e in self.events],
+                "per_window": {str(k): v for k, v in sorted(self.per_window.items())},
+                "throttled": self.throttled,
+                "max_in_flight": self.max_in_flight}
 
 
 class BadRequest(Exception):
@@ -595,6 +662,7 @@ class Handler(BaseHTTPRequestHandler):
             hdrs.append(("Vary", "Accept-Encoding"))
         hdrs.append(("Content-Length", str(len(body))))
         hdrs.extend(headers)
+        self.last_status = status
         self.send_response(status)
         for k, v in hdrs:
             self.send_header(k, v)
@@ -642,7 +710,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self):
         self.headers_sent = False
-        self.in_flight = False
+        self.counted_in_flight = False
         self.gzip_ok = False
         try:
             url = urlsplit(self.path)
@@ -722,7 +790,9 @@ class Handler(BaseHTTPRequestHandler):
                    "inflight_max": st.inflight_max,
                    "past_end": st.past_end,
                    "fail_at": {"%s@%d" % k: v
-                               for k, v in st.fail_at_counts.items()}}
+                               for k, v in st.fail_at_counts.items()},
+                   "rate": {k: b.as_json() for k, b in st.rate.items()},
+                   "max_in_flight": st.max_in_flight}
         self.send_json(200, obj)
 
     def _oauth_token(self, q, body):
@@ -783,25 +853,108 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(status, {"error": "injected failure"}, hdrs)
 
     def _data(self, path, q, endpoint):
+        """A data request, counted in its rate bucket while it is answered."""
         st = self.server.state
+        key = q.get("rate_key") or "default"
         with st.lock:
+            b = st.bucket(key)
+            event = [time.time(), None]
+            b.events.append(event)
+            sec = int(event[0])
+            b.per_window[sec] = b.per_window.get(sec, 0) + 1
+            b.in_flight += 1
+            b.max_in_flight = max(b.max_in_flight, b.in_flight)
+            st.in_flight += 1
+            st.max_in_flight = max(st.max_in_flight, st.in_flight)
             st.inflight += 1
             st.inflight_max = max(st.inflight_max, st.inflight)
-        self.in_flight = True
+        self.counted_in_flight = True
+        self.last_status = None
         try:
-            self._data_counted(path, q, endpoint)
+            refused = self._rate_check(q, b, event[0])
+            if not refused:
+                self._data_answer(path, q, endpoint)
         finally:
+            with st.lock:
+                b.in_flight -= 1
+                st.in_flight -= 1
+                event[1] = self.last_status
             self._answered()
 
     def _answered(self):
-        """A data request is no longer in flight once its answer starts
-        (the client may send its next request as soon as it has read it)."""
-        if getattr(self, "in_flight", False):
-            self.in_flight = False
+        """A data request is no longer in flight (inflight) once its answer
+        starts: the client may send its next one as soon as it has read it."""
+        if getattr(self, "counted_in_flight", False):
+            self.counted_in_flight = False
             with self.server.state.lock:
                 self.server.state.inflight -= 1
 
-    def _data_counted(self, path, q, endpoint):
+    def _rate_check(self, q, b, now):
+        """storm / rate_limit: answer 429 (True) or let it through with the
+        quota headers to send (False)."""
+        st = self.server.state
+        self.rate_headers = []
+        try:
+            storm = q.int("storm", 0)
+            storm_after = q.int("storm_retry_after", 1)
+            limit = q.int("rate_limit")
+            window = q.int("rate_window", 1, minimum=1)
+        except BadRequest as e:
+            self.send_json(400, {"error": str(e)})
+            return True
+        with st.lock:
+            if storm and b.storm_sent < storm:
+                b.storm_sent += 1
+                b.throttled += 1
+                hdrs = [("Retry-After", str(storm_after))]
+                refused = "storm"
+            elif limit is not None:
+                w = int(now // window)
+                used = b.window_counts.get((window, w), 0)
+                ends = (w + 1) * window
+                to_go = max(1, math.ceil(ends - now))
+                if used >= limit:
+                    b.throttled += 1
+                    refused = "rate limited"
+                    remaining = 0
+                else:
+                    b.window_counts[(window, w)] = used + 1
+                    refused = None
+                    remaining = limit - used - 1
+                hdrs = self._quota_headers(q.get("rate_headers") or "x", limit, window,
+                                           remaining, ends, to_go)
+                if refused:
+                    hdrs.append(("Retry-After", str(to_go)))
+            else:
+                return False
+        if refused:
+            self.send_json(429, {"error": refused}, hdrs)
+            return True
+        self.rate_headers = hdrs
+        return False
+
+    @staticmethod
+    def _quota_headers(kind, limit, window, remaining, ends, to_go):
+        if kind == "x":
+            return [("X-RateLimit-Limit", str(limit)), ("X-RateLimit-Remaining", str(remaining)),
+                    ("X-RateLimit-Reset", str(int(ends)))]
+        if kind == "x_delta":
+            return [("X-RateLimit-Limit", str(limit)), ("X-RateLimit-Remaining", str(remaining)),
+                    ("X-RateLimit-Reset", str(to_go))]
+        if kind == "x_epoch_ms":
+            return [("X-RateLimit-Limit", str(limit)), ("X-RateLimit-Remaining", str(remaining)),
+                    ("X-RateLimit-Reset", str(int(ends * 1000)))]
+        if kind == "ietf":
+            return [("RateLimit-Limit", str(limit)), ("RateLimit-Remaining", str(remaining)),
+                    ("RateLimit-Reset", str(to_go)), ("RateLimit-Policy", "%d;w=%d" % (limit, window))]
+        if kind == "ietf_dict":
+            return [("RateLimit", "limit=%d, remaining=%d, reset=%d" % (limit, remaining, to_go))]
+        if kind == "ietf_list":
+            return [("RateLimit", '"default";r=%d;t=%d' % (remaining, to_go)),
+                    ("RateLimit-Policy", '"default";q=%d;w=%d' % (limit, window))]
+        return []
+
+    def _data_answer(self, path, q, endpoint):
         st = self.server.state
         with st.lock:
             st.requests += 1
@@ -908,7 +1061,7 @@ class Handler(BaseHTTPRequestHandler):
 
         stall = (stall_after, stall_ms) if stall_after is not None else None
         truncate = truncate_at is not None and offset == truncate_at
-        self.send_raw(200, body, headers, stall=stall, truncate=truncate)
+        self.send_raw(200, body, list(headers) + self.rate_headers, stall=stall, truncate=truncate)
 
 
 class MockServer(ThreadingHTTPServer):
