@@ -155,6 +155,9 @@ class SlowPages(ThreadingHTTPServer):
 
 class SlowPageHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without this, Nagle's algorithm
+    # and the client's delayed ACK add ~40 ms to every response
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         pass

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # test/bench/run.sh [--records N] [--repeat R] [--no-setup] [--smoke] [--keep]
+#                   [--latency-only] [--citus]
 #
 # The etl_exec benchmark, in one run on one data set and one cluster: the
 # fetch limit (curl over one keep-alive connection), the load limit (COPY),
 # etl_exec end to end (append; checkpoint every page; upsert), the Python
 # executor it replaces, the worker's peak memory at N and 3N records, and
 # the time from etl_resume_run to the first new row.  Prints a summary table.
+# Then the latency scenario (latency_bench.py): pages of 100 records from an
+# API answering each in 50 ms -- curl one at a time and 8 at once, etl_exec
+# at concurrency 1, 8 and 32, the Python executor -- and its own table.
 #
 #   --records N   records in the data set (default 1,000,000; pages of 1,000)
 #   --repeat R    timed repetitions of the fetch, COPY and etl_exec stages; the
 #                 best is reported (default 3, or 1 with --smoke)
 #   --no-setup    skip test/setup.sh (packages, build, make install)
-#   --smoke       the CI run: no 3N-record memory run
+#   --smoke       the CI run: no 3N-record memory run; the latency scenario
+#                 with 100 pages and one round (else 250 pages, 3 rounds)
+#   --latency-only  the latency scenario alone
 #   --keep        leave the cluster and nginx running at the end (to inspect)
 #   --citus       the Citus scenario instead: etl_exec on a coordinator (two
 #                 workers on this machine, test/citus_cluster.sh) into a
@@ -32,6 +38,7 @@ SETUP=1
 SMOKE=0
 KEEP=0
 CITUS=0
+LATENCY_ONLY=0
 REPEAT=
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -44,6 +51,7 @@ while [ $# -gt 0 ]; do
         --smoke) SMOKE=1; shift ;;
         --keep) KEEP=1; shift ;;
         --citus) CITUS=1; shift ;;
+        --latency-only) LATENCY_ONLY=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -117,6 +125,19 @@ else
     echo "   generated in $((SECONDS - start)) s"
 fi
 
+# ---- the latency scenario's data set: pages of 100 records (cached too)
+LAT_RECORDS=25000
+LAT_ROUNDS=3
+[ "$SMOKE" = 1 ] && LAT_RECORDS=10000 && LAT_ROUNDS=1
+LAT_DATA="$DATA_ROOT/lat_n${LAT_RECORDS}_p100"
+if ! "$PYTHON" -c "import json, sys; m = json.load(open(sys.argv[1])); sys.exit(0 if m['fingerprint'] == sys.argv[2] and m['records'] == int(sys.argv[3]) else 1)" \
+        "$LAT_DATA/meta.json" "$FP" "$LAT_RECORDS" 2>/dev/null; then
+    mkdir -p "$DATA_ROOT"
+    rm -rf "$LAT_DATA" "$LAT_DATA.tmp"
+    "$PYTHON" "$HERE/gen_pages.py" --out "$LAT_DATA.tmp" --records "$LAT_RECORDS" --page-size 100 >/dev/null
+    mv "$LAT_DATA.tmp" "$LAT_DATA"
+fi
+
 # ---- the cluster (cluster.sh also starts the mock API; the benchmark does not use it)
 stop_nginx		# left by an earlier --keep run: cluster.sh start wipes its pid file
 bash "$REPO/test/cluster.sh" start
@@ -177,6 +198,13 @@ if [ "$CITUS" = 1 ]; then
 fi
 
 # ---- the measurements
-args=(--data "$DATA" --base-url "http://127.0.0.1:$NGINX_PORT" --work "$ETL_TEST_ROOT/work" --repeat "$REPEAT")
-[ "$SMOKE" = 1 ] && args+=(--smoke --latency-rounds 1)
-"$PYTHON" "$HERE/bench.py" "${args[@]}"
+rc=0
+if [ "$LATENCY_ONLY" = 0 ]; then
+    args=(--data "$DATA" --base-url "http://127.0.0.1:$NGINX_PORT" --work "$ETL_TEST_ROOT/work" --repeat "$REPEAT")
+    [ "$SMOKE" = 1 ] && args+=(--smoke --latency-rounds 1)
+    "$PYTHON" "$HERE/bench.py" "${args[@]}" || rc=1
+fi
+echo
+echo "== the latency scenario"
+"$PYTHON" "$HERE/latency_bench.py" --data "$LAT_DATA" --work "$ETL_TEST_ROOT/work" --rounds "$LAT_ROUNDS" || rc=1
+exit "$rc"
