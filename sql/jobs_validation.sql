@@ -138,6 +138,11 @@ INSERT INTO dw_etl_jobs (name, url, target_table, max_retries)
 VALUES ('bad_max_retries', 'http://127.0.0.1:18080/odata/Patients', 'patients', -1);
 INSERT INTO dw_etl_jobs (name, url, target_table, request_timeout_ms)
 VALUES ('bad_request_timeout', 'http://127.0.0.1:18080/odata/Patients', 'patients', 0);
+-- concurrency: 1..64 (NULL: the setting)
+INSERT INTO dw_etl_jobs (name, url, target_table, concurrency)
+VALUES ('bad_concurrency_0', 'http://127.0.0.1:18080/odata/Patients', 'patients', 0);
+INSERT INTO dw_etl_jobs (name, url, target_table, concurrency)
+VALUES ('bad_concurrency_65', 'http://127.0.0.1:18080/odata/Patients', 'patients', 65);
 
 -- cursor pagination needs next_path
 INSERT INTO dw_etl_jobs (name, url, target_table, pagination, pagination_options)

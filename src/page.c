@@ -515,8 +515,10 @@ window_drop_all(EtlPager *pager)
 /*
  * Have the pages from cp on in flight, up to the window's size: page
  * cp->page_index + k asks from the offset it has if every page before it
- * is full.  A slot that holds another page, or this page from another
- * offset, is asked again; none past a total the API reported.
+ * is full.  A slot that holds another page, or (offset paging) this page
+ * from another offset, is asked again; none past a total the API
+ * reported.  (Page numbers do not depend on the pages before: a short
+ * page-numbered page changes nothing in flight.)
  */
 static void
 window_fill(EtlPager *pager, const EtlCheckpoint *cp)
@@ -541,7 +543,8 @@ window_fill(EtlPager *pager, const EtlCheckpoint *cp)
 
 		at.page_index = page_index;
 		at.skip = cp->skip + (int64) k * pager->job->page_size;
-		if (slot->page_index == page_index && slot->skip == at.skip)
+		if (slot->page_index == page_index &&
+			(slot->skip == at.skip || pager->job->pagination == ETL_PAGINATION_PAGE))
 			continue;
 		window_drop(slot);
 		/* the first page is always asked: it says whether there are any */

@@ -109,10 +109,16 @@ def test_timeouts_and_resumes_with_8_in_flight_are_exact(db, style):
     assert row["pages_fetched"] == 200
 
 
-def test_cancels_and_resumes_with_8_in_flight_are_exact(db):
+@pytest.mark.parametrize("style", ["offset", "page"])
+def test_cancels_and_resumes_with_8_in_flight_are_exact(db, style):
     db.patients_table("pp_cancel")
-    job = db.job("ppcancel", "/odata/Patients?n=12000&delay_ms=150", "pp_cancel", page_size=100,
-                 pagination_options=TOTAL, concurrency=8, checkpoint_interval_seconds=0)
+    if style == "offset":
+        job = db.job("ppcancel", "/odata/Patients?n=12000&delay_ms=150", "pp_cancel", page_size=100,
+                     pagination_options=TOTAL, concurrency=8, checkpoint_interval_seconds=0)
+    else:
+        job = db.job("ppcancel", "/paged/Patients?n=12000&delay_ms=150", "pp_cancel", pagination="page",
+                     page_size=100, pagination_options=PAGED, records_path="$.items[*]",
+                     concurrency=8, checkpoint_interval_seconds=0)
     run_id = db.one("SELECT etl_execute_job(%s)", (job,))
     cancels = 0
     for _ in range(40):
