@@ -869,25 +869,28 @@ class Handler(BaseHTTPRequestHandler):
             st.inflight += 1
             st.inflight_max = max(st.inflight_max, st.inflight)
         self.counted_in_flight = True
+        self.rate_bucket = b
         self.last_status = None
         try:
             refused = self._rate_check(q, b, event[0])
             if not refused:
                 self._data_answer(path, q, endpoint)
         finally:
-            with st.lock:
-                b.in_flight -= 1
-                st.in_flight -= 1
-                event[1] = self.last_status
             self._answered()
+            with st.lock:
+                event[1] = self.last_status
 
     def _answered(self):
-        """A data request is no longer in flight (inflight) once its answer
-        starts: the client may send its next one as soon as it has read it."""
+        """A data request is no longer in flight (the in-flight counts) once
+        its answer starts: the client may send its next request as soon as
+        it has read this answer, before this thread gets to count it out."""
         if getattr(self, "counted_in_flight", False):
             self.counted_in_flight = False
-            with self.server.state.lock:
-                self.server.state.inflight -= 1
+            st = self.server.state
+            with st.lock:
+                st.inflight -= 1
+                st.in_flight -= 1
+                self.rate_bucket.in_flight -= 1
 
     def _rate_check(self, q, b, now):
         """storm / rate_limit: answer 429 (True) or let it through with the

@@ -10,6 +10,7 @@ use Test::More;
 use IPC::Run;
 use Digest::MD5 qw(md5_hex);
 use File::Basename qw(dirname);
+use Time::HiRes qw(sleep);
 
 # run by `make prove_installcheck` from the top of the source tree
 # (test/tap/run.sh passes both)
@@ -37,8 +38,9 @@ $node->start;
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION etl_exec;
 	CREATE TABLE patients (patientid int, name text);
-	INSERT INTO dw_etl_jobs (job_id, name, url, target_table, page_size, checkpoint_interval_seconds, pagination_options)
-	VALUES (1, 'crash', 'http://127.0.0.1:$mock_port/odata/Patients?n=$n&delay_ms=25', 'patients', 200, 0,
+	INSERT INTO dw_etl_jobs (job_id, name, url, target_table, page_size, checkpoint_interval_seconds, concurrency,
+	                         pagination_options)
+	VALUES (1, 'crash', 'http://127.0.0.1:$mock_port/odata/Patients?n=$n&delay_ms=60', 'patients', 200, 0, 1,
 	        '{"total_path": "\$.\\"\@odata.count\\""}');
 });
 
@@ -63,6 +65,9 @@ sub check_exact
 # 1. immediate shutdown in the middle of a run
 my $run1 = $node->safe_psql('postgres', 'SELECT etl_execute_job(1, timeout := 600)');
 wait_loaded($run1, 1000);
+# the worker commits asynchronously: let the WAL writer (every 200 ms) put
+# those commits on disk, or the immediate stop may leave none of them
+sleep 0.5;
 $node->stop('immediate');
 $node->start;
 is($node->safe_psql('postgres', "SELECT etl_wait_run($run1, 0)"), 'interrupted',

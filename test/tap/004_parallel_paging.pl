@@ -10,6 +10,7 @@ use Test::More;
 use IPC::Run;
 use Digest::MD5 qw(md5_hex);
 use File::Basename qw(dirname);
+use Time::HiRes qw(sleep);
 
 $ENV{PYTHON} ||= 'python3';
 $ENV{MOCK_API_SCRIPT} ||= 'test/mock_api.py';
@@ -30,18 +31,18 @@ my $node = PostgreSQL::Test::Cluster->new('parallel');
 $node->init;
 $node->append_conf('postgresql.conf', "max_worker_processes = 8\nrestart_after_crash = on\n");
 $node->start;
-# 200 pages of 100 records at 60 ms each, 8 in flight
+# 200 pages of 100 records at 150 ms each, 8 in flight: ~4 s a run
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION etl_exec;
 	CREATE TABLE p_offset (patientid int PRIMARY KEY, name text);
 	CREATE TABLE p_page (patientid int PRIMARY KEY, name text);
 	INSERT INTO dw_etl_jobs (job_id, name, url, target_table, page_size, concurrency,
 	                         checkpoint_interval_seconds, pagination_options)
-	VALUES (1, 'offset', 'http://127.0.0.1:$mock_port/odata/Patients?n=$n&delay_ms=60', 'p_offset', 100, 8, 0,
+	VALUES (1, 'offset', 'http://127.0.0.1:$mock_port/odata/Patients?n=$n&delay_ms=150', 'p_offset', 100, 8, 0,
 	        '{"total_path": "\$.\\"\@odata.count\\""}');
 	INSERT INTO dw_etl_jobs (job_id, name, url, target_table, pagination, page_size, concurrency,
 	                         checkpoint_interval_seconds, records_path, pagination_options)
-	VALUES (2, 'page', 'http://127.0.0.1:$mock_port/paged/Patients?n=$n&delay_ms=60', 'p_page', 'page', 100, 8, 0,
+	VALUES (2, 'page', 'http://127.0.0.1:$mock_port/paged/Patients?n=$n&delay_ms=150', 'p_page', 'page', 100, 8, 0,
 	        '\$.items[*]', '{"page_param": "page", "limit_param": "per_page", "total_path": "\$.total"}');
 });
 
@@ -57,6 +58,9 @@ sub kill_worker
 {
 	my ($run_id) = @_;
 	my $pid = $node->safe_psql('postgres', "SELECT worker_pid FROM dw_etl_runs WHERE run_id = $run_id");
+	# the worker commits asynchronously: let the WAL writer (every 200 ms)
+	# put what it committed on disk before the crash
+	sleep 0.5;
 	kill 'KILL', $pid;
 	sleep 1;
 	$node->poll_query_until('postgres', 'SELECT true') or die 'server did not come back';
@@ -104,6 +108,7 @@ for my $job ([ 1, 'p_offset', 'offset' ], [ 2, 'p_page', 'page' ])
 	$before = $node->safe_psql('postgres', "SELECT records_loaded FROM dw_etl_runs WHERE run_id = $run");
 	$node->safe_psql('postgres', "SELECT etl_resume_run($run)");
 	wait_loaded($run, $before + 2000);
+	sleep 0.5;						# (as in kill_worker)
 	$node->stop('immediate');
 	$node->start;
 	is($node->safe_psql('postgres', "SELECT etl_wait_run($run, 0)"), 'interrupted', "$style: stopped server's run is interrupted");
