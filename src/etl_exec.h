@@ -317,6 +317,8 @@ typedef struct EtlHttpAuth
 	List	   *(*headers) (void *arg, const char *url);
 	/* after a 401: renew the credentials; true when one more try may help */
 	bool		(*renew) (void *arg);
+	/* changes whenever the credentials do (a 401 on older ones: just resend) */
+	uint64		(*generation) (void *arg);
 	void	   *arg;
 } EtlHttpAuth;
 
@@ -342,6 +344,7 @@ extern char *etl_http_post_form(const char *url, const char *form, const char *w
 /* in oauth.c */
 extern const char *etl_oauth_token(const char *name, const char *client_json);
 extern bool etl_oauth_renew(void *arg);
+extern uint64 etl_oauth_generation(void *arg);
 extern void etl_oauth_forget_all(void);
 
 /* in job.c */
@@ -430,6 +433,7 @@ typedef struct EtlRunRow
 	int32		timeout_seconds;
 	int64		records_loaded;
 	int64		pages_fetched;
+	int64		expected_total; /* the API's last reported total; -1: none */
 	int32		resume_count;
 	int32		retries;
 	char	   *target;			/* frozen at the run's start (quoted, qualified) */
@@ -496,7 +500,7 @@ typedef struct EtlPageDone
 
 extern EtlPager *etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run,
 								  bool from_stored_link, int retries, int concurrency,
-								  MemoryContext run_cxt);
+								  int64 known_total, MemoryContext run_cxt);
 extern EtlStopReason etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp,
 									   EtlPageDone *done);
 extern int	etl_pager_retries(EtlPager *pager);

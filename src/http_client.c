@@ -11,13 +11,18 @@
  * A request is started (etl_http_start), then waited for (etl_http_wait).
  * While one request is waited for, every other started request makes
  * progress too: that is how a run keeps several pages in flight (page.c).
- * What a finished transfer leads to is settled in two steps.  What cannot
- * raise an error -- a 2xx response, a retry after a 5xx or a dropped
- * connection -- is settled at once, for any request.  What may raise or
- * run SQL -- a redirect's host check, a 401's renewal, a refusal, retries
- * spent -- waits until that request itself is waited for: an error
- * belongs to the page that asked, and a page past the end, never waited
- * for, never fails the run.
+ * An error belongs to the request that met it: whatever may raise or run
+ * SQL for a request other than the one waited for -- building its headers
+ * (a secret looked up, an OAuth2 token fetched), a redirect's host check,
+ * a 401's renewal, a refusal, retries spent -- runs in a subtransaction of
+ * its own, and an error there is kept with the request and raised only
+ * when that request is waited for: a page past the end, never waited for,
+ * never fails the run.  What cannot raise -- a 2xx, a retry after a 5xx
+ * -- is settled at once.
+ *
+ * A transfer's timers run while the worker loads a page and drives no
+ * transfer; one that timed out after such a gap (its answer may have been
+ * waiting in the socket) is sent again without spending a retry.
  *
  * Every attempt goes out when its host's budget says so (host_budget.c:
  * dw_etl_hosts and the API's rate-limit headers, shared by every run of
@@ -46,15 +51,20 @@
 
 #include <curl/curl.h>
 
+#include "access/xact.h"
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 
 #include "etl_exec.h"
 
 #define ETL_MAX_REDIRECTS 5
 #define ETL_POLL_MS 100
 #define ETL_MAX_REQUESTS (ETL_MAX_CONCURRENCY + 2)
+/* a gap this long without driving transfers may have timed them out */
+#define ETL_IDLE_GAP_MS 1000
+#define ETL_MAX_FREE_RESENDS 3
 
 /* what a waiting request waits for */
 typedef enum RequestWait
@@ -71,7 +81,8 @@ typedef enum RequestState
 	REQ_WAITING,				/* to be sent at not_before (a retry's wait) */
 	REQ_RUNNING,				/* its transfer is on the multi handle */
 	REQ_FINISHED,				/* the transfer ended; what it leads to is unsettled */
-	REQ_DONE					/* a 2xx response is in the body buffer */
+	REQ_DONE,					/* a 2xx response is in the body buffer */
+	REQ_FAILED					/* error: raised when it is waited for */
 } RequestState;
 
 struct EtlHttpRequest
@@ -91,6 +102,10 @@ struct EtlHttpRequest
 	bool		budget_held;	/* an attempt counted in the budget, not yet given back */
 	int			attempt;		/* retries spent (of max_retries) */
 	int			retries;		/* retries, and resends the API's 429 asked for */
+	int			free_resends;	/* after a timeout the worker's idleness caused */
+	int64		longest_gap_ms; /* longest time nobody drove its transfer */
+	uint64		auth_generation;	/* of the credentials it was sent with */
+	ErrorData  *error;			/* REQ_FAILED: what to raise */
 	int			redirects;
 	bool		reauthorized;
 	struct curl_slist *header_list;
@@ -112,6 +127,7 @@ static MemoryContext http_cxt = NULL;
 static EtlHttpRequest *requests[ETL_MAX_REQUESTS];
 static int	nrequests = 0;
 static uint64 next_seq = 0;
+static TimestampTz last_driven = 0; /* when transfers last made progress */
 static EtlHttpRequest *get_request = NULL;	/* etl_http_get's */
 static const EtlRunSettings *run_settings;
 
@@ -540,7 +556,10 @@ send_attempt(EtlHttpRequest *req)
 	req->status = 0;
 
 	headers = req->auth && req->auth->headers ? req->auth->headers(req->auth->arg, req->current_url) : NIL;
+	req->auth_generation = req->auth && req->auth->generation ?
+		req->auth->generation(req->auth->arg) : 0;
 	req->header_list = header_slist(headers);
+	req->longest_gap_ms = 0;
 	curl_easy_setopt(req->easy, CURLOPT_URL, req->current_url);
 	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->header_list);
 	curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req->body);
@@ -579,14 +598,17 @@ void
 etl_http_start(EtlHttpRequest *req, const char *url, const EtlHttpAuth *auth,
 			   EtlHttpBuffer *body)
 {
+	check_host_allowed(url);
 	etl_http_abandon(req);
 	MemoryContextReset(req->cxt);
+	req->error = NULL;
 	set_url(req, url);
 	req->url = req->current_url;
 	req->auth = auth;
 	req->body = body;
 	req->attempt = 0;
 	req->retries = 0;
+	req->free_resends = 0;
 	req->redirects = 0;
 	req->reauthorized = false;
 	req->problem[0] = '\0';
@@ -605,13 +627,53 @@ etl_http_abandon(EtlHttpRequest *req)
 	req->state = REQ_IDLE;
 }
 
+static EtlStopReason settle(EtlHttpRequest *req, bool may_raise);
+
+typedef void (*RequestStep) (EtlHttpRequest *req);
+
+/*
+ * Run a step of a request other than the one waited for in a
+ * subtransaction of its own: an error is kept with the request
+ * (REQ_FAILED), to be raised when it is waited for.
+ */
+static void
+run_apart(EtlHttpRequest *req, RequestStep step)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		step(req);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		req->error = etl_catch_error(req->cxt);
+		RollbackAndReleaseCurrentSubTransaction();
+		detach(req);
+		req->state = REQ_FAILED;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+}
+
+static void
+settle_step(EtlHttpRequest *req)
+{
+	(void) settle(req, true);
+}
+
 /*
  * Send the requests whose time has come, oldest first, each when its
  * host's budget allows (else it waits for when the budget says).  *wake:
  * the earliest time a request still waits for (0: none).
  */
 static void
-send_due_requests(TimestampTz *wake)
+send_due_requests(EtlHttpRequest *awaited, TimestampTz *wake)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
@@ -645,7 +707,10 @@ send_due_requests(TimestampTz *wake)
 			continue;
 		}
 		first->budget_held = true;
-		send_attempt(first);
+		if (first == awaited)
+			send_attempt(first);
+		else
+			run_apart(first, send_attempt);
 	}
 }
 
@@ -695,6 +760,13 @@ settle(EtlHttpRequest *req, bool may_raise)
 			resend_now(req);
 			return ETL_STOP_NONE;
 		}
+		if (status == 401 && req->auth && req->auth->generation &&
+			req->auth->generation(req->auth->arg) != req->auth_generation)
+		{
+			/* sent before the credentials were renewed (for another page): again */
+			resend_now(req);
+			return ETL_STOP_NONE;
+		}
 		if (status == 401 && !req->reauthorized && req->auth && req->auth->renew &&
 			req->auth->renew(req->auth->arg))
 		{
@@ -727,6 +799,16 @@ settle(EtlHttpRequest *req, bool may_raise)
 		/* a transfer that did not complete: some errors no retry can fix */
 		if (req->result == CURLE_OPERATION_TIMEDOUT && etl_ms_until_deadline() <= 0)
 			return ETL_STOP_TIMED_OUT;
+		if (req->result == CURLE_OPERATION_TIMEDOUT && req->longest_gap_ms >= ETL_IDLE_GAP_MS &&
+			req->free_resends < ETL_MAX_FREE_RESENDS)
+		{
+			/* its timer ran while the worker loaded a page: not the API's fault */
+			elog(DEBUG1, "etl_exec: %s timed out while the worker was busy (" INT64_FORMAT " ms); sending it again",
+				 etl_url_redact(req->current_url), req->longest_gap_ms);
+			req->free_resends++;
+			resend_now(req);
+			return ETL_STOP_NONE;
+		}
 		if (req->result == CURLE_WRITE_ERROR && req->body->too_big)
 		{
 			if (!may_raise)
@@ -798,7 +880,12 @@ collect_finished(EtlHttpRequest *awaited)
 		detach(req);
 		req->state = REQ_FINISHED;
 		if (req != awaited)
+		{
+			/* what raises nothing at once; the rest apart, its error kept */
 			(void) settle(req, false);
+			if (req->state == REQ_FINISHED)
+				run_apart(req, settle_step);
+		}
 	}
 }
 
@@ -807,7 +894,17 @@ static void
 perform(EtlHttpRequest *awaited)
 {
 	int			running;
-	CURLMcode	mc = curl_multi_perform(multi, &running);
+	CURLMcode	mc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	/* how long the transfers went undriven (a page being loaded, say) */
+	if (last_driven != 0 && now - last_driven >= (int64) ETL_IDLE_GAP_MS * 1000)
+		for (int i = 0; i < nrequests; i++)
+			if (requests[i]->state == REQ_RUNNING)
+				requests[i]->longest_gap_ms = Max(requests[i]->longest_gap_ms,
+												  (now - last_driven) / 1000);
+	mc = curl_multi_perform(multi, &running);
+	last_driven = GetCurrentTimestamp();
 
 	if (mc != CURLM_OK)
 		elog(ERROR, "etl_exec: libcurl multi error: %s", curl_multi_strerror(mc));
@@ -832,7 +929,10 @@ wait_passes_deadline(EtlHttpRequest *awaited)
 	}
 	ms = ms_until(awaited->not_before);
 	if (awaited->wait == WAIT_BUDGET && awaited->budget_wait == ETL_BUDGET_CONCURRENCY)
+	{
+		etl_rate_wait_end();
 		return false;			/* not a time: a poll for a free place */
+	}
 	if (ms >= etl_ms_until_deadline())
 	{
 		if (awaited->wait == WAIT_BUDGET || awaited->wait == WAIT_RETRY_AFTER)
@@ -863,11 +963,12 @@ drive_until_finished(EtlHttpRequest *awaited)
 
 		if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
 			return stop;
-		send_due_requests(&wake);
+		send_due_requests(awaited, &wake);
 		if (wait_passes_deadline(awaited))
 			return ETL_STOP_TIMED_OUT;
 		perform(awaited);
-		if (awaited->state == REQ_FINISHED || awaited->state == REQ_DONE)
+		if (awaited->state == REQ_FINISHED || awaited->state == REQ_DONE ||
+			awaited->state == REQ_FAILED)
 			return ETL_STOP_NONE;
 		if (awaited->state == REQ_IDLE)
 			elog(ERROR, "etl_exec: waiting for an HTTP request that was not started");
@@ -910,12 +1011,19 @@ fill_response(EtlHttpRequest *req, EtlHttpResponse *resp)
 EtlStopReason
 etl_http_wait(EtlHttpRequest *req, EtlHttpResponse *resp)
 {
+	memset(resp, 0, sizeof(*resp));
 	for (;;)
 	{
 		EtlStopReason stop;
 
 		if ((stop = drive_until_finished(req)) != ETL_STOP_NONE)
 			return stop;
+		if (req->state == REQ_FAILED)
+		{
+			/* met while another request was waited for: this request's now */
+			req->state = REQ_IDLE;
+			ReThrowError(req->error);
+		}
 		if (req->state == REQ_FINISHED &&
 			(stop = settle(req, true)) != ETL_STOP_NONE)
 			return stop;
@@ -923,6 +1031,7 @@ etl_http_wait(EtlHttpRequest *req, EtlHttpResponse *resp)
 			break;
 	}
 	fill_response(req, resp);
+	etl_rate_limit_stop(NULL, 0);	/* a wait that stopped nothing after all */
 	return ETL_STOP_NONE;
 }
 
@@ -937,7 +1046,7 @@ etl_http_ready(EtlHttpRequest *req)
 
 	if (req->state == REQ_DONE)
 		return true;
-	send_due_requests(&wake);
+	send_due_requests(NULL, &wake);
 	perform(NULL);
 	return req->state == REQ_DONE;
 }
@@ -951,7 +1060,6 @@ etl_http_get(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
 
 	if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
 		return stop;
-	check_host_allowed(url);
 	etl_http_start(get_request, url, auth, body);
 	stop = etl_http_wait(get_request, resp);
 	if (stop != ETL_STOP_NONE)

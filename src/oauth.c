@@ -30,6 +30,7 @@ typedef struct OAuthToken
 } OAuthToken;
 
 static List *token_cache = NIL;
+static uint64 tokens_generation = 0;	/* bumped whenever the cache changes */
 
 static MemoryContext tokens_cxt = NULL;	/* the cache's memory */
 
@@ -87,6 +88,7 @@ cache_token(const char *name, const char *token, int64 ttl_ms)
 		}
 	}
 	token_cache = lappend(token_cache, tok);
+	tokens_generation++;
 	MemoryContextSwitchTo(old);
 	return tok->token;
 }
@@ -170,5 +172,17 @@ etl_oauth_renew(void *arg)
 		return false;
 	list_free(token_cache);
 	token_cache = NIL;
+	tokens_generation++;
 	return true;
+}
+
+/*
+ * Which tokens a request went with (an EtlHttpAuth generation callback):
+ * a 401 to a request sent before the tokens changed -- renewed after
+ * another page's 401 -- is sent again with the new ones, not renewed again.
+ */
+uint64
+etl_oauth_generation(void *arg)
+{
+	return tokens_generation;
 }

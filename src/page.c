@@ -19,9 +19,10 @@
  * once and every other guarantee hold unchanged.  Pages in flight when a
  * run stops are dropped, and asked again by the resume.  Nothing is asked
  * past a total the API reported, and pages after the last one are dropped
- * unseen.  An offset page that comes back short without being the last
- * shifts every offset after it: the window is dropped and the rest of the
- * run goes one request at a time (checkpoint.sequential_from_page).
+ * unseen.  An offset page that comes back with fewer (or more) records
+ * than asked without being the last shifts every offset after it: the
+ * window is dropped and the rest of the run goes one request at a time
+ * (checkpoint.sequential_from_page).
  *
  * One request at a time (link and cursor paging, whose next URL comes from
  * the page before; a concurrency of 1), the next page is fetched before
@@ -113,7 +114,7 @@ typedef struct Page
  */
 EtlPager *
 etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_link,
-				 int retries, int concurrency, MemoryContext run_cxt)
+				 int retries, int concurrency, int64 known_total, MemoryContext run_cxt)
 {
 	EtlPager   *pager = MemoryContextAllocZero(run_cxt, sizeof(EtlPager));
 
@@ -124,7 +125,7 @@ etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_
 	pager->retries = retries;
 	pager->run_cxt = run_cxt;
 	pager->concurrency = Min(Max(concurrency, 1), ETL_MAX_CONCURRENCY);
-	pager->known_total = -1;
+	pager->known_total = known_total;
 	etl_job_http_auth(job, &pager->auth);
 	return pager;
 }
@@ -437,7 +438,8 @@ prefetch_get(EtlPager *pager, const char *url, EtlHttpResponse *resp)
 	PG_TRY();
 	{
 		stop = etl_http_get(url, &pager->auth, body, resp);
-		pager->retries += resp->retries;
+		if (stop == ETL_STOP_NONE)
+			pager->retries += resp->retries;
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
@@ -621,7 +623,7 @@ window_after_read(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *s
 		return;
 	}
 	if (pager->job->pagination == ETL_PAGINATION_OFFSET &&
-		page->facts.record_count < pager->job->page_size)
+		page->facts.record_count != pager->job->page_size)
 	{
 		ereport(LOG,
 				(errmsg("etl_exec: page %d of job %d had %d records where %d were asked, and was not the last; the run goes on one request at a time",

@@ -434,7 +434,8 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 				   "  run_context #>> '{checkpoint,cursor}', parameters, settings, "
 				   "  coalesce((run_context ->> 'retries')::int, 0), run_context ->> 'target', "
 				   "  run_context #>> '{staging,table}', "
-				   "  run_context #>> '{checkpoint,sequential_from_page}' "
+				   "  run_context #>> '{checkpoint,sequential_from_page}', "
+				   "  coalesce(run_context ->> 'expected_total', '-1') "
 				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
@@ -467,6 +468,7 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 	row->staging_table = etl_spi_value(cxt, 19);
 	if (row->has_checkpoint && (v = etl_spi_value(cxt, 20)) != NULL)
 		row->checkpoint.sequential_from_page = pg_strtoint32(v);
+	row->expected_total = pg_strtoint64(etl_spi_value(cxt, 21));
 	SPI_finish();
 
 	read_run_settings(settings, &row->settings);

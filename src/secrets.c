@@ -266,5 +266,6 @@ etl_job_http_auth(EtlJob *job, EtlHttpAuth *auth)
 {
 	auth->headers = request_headers;
 	auth->renew = etl_oauth_renew;
+	auth->generation = etl_oauth_generation;
 	auth->arg = job;
 }

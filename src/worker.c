@@ -307,6 +307,7 @@ start_run(RunState *st)
 	st->had_checkpoint = st->row.has_checkpoint;
 	st->cp = st->row.checkpoint;
 	st->pages_fetched = st->row.pages_fetched;
+	st->expected_total = st->row.expected_total;
 	etl_set_deadline(TimestampTzPlusMilliseconds(st->segment_start,
 												 (int64) st->row.timeout_seconds * 1000));
 	/* no lock wait -- on the target, say -- may outlast the run's deadline */
@@ -345,7 +346,8 @@ start_run(RunState *st)
 		etl_http_init(&st->settings);
 		st->pager = etl_pager_create(&st->job, st->loader, st->row.dry_run,
 									 st->cp.next_url != NULL || st->cp.cursor != NULL,
-									 st->row.retries, st->settings.concurrency, st->run_cxt);
+									 st->row.retries, st->settings.concurrency,
+									 st->expected_total, st->run_cxt);
 		setup_done = true;
 	}
 	PG_CATCH();

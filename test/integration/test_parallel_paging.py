@@ -11,7 +11,7 @@ import urllib.request
 import psycopg2
 import pytest
 
-from conftest import MOCK_API
+from conftest import MOCK_API, connect
 
 TOTAL = {"total_path": '$."@odata.count"'}
 PAGED = {"page_param": "page", "limit_param": "per_page", "total_path": "$.total"}
@@ -291,3 +291,119 @@ def test_32_in_flight_is_exact(db):
     assert status == "succeeded"
     assert stats()["inflight_max"] == 32
     db.assert_patients_exact("pp_32", 20000)
+
+
+# ---- found in review: each failed before its fix
+
+def run_in_session(db, sql, args=(), settings=()):
+    conn = connect(db.dbname)
+    cur = conn.cursor()
+    for s in settings:
+        cur.execute(s)
+    cur.execute(sql, args)
+    result = cur.fetchone()[0]
+    conn.close()
+    return result
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_allowed_hosts_applies_to_the_first_url_at_any_concurrency(db, concurrency):
+    db.patients_table("pp_allow")
+    job = db.job("ppallow", "/odata/Patients?n=500", "pp_allow", page_size=100,
+                 pagination_options=TOTAL, concurrency=concurrency)
+    reset()
+    run_id = run_in_session(db, "SELECT etl_execute_job(%s)", (job,),
+                            ["SET etl_exec.allowed_hosts = 'api.example.com'"])
+    assert db.wait(run_id) == "failed"
+    assert 'host "127.0.0.1" is not in etl_exec.allowed_hosts' in db.run_row(run_id)["error_message"]
+    assert stats()["requests"] == 0
+    assert db.one("SELECT count(*) FROM pp_allow") == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_load_slower_than_the_request_timeout_spends_no_retry(db, concurrency):
+    # pages in flight are not driven while a page loads: their timers run
+    # out with the answer waiting in the socket; they are sent again free
+    db.patients_table("pp_slow")
+    db.q("""CREATE OR REPLACE FUNCTION pp_slow_trg() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.patientid % 100 = 1 THEN PERFORM pg_sleep(1.2); END IF; RETURN NEW; END $$""")
+    db.q("CREATE TRIGGER pp_slow BEFORE INSERT ON pp_slow FOR EACH ROW EXECUTE FUNCTION pp_slow_trg()")
+    job = db.job("ppslow", "/odata/Patients?n=600", "pp_slow", page_size=100, pagination_options=TOTAL,
+                 concurrency=concurrency, request_timeout_ms=500, max_retries=0)
+    run_id, status = run_and_wait(db, job, timeout=60)
+    assert status == "succeeded", db.run_row(run_id)["error_message"]
+    db.assert_patients_exact("pp_slow", 600)
+
+
+def test_a_resume_asks_nothing_past_the_total_it_knows(db):
+    db.patients_table("pp_past")
+    job = db.job("pppast", "/odata/Patients?n=1000&fail_at=700&fail_status=400&fail_times=1", "pp_past",
+                 page_size=100, pagination_options=TOTAL, concurrency=8, checkpoint_interval_seconds=0)
+    reset()
+    run_id, status = run_and_wait(db, job)
+    assert status == "failed"
+    before = stats()
+    db.q("SELECT etl_resume_run(%s)", (run_id,))
+    assert db.wait(run_id) == "succeeded"
+    assert stats()["past_end"] - before["past_end"] == 0
+    assert stats()["requests"] - before["requests"] == 3       # offsets 700, 800, 900
+    db.assert_patients_exact("pp_past", 1000)
+
+
+def test_a_revoked_oauth_token_is_fetched_again_once_with_8_in_flight(db):
+    origin = "127.0.0.1:" + MOCK_API.rsplit(":", 1)[1]
+    db.q("DELETE FROM dw_etl_secrets WHERE name = 'oauth_pp'")
+    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('oauth_pp', %s, %s)",
+         (json.dumps({"token_url": MOCK_API + "/oauth/token", "client_id": "etl", "client_secret": "s3cret"}),
+          [origin]))
+    db.patients_table("pp_oauth")
+    job = db.job("ppoauth", "/odata/Patients?n=8000&oauth=1&delay_ms=300", "pp_oauth", concurrency=8,
+                 page_size=100, headers={"Authorization": "Bearer {oauth2:oauth_pp}"}, pagination_options=TOTAL)
+    reset()
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    time.sleep(1.2)
+    urllib.request.urlopen(MOCK_API + "/__revoke_tokens").read()
+    assert db.wait(run_id) == "succeeded", db.run_row(run_id)["error_message"]
+    db.assert_patients_exact("pp_oauth", 8000)
+    assert stats()["token_requests"] == 2       # the first, and one after the 401s
+    assert db.run_row(run_id)["run_context"]["retries"] == 0
+
+
+def test_pages_longer_than_asked_go_on_one_request_at_a_time(db):
+    # the server ignores the limit parameter: 100 records where 50 were asked
+    db.patients_table("pp_long")
+    job = db.job("pplong", "/odata/Patients?n=2000", "pp_long", page_size=50,
+                 pagination_options=dict(TOTAL, limit_param="bogus"), concurrency=4)
+    reset()
+    run_id, status = run_and_wait(db, job)
+    assert status == "succeeded"
+    db.assert_patients_exact("pp_long", 2000)
+    assert stats()["requests"] <= 20 + 4       # not a window asked again for every page
+    assert db.run_row(run_id)["run_context"]["checkpoint"]["sequential_from_page"] == 1
+
+
+def test_redirected_pages_stay_in_flight_together(db):
+    db.patients_table("pp_redir")
+    job = db.job("ppredir", "/odata/Patients?n=3000&delay_ms=300&redirect=1&rate_key=ppredir", "pp_redir",
+                 page_size=100, pagination_options=TOTAL, concurrency=8)
+    reset()
+    run_id, status = run_and_wait(db, job)
+    assert status == "succeeded"
+    db.assert_patients_exact("pp_redir", 3000)
+    # the second hops (200s) arrive together, not one per 300 ms answer
+    arrivals = sorted(t for t, st in stats()["rate"]["ppredir"]["events"] if st == 200)
+    assert len(arrivals) == 30
+    together = max(sum(1 for u in arrivals if t <= u < t + 0.15) for t in arrivals)
+    assert together >= 4, arrivals
+
+
+def test_retries_are_counted_once_when_a_fetch_ahead_is_stopped(db):
+    db.patients_table("pp_retries")
+    job = db.job("ppretries", "/nextlink/Patients?n=20000&delay_ms=100&fail_at=300&fail_status=500&fail_times=2",
+                 "pp_retries", pagination="next_link", page_size=100, concurrency=1,
+                 checkpoint_interval_seconds=0)
+    reset()
+    run_id = run_in_session(db, "SELECT etl_execute_job(%s, timeout := 2)", (job,),
+                            ["SET etl_exec.retry_base_delay_ms = 10"])
+    assert db.wait(run_id) == "timed_out"
+    assert db.run_row(run_id)["run_context"]["retries"] == 2
