@@ -11,6 +11,8 @@ OBJS = \
 	src/oauth.o \
 	src/secrets.o \
 	src/page_scan.o \
+	src/page_records.o \
+	src/csv_scan.o \
 	src/pagination.o \
 	src/job.o \
 	src/loader.o \

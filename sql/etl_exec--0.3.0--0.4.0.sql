@@ -27,6 +27,139 @@ CREATE TRIGGER dw_etl_jobs_validate_requests
     FOR EACH ROW EXECUTE FUNCTION _etl_validate_job_requests();
 
 ------------------------------------------------------------------------------
+-- Response formats: dw_etl_jobs.format, csv_options
+------------------------------------------------------------------------------
+
+-- json (an envelope, records at records_path), ndjson (one JSON record per
+-- line), csv (a header row, then one record per row); csv_options as
+-- COPY's CSV options: delimiter, quote, escape, null (NULL: the defaults)
+ALTER TABLE dw_etl_jobs ADD COLUMN format text NOT NULL DEFAULT 'json',
+                        ADD COLUMN csv_options jsonb;
+
+-- How a job asks for its pages, and what their bodies are.
+CREATE OR REPLACE FUNCTION _etl_validate_job_requests() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    k text;
+    v jsonb;
+    c text;
+    csv_keys text[] := ARRAY['delimiter', 'quote', 'escape', 'null'];
+    delimiter text := ',';
+    quote text := '"';
+BEGIN
+    IF NEW.concurrency < 1 OR NEW.concurrency > 64 THEN
+        RAISE EXCEPTION 'job "%": concurrency must be between 1 and 64, not %', NEW.name, NEW.concurrency
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The most requests of a run in flight at once: 1 sends one at a time; NULL takes etl_exec.default_concurrency (4).';
+    END IF;
+
+    -- response formats
+    IF NEW.format IS NULL OR NEW.format NOT IN ('json', 'ndjson', 'csv') THEN
+        RAISE EXCEPTION 'job "%": unknown format "%"', NEW.name, NEW.format
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use one of: json (records at records_path), ndjson (one JSON record per line), csv (a header row, then one record per row).';
+    END IF;
+    IF NEW.csv_options IS NOT NULL THEN
+        IF NEW.format <> 'csv' THEN
+            RAISE EXCEPTION 'job "%": csv_options apply to format csv only, not %', NEW.name, NEW.format
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Set format to ''csv'', or csv_options to NULL.';
+        END IF;
+        IF jsonb_typeof(NEW.csv_options) <> 'object' THEN
+            RAISE EXCEPTION 'job "%": csv_options must be a JSON object', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: {"delimiter": ";", "quote": "\"", "null": ""}; NULL takes the defaults.';
+        END IF;
+        FOR k, v IN SELECT * FROM jsonb_each(NEW.csv_options) LOOP
+            IF NOT k = ANY (csv_keys) THEN
+                RAISE EXCEPTION 'job "%": unknown csv option "%"', NEW.name, k
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Known options: ' || array_to_string(csv_keys, ', ') || ' (as COPY''s CSV options).';
+            END IF;
+            IF jsonb_typeof(v) <> 'string' THEN
+                RAISE EXCEPTION 'job "%": csv option % must be a string, not %', NEW.name, k, v
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'For example: {"delimiter": ";"}.';
+            END IF;
+            c := v #>> '{}';
+            IF k <> 'null' AND (length(c) <> 1 OR octet_length(c) <> 1 OR c IN (E'\r', E'\n')) THEN
+                RAISE EXCEPTION 'job "%": csv option % must be a single one-byte character other than a line break, not "%"', NEW.name, k, c
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'For example: {"delimiter": ";"} or {"delimiter": "\t"}.';
+            END IF;
+            IF k = 'null' AND c ~ E'[\r\n]' THEN
+                RAISE EXCEPTION 'job "%": csv option null must not hold a line break', NEW.name
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'The text of an unquoted field that means NULL, e.g. "" (the default) or "NULL".';
+            END IF;
+        END LOOP;
+        delimiter := coalesce(NEW.csv_options ->> 'delimiter', delimiter);
+        quote := coalesce(NEW.csv_options ->> 'quote', quote);
+        IF delimiter = quote THEN
+            RAISE EXCEPTION 'job "%": csv options delimiter and quote must differ (both are "%")', NEW.name, delimiter
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: {"delimiter": ";", "quote": "\""}.';
+        END IF;
+        IF strpos(coalesce(NEW.csv_options ->> 'null', ''), delimiter) > 0
+           OR strpos(coalesce(NEW.csv_options ->> 'null', ''), quote) > 0 THEN
+            RAISE EXCEPTION 'job "%": csv option null must not hold the delimiter or the quote character', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The text of an unquoted field that means NULL, e.g. "" (the default) or "NULL".';
+        END IF;
+    END IF;
+    IF NEW.format <> 'json' THEN
+        IF NEW.records_path::text <> '$."value"[*]' THEN
+            RAISE EXCEPTION 'job "%": records_path does not apply to format %', NEW.name, NEW.format
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = CASE NEW.format WHEN 'ndjson' THEN 'Each non-empty line is a record: leave records_path at its default (''$.value[*]'').'
+                                  ELSE 'Each row after the header is a record: leave records_path at its default (''$.value[*]'').' END;
+        END IF;
+        IF NEW.pagination IN ('next_link', 'cursor') THEN
+            RAISE EXCEPTION 'job "%": % pagination reads the next link or cursor from the body, which format % does not have', NEW.name, NEW.pagination, NEW.format
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use offset or page paging (they stop at an empty page, or at a short one with stop_on_short_page), link_header (RFC 8288 Link headers), or none.';
+        END IF;
+        FOREACH k IN ARRAY ARRAY['next_path', 'total_path'] LOOP
+            IF NEW.pagination_options ? k THEN
+                RAISE EXCEPTION 'job "%": pagination option % reads the body, which format % does not have', NEW.name, k, NEW.format
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = CASE k WHEN 'total_path' THEN 'Remove total_path: offset and page paging stop at an empty page (or at a short one with stop_on_short_page).'
+                                 ELSE 'Remove next_path: link_header paging follows the response''s Link headers.' END;
+            END IF;
+        END LOOP;
+    END IF;
+    IF NEW.format = 'csv' AND NEW.column_map IS NOT NULL AND jsonb_typeof(NEW.column_map) = 'object' THEN
+        -- a csv record is flat: a column takes the field of one header
+        FOR k, v IN SELECT * FROM jsonb_each(NEW.column_map) LOOP
+            BEGIN
+                c := (v #>> '{}')::jsonpath::text;
+            EXCEPTION WHEN others THEN
+                c := NULL;              -- the first trigger names the bad jsonpath
+            END;
+            IF c IS NOT NULL AND c !~ '^\$\."([^"\\]|\\.)*"$' THEN
+                RAISE EXCEPTION 'job "%": column_map entry "%" must name one CSV header, not %', NEW.name, k, v #>> '{}'
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'With format csv a column_map value is $.Header or $."Header Name": the field under that header (case matters).';
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- a checkpoint counts records of one format: a resume after the format
+-- changed is refused (json jobs keep the fingerprint they had)
+CREATE OR REPLACE FUNCTION _etl_paging_of(p_job_id int) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('url', j.url, 'pagination', j.pagination,
+                              'page_size', j.page_size, 'records_path', j.records_path::text)
+           || CASE WHEN j.format <> 'json'
+                   THEN jsonb_build_object('format', j.format, 'csv_options', j.csv_options)
+                   ELSE '{}' END
+    FROM @extschema@.dw_etl_jobs j WHERE j.job_id = p_job_id
+$$;
+
+------------------------------------------------------------------------------
 -- A rate budget per host: dw_etl_hosts, resume_after
 ------------------------------------------------------------------------------
 

@@ -11,12 +11,13 @@
  *	  one page           page.c              fetch -> read -> advance -> load
  *	  its parts          http_client.c (oauth.c, secrets.c: authentication)
  *	                     page_scan.c         (the one-pass page reader)
+ *	                     page_records.c      (ndjson and csv pages as jsonb)
  *	                     pagination.c, job.c
  *	                     loader.c            (into the target table)
  *	  the run store      run_store.c         (dw_etl_runs)
  *	  leaves             host_budget.c (rate_headers.c), run_clock.c, run_lock.c, ext_schema.c,
  *	                     target_kind.c, json_path.c, key_resolver.c,
- *	                     copy_text.c, url.c, redact.c, settings.c
+ *	                     copy_text.c, csv_scan.c, url.c, redact.c, settings.c
  *
  * Every call between files points down this list (test/check_module_graph.sh
  * checks that there is no cycle).
@@ -252,6 +253,60 @@ extern int	etl_copy_escape(char *dst, const char *s, int len);
 extern void etl_append_copy_text(StringInfo buf, const char *s, int len);
 extern int	etl_quote_array_element(char *dst, const char *s, int len);
 
+/* in csv_scan.c: CSV pages (malloc only: the page reader's thread uses it) */
+
+/* What a job's response bodies are (dw_etl_jobs.format). */
+typedef enum EtlFormat
+{
+	ETL_FORMAT_JSON = 0,		/* an envelope: records at records_path */
+	ETL_FORMAT_NDJSON,			/* one JSON record per line */
+	ETL_FORMAT_CSV				/* a header row, then one record per row */
+} EtlFormat;
+
+/* dw_etl_jobs.csv_options, as COPY's CSV options */
+typedef struct EtlCsvOptions
+{
+	char		delimiter;		/* ',' */
+	char		quote;			/* '"' */
+	char		escape;			/* the quote */
+	char	   *null;			/* an unquoted field of this text is NULL: "" */
+	int			null_len;
+} EtlCsvOptions;
+
+/* a field of the record a reader is at */
+typedef struct EtlCsvField
+{
+	int32		off;			/* into the body, or the reader's buffer */
+	int32		len;
+	bool		in_buf;			/* unquoted into the reader's buffer */
+	bool		plain;			/* no byte COPY's text format escapes */
+	bool		isnull;			/* unquoted and equal to the null text */
+} EtlCsvField;
+
+typedef struct EtlCsvReader
+{
+	const EtlCsvOptions *opts;
+	const char *body;
+	const char *p;
+	const char *end;
+	const char *start;			/* where the current record starts in the body */
+	int			line;			/* the line it starts on (1-based) */
+	int			next_line;
+	char	   *buf;			/* quoted fields with escapes, unquoted */
+	int			buf_len;
+	int			buf_cap;
+	EtlCsvField *fields;
+	int			nfields;
+	int			fields_cap;
+	const char *error;			/* what was wrong, when etl_csv_next returned -1 */
+} EtlCsvReader;
+
+extern void etl_csv_reader_init(EtlCsvReader *r, const EtlCsvOptions *opts,
+								const char *body, size_t len);
+extern int	etl_csv_next(EtlCsvReader *r);
+extern const char *etl_csv_field_data(const EtlCsvReader *r, const EtlCsvField *f);
+extern void etl_csv_reader_free(EtlCsvReader *r);
+
 /* ================ the parts of a page ================ */
 
 /* in page_scan.c: the one-pass page reader (no PostgreSQL state) */
@@ -267,6 +322,8 @@ typedef struct EtlScanSpec
 	bool		use_map;
 	EtlKeyPath *map;			/* per column; n = -1: not mapped */
 	EtlKeyResolver *keys;		/* the reader's own: record key -> column */
+	EtlFormat	format;			/* ndjson, csv: records_path, total and next unused */
+	const EtlCsvOptions *csv;
 } EtlScanSpec;
 
 typedef struct EtlScanResult
@@ -385,12 +442,18 @@ typedef struct EtlJob
 	int			max_retries;	/* -1: the setting */
 	int			request_timeout_ms; /* -1: the setting */
 	int			concurrency;	/* -1: the setting */
+	EtlFormat	format;
+	EtlCsvOptions csv;			/* format csv: its options, defaults filled in */
 	EtlPath    *records;		/* records_path, next_path, total_path compiled */
 	EtlPath    *next;
 	EtlPath    *total;
 } EtlJob;
 
 extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
+
+/* in page_records.c */
+extern int	etl_page_records(const EtlJob *job, const char *body, size_t len,
+							 int32 page_index, const char *url, JsonbValue **records);
 
 /* in secrets.c */
 extern void etl_job_http_auth(EtlJob *job, EtlHttpAuth *auth);

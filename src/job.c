@@ -134,6 +134,44 @@ read_paging_options(EtlJob *job, Jsonb *opts)
 	job->stop_on_short_page = sv && sv->type == jbvBool && sv->val.boolean;
 }
 
+/* a job's format column */
+static EtlFormat
+response_format(const char *name)
+{
+	if (strcmp(name, "json") == 0)
+		return ETL_FORMAT_JSON;
+	if (strcmp(name, "ndjson") == 0)
+		return ETL_FORMAT_NDJSON;
+	if (strcmp(name, "csv") == 0)
+		return ETL_FORMAT_CSV;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown format \"%s\"", name)));
+	return ETL_FORMAT_JSON;		/* keep compiler quiet */
+}
+
+/* one character of csv_options (checked when the job was written) */
+static char
+csv_char(Jsonb *opts, const char *key, char dflt)
+{
+	char	   *v = opts ? etl_jsonb_str(opts, key) : NULL;
+
+	return v && strlen(v) == 1 ? v[0] : dflt;
+}
+
+/* The job's csv_options, each defaulted as COPY's CSV options are. */
+static void
+read_csv_options(EtlCsvOptions *csv, Jsonb *opts)
+{
+	char	   *null = opts ? etl_jsonb_str(opts, "null") : NULL;
+
+	csv->delimiter = csv_char(opts, "delimiter", ',');
+	csv->quote = csv_char(opts, "quote", '"');
+	csv->escape = csv_char(opts, "escape", csv->quote);
+	csv->null = null ? null : pstrdup("");
+	csv->null_len = strlen(csv->null);
+}
+
 /* key_columns (as a JSON array's text) as a list of names, in cxt */
 static List *
 key_column_list(MemoryContext cxt, const char *json)
@@ -172,7 +210,7 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	sql = psprintf("SELECT name, url, pagination, page_size, pagination_options, records_path, "
 				   "  headers, target_table, column_map, load_mode, array_to_json(key_columns), "
 				   "  coalesce(checkpoint_interval_seconds, -1), coalesce(max_retries, -1), "
-				   "  coalesce(request_timeout_ms, -1), coalesce(concurrency, -1) "
+				   "  coalesce(request_timeout_ms, -1), coalesce(concurrency, -1), format, csv_options "
 				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec job %d does not exist", job_id);
@@ -195,7 +233,11 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	job->max_retries = pg_strtoint32(etl_spi_value(cxt, 13));
 	job->request_timeout_ms = pg_strtoint32(etl_spi_value(cxt, 14));
 	job->concurrency = pg_strtoint32(etl_spi_value(cxt, 15));
+	job->format = response_format(etl_spi_value(cxt, 16));
+	v = etl_spi_value(cxt, 17);
 	SPI_finish();
+
+	read_csv_options(&job->csv, v ? etl_jsonb_from_cstring(cxt, v) : NULL);
 
 	read_paging_options(job, opts);
 	job->records = etl_path_compile(job->records_path);

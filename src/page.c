@@ -95,6 +95,7 @@ struct EtlPager
 	int			concurrency;
 	WindowSlot *window;			/* NULL until first used */
 	int64		known_total;	/* the total the API last reported; -1: none */
+	EtlScanSpec *format_spec;	/* ndjson, csv: the loader's spec, with the format */
 };
 
 /* The page being processed, from fetch to load. */
@@ -316,6 +317,14 @@ parse_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 	error_context_stack = &errcb;
 	/* jsonb_in and text do not check the encoding; COPY does */
 	(void) pg_verify_mbstr(GetDatabaseEncoding(), page->resp.body, page->resp.body_len, false);
+	if (job->format != ETL_FORMAT_JSON)
+	{
+		/* ndjson, csv: records alone, which name their lines when bad */
+		error_context_stack = errcb.previous;
+		page->facts.record_count = etl_page_records(job, page->resp.body, page->resp.body_len,
+													cp->page_index, errcb.arg, &page->records);
+		return;
+	}
 	body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(page->resp.body)));
 	error_context_stack = errcb.previous;
 
@@ -327,6 +336,28 @@ parse_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 		page->facts.total_text = etl_jsonb_value_text(etl_path_first(job->total, &doc));
 	if (job->next)
 		page->facts.next_text = etl_jsonb_value_text(etl_path_first(job->next, &doc));
+}
+
+/*
+ * The page reader's spec for the job's pages (the loader's, which knows the
+ * columns), or NULL when the pages are parsed as jsonb.  An ndjson or csv
+ * job's copy says so; the loader's spec changes only to NULL.
+ */
+static const EtlScanSpec *
+reader_spec(EtlPager *pager)
+{
+	const EtlScanSpec *spec = pager->dry_run ? NULL : etl_loader_scan_spec(pager->loader);
+
+	if (spec == NULL || pager->job->format == ETL_FORMAT_JSON)
+		return spec;
+	if (pager->format_spec == NULL)
+	{
+		pager->format_spec = MemoryContextAlloc(pager->run_cxt, sizeof(EtlScanSpec));
+		*pager->format_spec = *spec;
+		pager->format_spec->format = pager->job->format;
+		pager->format_spec->csv = &pager->job->csv;
+	}
+	return pager->format_spec;
 }
 
 /* What the page says: from the page reader's result, or parsed as jsonb. */
@@ -675,7 +706,7 @@ load_parsed(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 EtlStopReason
 etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 {
-	const EtlScanSpec *spec = pager->dry_run ? NULL : etl_loader_scan_spec(pager->loader);
+	const EtlScanSpec *spec = reader_spec(pager);
 	Page		page;
 	EtlPageOutcome outcome;
 	EtlStopReason stop;

@@ -3,6 +3,9 @@
  * page_scan.c
  *	  A fast reader of one page of JSON records, straight into COPY text.
  *
+ * (ndjson pages are read the same way, a record a line; csv pages through
+ * csv_scan.c's reader -- see "ndjson and csv pages" below.)
+ *
  * Parsing a page into jsonb costs more than loading it: PostgreSQL 15's
  * JSON lexer copies every string a character at a time and jsonb sorts
  * every object's keys.  For the common shapes (records at a path of
@@ -1023,6 +1026,162 @@ buf_append_copy_text(Buf *b, const char *s, int len)
 	b->data[b->len] = '\0';
 }
 
+/* ---------- ndjson and csv pages ---------- */
+
+/*
+ * An ndjson page: each line that is not blank is one record (an object),
+ * read as a record of a JSON page is; a record may not go on to the next
+ * line.
+ */
+static bool
+scan_ndjson(Scanner *s)
+{
+	const char *body_end = s->end;
+
+	s->result->container_seen = true;	/* a page without lines is empty */
+	if (body_end - s->p >= 3 && memcmp(s->p, "\xEF\xBB\xBF", 3) == 0)
+		s->p += 3;
+	while (s->p < body_end)
+	{
+		const char *nl = memchr(s->p, '\n', body_end - s->p);
+
+		s->end = nl ? nl : body_end;
+		skip_ws(s);
+		if (s->p < s->end)
+		{
+			if (!scan_record(s))
+				return false;
+			skip_ws(s);
+			if (s->p != s->end)
+				return fail(s);
+		}
+		s->p = nl ? nl + 1 : body_end;
+		s->end = body_end;
+	}
+	return true;
+}
+
+/*
+ * Which header's field each column takes (header_of[c], -1: none): through
+ * column_map, whose one-step paths name headers exactly, else by name (the
+ * key resolver, as for JSON keys).  False when the jsonb path must decide:
+ * a header named twice, two headers for one column.
+ */
+static bool
+csv_columns(const EtlScanSpec *spec, const EtlCsvReader *r, int *header_of, bool *present)
+{
+	for (int c = 0; c < spec->ncols; c++)
+		header_of[c] = -1;
+	for (int h = 0; h < r->nfields; h++)
+	{
+		const char *name = etl_csv_field_data(r, &r->fields[h]);
+		int			len = r->fields[h].len;
+
+		for (int g = 0; g < h; g++)
+			if (r->fields[g].len == len &&
+				memcmp(etl_csv_field_data(r, &r->fields[g]), name, len) == 0)
+				return false;
+		if (spec->use_map)
+		{
+			for (int c = 0; c < spec->ncols; c++)
+				if (spec->map[c].n == 1 && key_matches(&spec->map[c], 0, name, len))
+					header_of[c] = h;
+		}
+		else
+		{
+			int			c = etl_key_resolver_column(spec->keys, h, name, len);
+
+			if (c == -2 || (c >= 0 && header_of[c] >= 0))
+				return false;
+			if (c >= 0)
+			{
+				header_of[c] = h;
+				present[c] = true;
+			}
+		}
+	}
+	if (spec->use_map)
+		for (int c = 0; c < spec->ncols; c++)
+			if (spec->map[c].n >= 0)
+			{
+				if (spec->map[c].n != 1)
+					return false;	/* a csv record has no nested fields */
+				present[c] = true;
+			}
+	return true;
+}
+
+/*
+ * A csv page: the header row names the fields, each row after it is a
+ * record whose fields go to their columns as COPY text (each field's text
+ * as it is: the column type's input function reads it, as COPY FROM ...
+ * CSV would).  A row with another number of fields than the header, or a
+ * quote that does not end, makes it give up: the jsonb path says where.
+ */
+static bool
+scan_csv(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResult *result)
+{
+	EtlCsvReader r;
+	int		   *header_of = malloc(sizeof(int) * Max(spec->ncols, 1));
+	Buf			out;
+	int			nheaders;
+	int			rc;
+	bool		ok = false;
+
+	result->container_seen = true;	/* a page without rows is empty */
+	etl_csv_reader_init(&r, spec->csv, body, len);
+	buf_init(&out);
+	if (header_of == NULL || (rc = etl_csv_next(&r)) < 0)
+		goto done;
+	if (rc == 0)
+	{
+		ok = true;				/* an empty body: no header, no records */
+		goto done;
+	}
+	if (!csv_columns(spec, &r, header_of, result->present))
+		goto done;
+	nheaders = r.nfields;
+	buf_reserve(&out, (int) Min(len + len / 8 + 1024, (size_t) INT_MAX / 4));
+	while ((rc = etl_csv_next(&r)) > 0)
+	{
+		bool		first = true;
+
+		if (r.nfields != nheaders)
+			goto done;
+		for (int c = 0; c < spec->ncols; c++)
+		{
+			int			h = header_of[c];
+			const EtlCsvField *f = h >= 0 ? &r.fields[h] : NULL;
+
+			if (!result->present[c])
+				continue;
+			if (!first)
+				buf_char(&out, '\t');
+			first = false;
+			if (f == NULL || f->isnull)
+				buf_append(&out, "\\N", 2);
+			else if (f->plain)
+				buf_append(&out, etl_csv_field_data(&r, f), f->len);
+			else
+				buf_append_copy_text(&out, etl_csv_field_data(&r, f), f->len);
+		}
+		buf_char(&out, '\n');
+		result->nrec++;
+	}
+	ok = rc == 0 && !out.oom;
+done:
+	if (ok)
+	{
+		result->copy_text = out.data;
+		result->copy_len = out.len;
+	}
+	else
+		free(out.data);
+	free(header_of);
+	etl_csv_reader_free(&r);
+	return ok;
+}
+
 /* Free what etl_scan_page allocated for a result. */
 void
 etl_scan_result_free(EtlScanResult *result)
@@ -1055,6 +1214,8 @@ etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResu
 	result->present = calloc(Max(ncols, 1), sizeof(bool));
 	if (result->present == NULL)
 		return false;
+	if (spec->format == ETL_FORMAT_CSV)
+		return scan_csv(spec, body, len, result);
 	s.spec = spec;
 	s.body = body;
 	s.p = body;
@@ -1063,12 +1224,17 @@ etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResu
 	buf_init(&s.unescaped);
 	buf_init(&s.keybuf);
 
-	matches[nm++] = (Match) {&spec->records_before, 0, MATCH_RECORDS, -1};
-	if (spec->total.n >= 0)
-		matches[nm++] = (Match) {&spec->total, 0, MATCH_TOTAL, -1};
-	if (spec->next.n >= 0)
-		matches[nm++] = (Match) {&spec->next, 0, MATCH_NEXT, -1};
-	ok = scan_value(&s, matches, nm, NULL);
+	if (spec->format == ETL_FORMAT_NDJSON)
+		ok = scan_ndjson(&s);
+	else
+	{
+		matches[nm++] = (Match) {&spec->records_before, 0, MATCH_RECORDS, -1};
+		if (spec->total.n >= 0)
+			matches[nm++] = (Match) {&spec->total, 0, MATCH_TOTAL, -1};
+		if (spec->next.n >= 0)
+			matches[nm++] = (Match) {&spec->next, 0, MATCH_NEXT, -1};
+		ok = scan_value(&s, matches, nm, NULL);
+	}
 	if (ok)
 	{
 		skip_ws(&s);

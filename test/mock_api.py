@@ -117,6 +117,30 @@ DATA ENDPOINTS (GET only; POST/other -> 405; unknown path -> 404 {"error":..})
 8. /array/Patients?offset=S&limit=T            (defaults 0 / 100, T>=0)
        -> bare JSON array of records S+1 .. min(S+T, n)
 
+   format=ndjson|csv (/odata, /array, /linked): the page's records alone, no envelope
+   (so no "@odata.count"), rendered from the same records:
+     ndjson  one json.dumps(record, ensure_ascii=False) per line, each
+             ending "\n"; Content-Type application/x-ndjson.
+     csv     Python's csv.writer (QUOTE_MINIMAL, lines ending "\r\n"): a
+             header row PatientId,Name,BirthDate,Score,Active,CreatedAt,
+             Visits,Notes,Meta,Tags,Codes, then one row per record; true/false
+             for booleans, JSON text for Meta, Tags and Codes (quoted: they
+             hold commas and quotes), an empty unquoted field for null; a
+             Name with a quote, a line break or a tab is quoted (the quote
+             doubled, the line break inside the field).  An empty page is
+             the header row alone.  Content-Type text/csv.
+     csv_delimiter=C   the delimiter (default ",").
+     csv_null=TEXT     null is written as TEXT (default: an empty field).
+     csv_header=NAMES  comma-separated header names to use instead (same
+                       order; e.g. "id,full name,..." for column_map tests).
+     blank_lines=1     a blank line ("\n" for ndjson, "\r\n" for csv)
+                       after every record.
+     badline_at=K      the page at offset K has a bad second record: ndjson
+                       line 2 is '{"PatientId": 2,' (cut short); the csv row
+                       of the second record has one field too many.
+     badvalue_at=K     the page at offset K: the third record's BirthDate is
+                       "not-a-date" (both formats).
+
    short_at=K&short_by=M (/odata, /array): the page at offset K holds M
    records fewer than asked, though it is not the last (a server that
    returns fewer rows than asked mid-stream); the next offset is K + T - M.
@@ -246,8 +270,10 @@ import argparse
 import base64
 import binascii
 import collections
+import csv
 import datetime
 import gzip
+import io
 import json
 import math
 import os
@@ -619,6 +645,51 @@ DATA_ENDPOINTS = {
 
 BAD_JSON_BODY = b'{"value": [ {"PatientId": 1,'
 
+CSV_FIELDS = ["PatientId", "Name", "BirthDate", "Score", "Active", "CreatedAt",
+              "Visits", "Notes", "Meta", "Tags", "Codes"]
+
+
+def _csv_text(v, null):
+    if v is None:
+        return null
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, ensure_ascii=False)
+    return str(v)
+
+
+def render_records(fmt, recs, q, offset):
+    """format=ndjson|csv: the page's records as that format's body (bytes),
+    and its Content-Type."""
+    bad_line = q.has("badline_at") and q.int("badline_at") == offset
+    if q.has("badvalue_at") and q.int("badvalue_at") == offset and len(recs) >= 3:
+        recs = [dict(r) for r in recs]
+        recs[2]["BirthDate"] = "not-a-date"
+    blank = q.flag("blank_lines")
+    if fmt == "ndjson":
+        lines = []
+        for k, r in enumerate(recs):
+            lines.append('{"PatientId": %d,' % r["PatientId"] if bad_line and k == 1
+                         else json.dumps(r, ensure_ascii=False))
+            if blank:
+                lines.append("")
+        text = "".join(line + "\n" for line in lines)
+        return text.encode(), "application/x-ndjson; charset=utf-8"
+    out = io.StringIO()
+    w = csv.writer(out, delimiter=q.get("csv_delimiter") or ",", lineterminator="\r\n")
+    null = q.get("csv_null") or ""
+    header = q.get("csv_header")
+    w.writerow(header.split(",") if header else CSV_FIELDS)
+    for k, r in enumerate(recs):
+        row = [_csv_text(r.get(f), null) for f in CSV_FIELDS]
+        if bad_line and k == 1:
+            row.append("extra")
+        w.writerow(row)
+        if blank:
+            out.write("\r\n")
+    return out.getvalue().encode(), "text/csv; charset=utf-8"
+
 
 # ---------------------------------------------------------------------------
 # HTTP handler
@@ -650,12 +721,13 @@ class Handler(BaseHTTPRequestHandler):
         return any(t.split(";")[0].strip().lower() == "gzip"
                    for t in ae.split(","))
 
-    def send_raw(self, status, body, headers=(), stall=None, truncate=False):
+    def send_raw(self, status, body, headers=(), stall=None, truncate=False,
+                 content_type="application/json; charset=utf-8"):
         """Send status/headers/body (bytes).  Gzip if allowed for this
         request; stall=(bytes, ms) pauses mid-body; truncate closes the
         connection after half of the body (Content-Length stays full)."""
         self._answered()
-        hdrs = [("Content-Type", "application/json; charset=utf-8")]
+        hdrs = [("Content-Type", content_type)]
         if self.gzip_ok:
             body = gzip.compress(body, mtime=0)
             hdrs.append(("Content-Encoding", "gzip"))
@@ -764,11 +836,18 @@ class Handler(BaseHTTPRequestHandler):
     # -- fixtures -----------------------------------------------------------
     def _fixture(self, name, q):
         """/fixture/NAME?$skip=N: test/fixtures/NAME.json as it is (bytes
-        untouched) for the first page, an empty OData page after it."""
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        untouched) for the first page, an empty OData page after it.
+        NAME.csv and NAME.ndjson are served as they are too (any $skip)."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.(csv|ndjson))?", name):
             self.send_json(400, {"error": "bad fixture name"})
             return
-        fixture = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", name + ".json")
+        fixture = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                               name if "." in name else name + ".json")
+        if "." in name and os.path.exists(fixture):
+            with open(fixture, "rb") as f:
+                self.send_raw(200, f.read(), content_type="text/csv" if name.endswith(".csv")
+                              else "application/x-ndjson")
+            return
         if not os.path.exists(fixture):
             self.send_json(404, {"error": "no fixture " + name})
             return
@@ -1044,6 +1123,7 @@ class Handler(BaseHTTPRequestHandler):
 
         # render the page (with content faults)
         headers = []
+        content_type = "application/json; charset=utf-8"
         if badjson_at is not None and offset == badjson_at:
             body = BAD_JSON_BODY
         elif nokey_at is not None and offset == nokey_at:
@@ -1061,10 +1141,18 @@ class Handler(BaseHTTPRequestHandler):
                 base = len(json.dumps(obj, ensure_ascii=False).encode())
                 target["padding"] = "x" * max(0, oversize_bytes - base)
             body = json.dumps(obj, ensure_ascii=False).encode()
+            fmt = q.get("format")
+            if fmt in ("ndjson", "csv") and path in ("/odata/Patients", "/array/Patients", "/linked/Patients"):
+                try:
+                    body, content_type = render_records(fmt, obj["value"] if isinstance(obj, dict) else obj,
+                                                        q, offset)
+                except BadRequest as e:
+                    return self.send_json(400, {"error": str(e)})
 
         stall = (stall_after, stall_ms) if stall_after is not None else None
         truncate = truncate_at is not None and offset == truncate_at
-        self.send_raw(200, body, list(headers) + self.rate_headers, stall=stall, truncate=truncate)
+        self.send_raw(200, body, list(headers) + self.rate_headers, stall=stall, truncate=truncate,
+                      content_type=content_type)
 
 
 class MockServer(ThreadingHTTPServer):
