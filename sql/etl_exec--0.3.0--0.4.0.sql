@@ -358,6 +358,345 @@ GRANT EXECUTE ON FUNCTION etl_live_runs(), etl_host_budgets() TO etl_operator;
 GRANT SELECT ON etl_run_progress TO etl_operator;
 
 ------------------------------------------------------------------------------
+-- Partitions: one run, many parameter sets, one checkpoint
+------------------------------------------------------------------------------
+
+-- Where a job's parameter sets come from (NULL: one, today's behaviour):
+-- {"query": "SELECT ..."}, {"dates": {...}} or {"values": {"name": [...]}}.
+ALTER TABLE dw_etl_jobs ADD COLUMN partitions jsonb;
+
+-- A run's parameter sets, frozen when it starts: a resume asks exactly the
+-- same questions whatever the source table holds by then.
+CREATE TABLE dw_etl_run_partitions (
+    run_id          bigint NOT NULL REFERENCES dw_etl_runs (run_id) ON DELETE CASCADE,
+    partition_index int NOT NULL,
+    parameters      jsonb NOT NULL,
+    PRIMARY KEY (run_id, partition_index)
+);
+COMMENT ON TABLE dw_etl_run_partitions IS 'etl_exec: the parameter sets (partitions) of each run, frozen when it started, in order';
+GRANT SELECT ON dw_etl_run_partitions TO etl_operator;
+
+CREATE FUNCTION _etl_validate_job_partitions() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    p jsonb := NEW.partitions;
+    d jsonb;
+    k text;
+    v jsonb;
+    kinds text[];
+BEGIN
+    IF p IS NULL THEN
+        RETURN NEW;
+    END IF;
+    IF jsonb_typeof(p) <> 'object' THEN
+        RAISE EXCEPTION 'job "%": partitions must be a JSON object, not %', NEW.name, p
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'One of {"query": "SELECT ..."}, {"dates": {"start": ..., "end": "now", "step": "1 day"}} or {"values": {"name": [...]}}.';
+    END IF;
+    SELECT array_agg(x ORDER BY x) INTO kinds FROM jsonb_object_keys(p) AS x;
+    IF coalesce(cardinality(kinds), 0) <> 1 OR NOT kinds[1] = ANY (ARRAY['query', 'dates', 'values']) THEN
+        RAISE EXCEPTION 'job "%": partitions must have exactly one of the keys query, dates or values, not "%"', NEW.name,
+                        coalesce(array_to_string(kinds, ', '), '')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: {"query": "SELECT id AS customer_id FROM customers WHERE active"}.';
+    END IF;
+    IF p ? 'query' THEN
+        IF jsonb_typeof(p -> 'query') <> 'string' OR btrim(p ->> 'query') = '' THEN
+            RAISE EXCEPTION 'job "%": partitions query must be a non-empty string', NEW.name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        BEGIN
+            -- parsed, never run (LIMIT 0), as the role writing the job; the
+            -- tables it reads may come later (a restore, say): only a
+            -- query that is not one SELECT is refused here
+            EXECUTE format('SELECT * FROM (%s) AS etl_partitions LIMIT 0', p ->> 'query');
+        EXCEPTION
+            WHEN syntax_error THEN
+                RAISE EXCEPTION 'job "%": partitions query is not one SELECT: %', NEW.name, SQLERRM
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'One SELECT whose columns name the parameters, e.g. SELECT id AS customer_id FROM customers WHERE active ORDER BY id.';
+            WHEN others THEN
+                NULL;
+        END;
+    ELSIF p ? 'values' THEN
+        IF jsonb_typeof(p -> 'values') <> 'object' OR p -> 'values' = '{}' THEN
+            RAISE EXCEPTION 'job "%": partitions values must be a non-empty object of arrays', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: {"values": {"region": ["eu", "us", "ap"]}}.';
+        END IF;
+        FOR k, v IN SELECT * FROM jsonb_each(p -> 'values') LOOP
+            IF jsonb_typeof(v) <> 'array' OR jsonb_array_length(v) = 0
+               OR EXISTS (SELECT 1 FROM jsonb_array_elements(v) e WHERE jsonb_typeof(e) NOT IN ('string', 'number', 'boolean')) THEN
+                RAISE EXCEPTION 'job "%": partitions values "%" must be a non-empty array of strings, numbers or booleans', NEW.name, k
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'For example: {"values": {"region": ["eu", "us", "ap"]}}.';
+            END IF;
+        END LOOP;
+    ELSE
+        d := p -> 'dates';
+        IF jsonb_typeof(d) <> 'object' THEN
+            RAISE EXCEPTION 'job "%": partitions dates must be an object', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: {"dates": {"start": "{last_success_started_at}", "end": "now", "step": "1 day", "lookback": "2 hours"}}.';
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(d) LOOP
+            IF NOT k = ANY (ARRAY['start', 'end', 'step', 'lookback', 'start_param', 'end_param']) THEN
+                RAISE EXCEPTION 'job "%": unknown partitions dates option "%"', NEW.name, k
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Known options: start, end, step, lookback, start_param, end_param.';
+            END IF;
+            IF jsonb_typeof(d -> k) <> 'string' THEN
+                RAISE EXCEPTION 'job "%": partitions dates option % must be a string', NEW.name, k
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+        IF NOT d ? 'start' OR NOT d ? 'step' THEN
+            RAISE EXCEPTION 'job "%": partitions dates needs start and step', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: {"dates": {"start": "2024-01-01T00:00:00Z", "end": "now", "step": "1 day"}}.';
+        END IF;
+        FOR k IN SELECT unnest(ARRAY['start', 'end']) LOOP
+            CONTINUE WHEN NOT d ? k OR (k = 'end' AND d ->> k = 'now') OR (k = 'start' AND d ->> k = '{last_success_started_at}');
+            BEGIN
+                PERFORM (d ->> k)::timestamptz;
+            EXCEPTION WHEN others THEN
+                RAISE EXCEPTION 'job "%": partitions dates % "%" is not a timestamp', NEW.name, k, d ->> k
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'An ISO 8601 timestamp such as 2024-01-01T00:00:00Z, "now" (end), or "{last_success_started_at}" (start).';
+            END;
+        END LOOP;
+        FOR k IN SELECT unnest(ARRAY['step', 'lookback']) LOOP
+            CONTINUE WHEN NOT d ? k;
+            BEGIN
+                PERFORM (d ->> k)::interval;
+            EXCEPTION WHEN others THEN
+                RAISE EXCEPTION 'job "%": partitions dates % "%" is not an interval', NEW.name, k, d ->> k
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'For example: "1 day", "6 hours", "15 minutes".';
+            END;
+            IF (k = 'step' AND (d ->> k)::interval < interval '1 second') OR (k = 'lookback' AND (d ->> k)::interval < interval '0') THEN
+                RAISE EXCEPTION 'job "%": partitions dates % must be %, not %', NEW.name, k,
+                                CASE WHEN k = 'step' THEN 'at least 1 second' ELSE '0 or more' END, d ->> k
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'For example: "1 day".';
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER dw_etl_jobs_validate_partitions
+    BEFORE INSERT OR UPDATE ON dw_etl_jobs
+    FOR EACH ROW EXECUTE FUNCTION _etl_validate_job_partitions();
+
+-- A new run's partitions, in order (a JSON array of parameter objects), or
+-- NULL when the job has none.  The query runs as the caller (the run's
+-- role), with the caller's search_path; date windows start where the last
+-- successful run's windows ended, minus the lookback.
+CREATE FUNCTION _etl_freeze_partitions(j dw_etl_jobs, p_parameters jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    p jsonb := j.partitions;
+    d jsonb;
+    result jsonb;
+    k text;
+    v jsonb;
+    t_start timestamptz;
+    t_end timestamptz;
+    step interval;
+    lookback interval;
+    last_end text;
+    n bigint;
+BEGIN
+    IF p IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF p ? 'query' THEN
+        result := @extschema@._etl_select_as_caller(
+            format('SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(etl_partitions)), ''[]''::pg_catalog.jsonb)::pg_catalog.text '
+                   'FROM (%s) AS etl_partitions', p ->> 'query'))::jsonb;
+    ELSIF p ? 'values' THEN
+        result := '[{}]';
+        FOR k, v IN SELECT * FROM jsonb_each(p -> 'values') LOOP
+            SELECT jsonb_agg(r.value || jsonb_build_object(k, e.value) ORDER BY r.ord, e.ord) INTO result
+            FROM jsonb_array_elements(result) WITH ORDINALITY AS r(value, ord)
+            CROSS JOIN jsonb_array_elements(v) WITH ORDINALITY AS e(value, ord);
+        END LOOP;
+    ELSE
+        d := p -> 'dates';
+        step := (d ->> 'step')::interval;
+        lookback := coalesce((d ->> 'lookback')::interval, interval '0');
+        t_end := CASE WHEN coalesce(d ->> 'end', 'now') = 'now' THEN now() ELSE (d ->> 'end')::timestamptz END;
+        IF d ->> 'start' = '{last_success_started_at}' THEN
+            -- where the last successful run's windows ended
+            SELECT rp.parameters ->> coalesce(d ->> 'end_param', 'to') INTO last_end
+            FROM @extschema@.dw_etl_runs r
+            JOIN @extschema@.dw_etl_run_partitions rp ON rp.run_id = r.run_id
+            WHERE r.job_id = j.job_id AND r.status = 'succeeded' AND NOT r.dry_run
+            ORDER BY r.run_id DESC, rp.partition_index DESC LIMIT 1;
+            IF last_end IS NULL THEN
+                SELECT to_char(max(r.started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') INTO last_end
+                FROM @extschema@.dw_etl_runs r
+                WHERE r.job_id = j.job_id AND r.status = 'succeeded' AND NOT r.dry_run;
+            END IF;
+            last_end := coalesce(last_end, p_parameters ->> 'last_success_started_at');
+            IF last_end IS NULL THEN
+                RAISE EXCEPTION 'partitions dates start {last_success_started_at} has no value yet: job % has no successful run', j.job_id
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = format('Give a first value in the job''s parameters, e.g. UPDATE dw_etl_jobs SET parameters = parameters || ''{"last_success_started_at": "2024-01-01T00:00:00Z"}'' WHERE job_id = %s;', j.job_id);
+            END IF;
+            t_start := last_end::timestamptz - lookback;
+        ELSE
+            t_start := (d ->> 'start')::timestamptz;
+        END IF;
+        SELECT count(*) INTO n FROM generate_series(t_start, t_end - interval '1 microsecond', step);
+        IF n > 100000 THEN
+            RAISE EXCEPTION 'partitions dates make % windows of % from % to %; at most 100000', n, step, t_start, t_end
+                USING ERRCODE = 'program_limit_exceeded',
+                      HINT = 'Use a longer step, or a later start.';
+        END IF;
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   coalesce(d ->> 'start_param', 'from'), to_char(w AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                   coalesce(d ->> 'end_param', 'to'), to_char(least(w + step, t_end) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                   ORDER BY w), '[]')
+        INTO result
+        FROM generate_series(t_start, t_end - interval '1 microsecond', step) AS w;
+    END IF;
+    IF jsonb_array_length(result) > 100000 THEN
+        RAISE EXCEPTION 'job % has % partitions; at most 100000', j.job_id, jsonb_array_length(result)
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    RETURN result;
+END
+$$;
+
+-- the partitions go to the worker, which stores them with the run it creates
+DROP FUNCTION _etl_start_worker(text, int, bigint, int, boolean, jsonb);
+CREATE FUNCTION _etl_start_worker(mode text, job_id int, run_id bigint, timeout_seconds int,
+                                  dry_run boolean, parameters jsonb, partitions jsonb DEFAULT NULL)
+    RETURNS bigint
+    AS 'MODULE_PATHNAME', 'etl_start_worker' LANGUAGE C VOLATILE;
+
+CREATE OR REPLACE FUNCTION _etl_start_new_run(j dw_etl_jobs, p_parameters jsonb, p_timeout int,
+                                              p_dry_run boolean, p_wait boolean) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    active bigint;
+    rid bigint;
+    t int;
+    params jsonb;
+    parts jsonb;
+BEGIN
+    IF p_parameters IS NOT NULL AND jsonb_typeof(p_parameters) <> 'object' THEN
+        RAISE EXCEPTION 'parameters must be a JSON object, not %', p_parameters
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: parameters := ''{"date": "2024-01-01"}''';
+    END IF;
+    t := @extschema@._etl_effective_timeout(j, p_timeout);
+    params := j.parameters || coalesce(p_parameters, '{}');
+    params := params || @extschema@._etl_history_parameters(j, coalesce(p_parameters, '{}'));
+    parts := @extschema@._etl_freeze_partitions(j, params);
+    -- a partition's parameters fill what the run's do not
+    PERFORM @extschema@._etl_check_url_parameters(j.url, params || coalesce(parts -> 0, '{}'));
+    IF NOT j.allow_concurrent_runs AND NOT p_dry_run THEN
+        SELECT x.run_id INTO active FROM @extschema@.dw_etl_runs x
+        WHERE x.job_id = j.job_id AND NOT x.dry_run
+          AND (x.status = 'queued' OR (x.status = 'running' AND @extschema@._etl_run_is_live(x.run_id)))
+        ORDER BY x.run_id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'etl_exec job % already has an active run %', j.job_id, active
+                USING ERRCODE = 'object_in_use',
+                      HINT = format('Wait for it with SELECT etl_wait_run(%s), cancel it with SELECT etl_cancel_run(%s), '
+                                    'or set allow_concurrent_runs on the job.', active, active);
+        END IF;
+    END IF;
+    rid := @extschema@._etl_start_worker('new', j.job_id, NULL, t, p_dry_run, params, parts);
+    IF p_wait THEN
+        PERFORM @extschema@._etl_raise_outcome(rid);
+    END IF;
+    RETURN rid;
+END
+$$;
+
+-- the checkpoint's partition, and how many the run has
+DROP FUNCTION etl_get_checkpoint(bigint);
+CREATE FUNCTION etl_get_checkpoint(run_id bigint)
+RETURNS TABLE (skip bigint, page_index int, total_records bigint, saved_at timestamptz,
+               next_url text, cursor text, partition_index int, partitions_total int)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    c jsonb;
+    ctx jsonb;
+BEGIN
+    SELECT x.run_context -> 'checkpoint', x.run_context INTO c, ctx FROM @extschema@.dw_etl_runs x
+    WHERE x.run_id = etl_get_checkpoint.run_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'etl_exec run % does not exist', coalesce(etl_get_checkpoint.run_id::text, 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT run_id, job_id, status FROM dw_etl_runs ORDER BY run_id DESC lists the runs.';
+    END IF;
+    IF c IS NOT NULL THEN
+        RETURN QUERY SELECT (c ->> 'skip')::bigint, (c ->> 'page_index')::int, (c ->> 'total_records')::bigint,
+                            (c ->> 'saved_at')::timestamptz, c ->> 'next_url', c ->> 'cursor',
+                            coalesce((c ->> 'partition_index')::int, 0), (ctx ->> 'partitions_total')::int;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION etl_get_checkpoint(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION etl_get_checkpoint(bigint) TO etl_operator;
+
+
+-- etl_run_progress: partitions done (the checkpoint's partition) and in all
+CREATE OR REPLACE VIEW etl_run_progress AS
+SELECT r.run_id,
+       r.job_id,
+       j.name AS job_name,
+       r.status,
+       r.started_by,
+       greatest(coalesce(l.records, 0), r.records_loaded) AS records_loaded,
+       greatest(coalesce(l.pages, 0), r.pages_fetched) AS pages_fetched,
+       coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint) AS expected_total,
+       round(100.0 * greatest(coalesce(l.records, 0), r.records_loaded)
+             / nullif(coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint), 0), 1) AS percent_done,
+       l.rows_per_second,
+       clock_timestamp() - r.started_at AS elapsed,
+       clock_timestamp() - r.segment_started_at AS segment_elapsed,
+       CASE WHEN l.rows_per_second > 0 AND coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint) IS NOT NULL
+            THEN make_interval(secs => greatest(0, coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint)
+                                                   - greatest(coalesce(l.records, 0), r.records_loaded))
+                                              / l.rows_per_second)
+       END AS eta,
+       clock_timestamp() - (r.run_context #>> '{checkpoint,saved_at}')::timestamptz AS checkpoint_age,
+       (r.segment_started_at + make_interval(secs => r.timeout_seconds)) AS deadline,
+       coalesce(l.retries, (r.run_context ->> 'retries')::int, 0) AS retries,
+       r.resume_count,
+       r.worker_pid,
+       NULL::bigint AS queue_position,
+       l.waiting_for_rate_limit,
+       l.rate_limited_until,
+       (r.run_context #>> '{checkpoint,partition_index}')::int AS partitions_done,
+       (r.run_context ->> 'partitions_total')::int AS partitions_total
+FROM @extschema@.etl_live_runs() l
+JOIN @extschema@.dw_etl_runs r ON r.run_id = l.run_id
+JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id
+UNION ALL
+-- queued runs: waiting for a worker slot, oldest first
+SELECT r.run_id, r.job_id, j.name, r.status, r.started_by, r.records_loaded, r.pages_fetched,
+       (r.run_context ->> 'expected_total')::bigint,
+       round(100.0 * r.records_loaded / nullif((r.run_context ->> 'expected_total')::bigint, 0), 1),
+       NULL::numeric, clock_timestamp() - r.started_at, NULL::interval, NULL::interval,
+       clock_timestamp() - (r.run_context #>> '{checkpoint,saved_at}')::timestamptz,
+       NULL::timestamptz, coalesce((r.run_context ->> 'retries')::int, 0), r.resume_count, NULL::int,
+       row_number() OVER (ORDER BY r.run_id),
+       NULL::text, NULL::timestamptz,
+       (r.run_context #>> '{checkpoint,partition_index}')::int, (r.run_context ->> 'partitions_total')::int
+FROM @extschema@.dw_etl_runs r
+JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id
+WHERE r.status = 'queued';
+COMMENT ON VIEW etl_run_progress IS 'etl_exec: running runs with records, pages, expected total, percent, rows/s, elapsed, ETA and checkpoint age, the host whose rate limit a run waits for and until when, and partitions done of all; queued runs with their queue_position';
+
+------------------------------------------------------------------------------
 -- Upsert at COPY speed
 ------------------------------------------------------------------------------
 

@@ -79,6 +79,8 @@ typedef struct EtlCheckpoint
 	int32		sequential_from_page;	/* > 0: one request at a time from this
 										 * page on (an offset page came back
 										 * short without being the last) */
+	int32		partition_index;	/* the partition being paged; -1: the run
+									 * has none */
 } EtlCheckpoint;
 
 /* ================ leaves ================ */
@@ -450,6 +452,10 @@ typedef struct EtlJob
 } EtlJob;
 
 extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
+extern char *etl_job_partition_url(const EtlJob *job, Jsonb *run_parameters,
+								   Jsonb *partition_parameters);
+extern void etl_job_use_partition(EtlJob *job, Jsonb *run_parameters,
+								  Jsonb *partition_parameters);
 
 /* in page_records.c */
 extern int	etl_page_records(const EtlJob *job, const char *body, size_t len,
@@ -497,6 +503,7 @@ typedef struct EtlRunRow
 	int64		records_loaded;
 	int64		pages_fetched;
 	int64		expected_total; /* the API's last reported total; -1: none */
+	int32		partitions_total;	/* -1: the run has no partitions */
 	int32		resume_count;
 	int32		retries;
 	char	   *target;			/* frozen at the run's start (quoted, qualified) */
@@ -509,7 +516,8 @@ typedef struct EtlRunRow
 
 extern int64 etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
 							const char *target, const char *settings_json,
-							const char *parameters_json, bool queued);
+							const char *parameters_json, const char *partitions_json,
+							bool queued);
 extern void etl_queue_resume(int64 run_id, Oid role_oid, int32 timeout_seconds,
 							 const char *caller_target, const char *settings_json);
 extern int64 etl_claim_queued_run(int64 only_run_id);
@@ -521,6 +529,7 @@ extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,
 								int64 pages_fetched, int64 expected_total,
 								int retries);
 extern void etl_record_staging(int64 run_id, const char *staging);
+extern Jsonb *etl_read_partition(int64 run_id, int32 index);
 extern void etl_record_resume_after(int64 run_id, TimestampTz resume_after);
 extern void etl_finish_run(int64 run_id, const char *status,
 						   int64 pages_fetched, int64 segment_ms,
@@ -563,7 +572,8 @@ typedef struct EtlPageDone
 
 extern EtlPager *etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run,
 								  bool from_stored_link, int retries, int concurrency,
-								  int64 known_total, MemoryContext run_cxt);
+								  int64 known_total, int64 run_id, Jsonb *run_parameters,
+								  int32 partitions_total, MemoryContext run_cxt);
 extern EtlStopReason etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp,
 									   EtlPageDone *done);
 extern int	etl_pager_retries(EtlPager *pager);
@@ -608,8 +618,9 @@ typedef struct EtlLaunchShared
 	char		message[ETL_LAUNCH_MESSAGE_LEN];
 	char		detail[ETL_LAUNCH_MESSAGE_LEN];
 	char		hint[ETL_LAUNCH_MESSAGE_LEN];
-	Size		settings_len;	/* settings JSON, then parameters JSON */
+	Size		settings_len;	/* settings JSON, then parameters JSON, */
 	Size		parameters_len;
+	Size		partitions_len; /* then partitions JSON (0: none) */
 	char		payload[FLEXIBLE_ARRAY_MEMBER];
 } EtlLaunchShared;
 

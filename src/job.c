@@ -245,5 +245,29 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	job->total = job->total_path ? etl_path_compile(job->total_path) : NULL;
 
 	job->url_template = job->url;
-	job->url = render_url(job->url, parameters);
+	/* (no parameters: a run with no partitions to page asks nothing) */
+	if (parameters)
+		job->url = render_url(job->url, parameters);
+}
+
+/*
+ * The job's first-page URL for one partition of the run: its template
+ * filled from the run's parameters with the partition's over them (in
+ * the current memory context).
+ */
+char *
+etl_job_partition_url(const EtlJob *job, Jsonb *run_parameters, Jsonb *partition_parameters)
+{
+	Jsonb	   *merged = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+															JsonbPGetDatum(run_parameters),
+															JsonbPGetDatum(partition_parameters)));
+
+	return render_url(job->url_template, merged);
+}
+
+/* The job asks for partition's pages from now on. */
+void
+etl_job_use_partition(EtlJob *job, Jsonb *run_parameters, Jsonb *partition_parameters)
+{
+	job->url = etl_job_partition_url(job, run_parameters, partition_parameters);
 }

@@ -120,16 +120,18 @@ derive_launch(EtlLaunchShared *shared)
 
 /*
  * The launch request in a new shared memory segment: the launch's fields,
- * then the settings JSON and the parameters JSON.
+ * then the settings JSON, the parameters JSON and the partitions JSON
+ * (empty: none).
  */
 static dsm_segment *
 launch_segment(const EtlLaunchShared *launch, const char *settings_json,
-			   const char *parameters_json)
+			   const char *parameters_json, const char *partitions_json)
 {
 	Size		settings_len = strlen(settings_json);
 	Size		parameters_len = strlen(parameters_json);
+	Size		partitions_len = partitions_json ? strlen(partitions_json) : 0;
 	dsm_segment *seg = dsm_create(offsetof(EtlLaunchShared, payload) +
-								  settings_len + 1 + parameters_len + 1, 0);
+								  settings_len + 1 + parameters_len + 1 + partitions_len + 1, 0);
 	EtlLaunchShared *shared = dsm_segment_address(seg);
 
 	memset(shared, 0, offsetof(EtlLaunchShared, payload));
@@ -148,6 +150,9 @@ launch_segment(const EtlLaunchShared *launch, const char *settings_json,
 	shared->parameters_len = parameters_len;
 	memcpy(shared->payload, settings_json, settings_len + 1);
 	memcpy(shared->payload + settings_len + 1, parameters_json, parameters_len + 1);
+	shared->partitions_len = partitions_len;
+	memcpy(shared->payload + settings_len + 1 + parameters_len + 1,
+		   partitions_json ? partitions_json : "", partitions_len + 1);
 	return seg;
 }
 
@@ -251,7 +256,7 @@ wait_for_worker(EtlLaunchShared *shared, BackgroundWorkerHandle *handle)
  * row (created, claimed or queued); returns the run_id.
  */
 static int64
-launch_run(EtlLaunchShared *launch, const char *parameters_json)
+launch_run(EtlLaunchShared *launch, const char *parameters_json, const char *partitions_json)
 {
 	char	   *settings_json;
 	dsm_segment *seg;
@@ -263,7 +268,7 @@ launch_run(EtlLaunchShared *launch, const char *parameters_json)
 	/* the settings in force in this session; never taken from the caller */
 	settings_json = jsonb_arg_to_cstring(DatumGetJsonbP(DirectFunctionCall1(etl_settings_snapshot,
 																			 (Datum) 0)));
-	seg = launch_segment(launch, settings_json, parameters_json);
+	seg = launch_segment(launch, settings_json, parameters_json, partitions_json);
 	shared = dsm_segment_address(seg);
 	handle = register_worker(seg, shared);
 
@@ -281,7 +286,7 @@ launch_run(EtlLaunchShared *launch, const char *parameters_json)
 
 /*
  * _etl_start_worker(mode, job_id, run_id, timeout_seconds, dry_run,
- *					 parameters) RETURNS bigint
+ *					 parameters, partitions) RETURNS bigint
  *
  * Starts the worker and waits until it has committed the run row: 'new'
  * (a new run of job_id), 'resume' (run_id), or 'dequeue' (start the queued
@@ -296,6 +301,7 @@ Datum
 etl_start_worker(PG_FUNCTION_ARGS)
 {
 	char	   *mode;
+	char	   *partitions_json = NULL;
 	EtlLaunchShared launch;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
@@ -318,8 +324,12 @@ etl_start_worker(PG_FUNCTION_ARGS)
 	launch.run_id = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
 	launch.timeout_seconds = PG_GETARG_INT32(3);
 	launch.dry_run = PG_GETARG_BOOL(4);
+	/* a new run's partitions, frozen by the caller (_etl_freeze_partitions) */
+	if (launch.mode == ETL_LAUNCH_NEW && PG_NARGS() > 6 && !PG_ARGISNULL(6))
+		partitions_json = jsonb_arg_to_cstring(PG_GETARG_JSONB_P(6));
 	PG_RETURN_INT64(launch_run(&launch,
-							   jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5))));
+							   jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5)),
+							   partitions_json));
 }
 
 /* The run's status as committed now (NULL: no such run). */
@@ -364,7 +374,7 @@ start_orphaned(int64 run_id)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		(void) launch_run(&launch, "{}");
+		(void) launch_run(&launch, "{}", NULL);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();

@@ -58,13 +58,14 @@ typedef struct PageFetch
 	EtlScanResult scan;
 } PageFetch;
 
-/* A page in flight, in the window (page p in slot p % concurrency). */
+/* A page in flight, in the window. */
 typedef struct WindowSlot
 {
 	EtlHttpRequest *req;
 	EtlHttpBuffer body;			/* malloc'd, reused page after page */
 	EtlScanResult scan;
 	MemoryContext cxt;			/* its URL; reset when it takes another page */
+	int32		partition_index;	/* the partition of the page it fetches */
 	int32		page_index;		/* the page it fetches; -1: free */
 	int64		skip;			/* the offset that page was asked from */
 	char	   *url;
@@ -73,7 +74,7 @@ typedef struct WindowSlot
 
 struct EtlPager
 {
-	const EtlJob *job;
+	EtlJob	   *job;
 	EtlLoader  *loader;
 	bool		dry_run;
 	bool		from_stored_link;	/* next request uses a checkpointed link/cursor */
@@ -96,6 +97,12 @@ struct EtlPager
 	WindowSlot *window;			/* NULL until first used */
 	int64		known_total;	/* the total the API last reported; -1: none */
 	EtlScanSpec *format_spec;	/* ndjson, csv: the loader's spec, with the format */
+	/* partitions: the run's parameter sets, paged one after another */
+	int64		run_id;
+	Jsonb	   *run_parameters;
+	int32		partitions_total;	/* -1: none */
+	int32		partition_loaded;	/* whose URL the job has now; -1: none */
+	MemoryContext partition_cxt;
 };
 
 /* The page being processed, from fetch to load. */
@@ -115,7 +122,9 @@ typedef struct Page
  */
 EtlPager *
 etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_link,
-				 int retries, int concurrency, int64 known_total, MemoryContext run_cxt)
+				 int retries, int concurrency, int64 known_total,
+				 int64 run_id, Jsonb *run_parameters, int32 partitions_total,
+				 MemoryContext run_cxt)
 {
 	EtlPager   *pager = MemoryContextAllocZero(run_cxt, sizeof(EtlPager));
 
@@ -126,7 +135,12 @@ etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_
 	pager->retries = retries;
 	pager->run_cxt = run_cxt;
 	pager->concurrency = Min(Max(concurrency, 1), ETL_MAX_CONCURRENCY);
-	pager->known_total = known_total;
+	pager->known_total = partitions_total >= 0 ? -1 : known_total;
+	pager->run_id = run_id;
+	pager->run_parameters = run_parameters;
+	pager->partitions_total = partitions_total;
+	pager->partition_loaded = -1;
+	pager->partition_cxt = AllocSetContextCreate(run_cxt, "etl_exec partition", ALLOCSET_SMALL_SIZES);
 	etl_job_http_auth(job, &pager->auth);
 	return pager;
 }
@@ -518,10 +532,38 @@ window_applies(EtlPager *pager, const EtlCheckpoint *cp)
 		 pager->job->pagination == ETL_PAGINATION_PAGE);
 }
 
-static WindowSlot *
-window_slot(EtlPager *pager, int32 page_index)
+/* A page the window may hold: its partition, its index there, its offset. */
+typedef struct PageKey
 {
-	return &pager->window[page_index % pager->concurrency];
+	int32		partition_index;
+	int32		page_index;
+	int64		skip;
+} PageKey;
+
+static bool
+slot_holds(const EtlPager *pager, const WindowSlot *slot, const PageKey *key)
+{
+	return slot->page_index == key->page_index && slot->partition_index == key->partition_index &&
+		(slot->skip == key->skip || pager->job->pagination == ETL_PAGINATION_PAGE);
+}
+
+/* The slot that holds page key, or NULL. */
+static WindowSlot *
+window_slot(EtlPager *pager, const PageKey *key)
+{
+	for (int i = 0; i < pager->concurrency; i++)
+		if (slot_holds(pager, &pager->window[i], key))
+			return &pager->window[i];
+	return NULL;
+}
+
+static WindowSlot *
+free_slot(EtlPager *pager)
+{
+	for (int i = 0; i < pager->concurrency; i++)
+		if (pager->window[i].page_index < 0)
+			return &pager->window[i];
+	return NULL;
 }
 
 /* Free a slot: its request dropped, a background scan of it waited for. */
@@ -546,16 +588,75 @@ window_drop_all(EtlPager *pager)
 }
 
 /*
- * Have the pages from cp on in flight, up to the window's size: page
- * cp->page_index + k asks from the offset it has if every page before it
- * is full.  A slot that holds another page, or (offset paging) this page
- * from another offset, is asked again; none past a total the API
- * reported.  (Page numbers do not depend on the pages before: a short
+ * The pages to have in flight after cp, in the order they load, at most
+ * the window's size: page cp->page_index + k of the partition asks from
+ * the offset it has if every page before it is full, none past a total
+ * the API reported (but the first: it says whether there are any).  When
+ * the partition's pages are all asked, the first pages of the partitions
+ * after it.  (Page numbers do not depend on the pages before: a short
  * page-numbered page changes nothing in flight.)
+ */
+static int
+window_keys(EtlPager *pager, const EtlCheckpoint *cp, PageKey *keys)
+{
+	int			n = 0;
+	bool		partition_asked = false;
+
+	for (int k = 0; n < pager->concurrency; k++)
+	{
+		int64		skip = cp->skip + (int64) k * pager->job->page_size;
+
+		if (k > 0 && pager->known_total >= 0 && skip >= pager->known_total)
+		{
+			partition_asked = true;
+			break;
+		}
+		keys[n].partition_index = cp->partition_index;
+		keys[n].page_index = cp->page_index + k;
+		keys[n].skip = skip;
+		n++;
+	}
+	if (partition_asked && pager->partitions_total >= 0)
+		for (int32 q = cp->partition_index + 1; n < pager->concurrency && q < pager->partitions_total; q++)
+		{
+			keys[n].partition_index = q;
+			keys[n].page_index = 0;
+			keys[n].skip = 0;
+			n++;
+		}
+	return n;
+}
+
+/* The URL of page key: another partition's has its parameters. */
+static char *
+window_url(EtlPager *pager, const PageKey *key)
+{
+	EtlCheckpoint at;
+	EtlJob		other;
+
+	memset(&at, 0, sizeof(at));
+	at.partition_index = key->partition_index;
+	at.page_index = key->page_index;
+	at.skip = key->skip;
+	if (key->partition_index == pager->partition_loaded || pager->partitions_total < 0)
+		return etl_pagination_request_url(pager->job, &at);
+	other = *pager->job;
+	other.url = etl_job_partition_url(pager->job, pager->run_parameters,
+									  etl_read_partition(pager->run_id, key->partition_index));
+	return etl_pagination_request_url(&other, &at);
+}
+
+/*
+ * Have the pages after cp in flight (window_keys): a slot that holds a
+ * page no longer wanted -- another page, or (offset paging) this page from
+ * another offset -- is dropped; each wanted page not in flight is asked.
  */
 static void
 window_fill(EtlPager *pager, const EtlCheckpoint *cp)
 {
+	PageKey		keys[ETL_MAX_CONCURRENCY];
+	int			n;
+
 	if (pager->window == NULL)
 	{
 		pager->window = MemoryContextAllocZero(pager->run_cxt,
@@ -568,25 +669,29 @@ window_fill(EtlPager *pager, const EtlCheckpoint *cp)
 			pager->window[i].page_index = -1;
 		}
 	}
-	for (int k = 0; k < pager->concurrency; k++)
+	n = window_keys(pager, cp, keys);
+	for (int i = 0; i < pager->concurrency; i++)
 	{
-		int32		page_index = cp->page_index + k;
-		WindowSlot *slot = window_slot(pager, page_index);
-		EtlCheckpoint at = *cp;
+		WindowSlot *slot = &pager->window[i];
+		bool		wanted = false;
 
-		at.page_index = page_index;
-		at.skip = cp->skip + (int64) k * pager->job->page_size;
-		if (slot->page_index == page_index &&
-			(slot->skip == at.skip || pager->job->pagination == ETL_PAGINATION_PAGE))
+		for (int k = 0; k < n && !wanted; k++)
+			wanted = slot_holds(pager, slot, &keys[k]);
+		if (!wanted && slot->page_index >= 0)
+			window_drop(slot);
+	}
+	for (int k = 0; k < n; k++)
+	{
+		WindowSlot *slot;
+
+		if (window_slot(pager, &keys[k]) != NULL)
 			continue;
-		window_drop(slot);
-		/* the first page is always asked: it says whether there are any */
-		if (k > 0 && pager->known_total >= 0 && at.skip >= pager->known_total)
-			continue;
+		slot = free_slot(pager);
 		MemoryContextReset(slot->cxt);
-		slot->url = MemoryContextStrdup(slot->cxt, etl_pagination_request_url(pager->job, &at));
-		slot->page_index = page_index;
-		slot->skip = at.skip;
+		slot->url = MemoryContextStrdup(slot->cxt, window_url(pager, &keys[k]));
+		slot->partition_index = keys[k].partition_index;
+		slot->page_index = keys[k].page_index;
+		slot->skip = keys[k].skip;
 		etl_http_start(slot->req, slot->url, &pager->auth, &slot->body);
 	}
 }
@@ -603,10 +708,13 @@ window_fetch(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *spec, 
 	WindowSlot *slot;
 	EtlStopReason stop;
 	bool		scanned_ok = false;
+	PageKey		key = {cp->partition_index, cp->page_index, cp->skip};
 
 	memset(page, 0, sizeof(*page));
+
 	window_fill(pager, cp);
-	slot = window_slot(pager, cp->page_index);
+	slot = window_slot(pager, &key);
+	Assert(slot != NULL);
 	*slot_out = slot;
 	page->url = slot->url;
 	if ((stop = etl_http_wait(slot->req, &page->resp)) != ETL_STOP_NONE)
@@ -645,13 +753,22 @@ window_after_read(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *s
 				  const Page *page, const EtlPageOutcome *outcome, EtlCheckpoint *next)
 {
 	WindowSlot *following;
+	PageKey		after = {cp->partition_index, cp->page_index + 1, next->skip};
 
 	if (outcome->expected_total >= 0)
 		pager->known_total = outcome->expected_total;
 	if (outcome->last_page)
 	{
-		window_drop_all(pager);
-		return;
+		/* the partition's pages after it are past its end: dropped unseen */
+		for (int i = 0; i < pager->concurrency; i++)
+			if (pager->window[i].partition_index == cp->partition_index &&
+				pager->window[i].page_index > cp->page_index)
+				window_drop(&pager->window[i]);
+		if (pager->partitions_total < 0 || cp->partition_index + 1 >= pager->partitions_total)
+			return;
+		after.partition_index = cp->partition_index + 1;
+		after.page_index = 0;
+		after.skip = 0;
 	}
 	if (pager->job->pagination == ETL_PAGINATION_OFFSET &&
 		page->facts.record_count != pager->job->page_size)
@@ -665,12 +782,58 @@ window_after_read(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *s
 		next->sequential_from_page = next->page_index;
 		return;
 	}
-	following = window_slot(pager, cp->page_index + 1);
-	if (spec && page->scanned && following->page_index == cp->page_index + 1 &&
+	following = window_slot(pager, &after);
+	if (spec && page->scanned && following != NULL &&
 		!following->scanning && etl_http_ready(following->req) &&
 		etl_scan_start(spec, following->body.data ? following->body.data : "",
 					   following->body.len, &following->scan))
 		following->scanning = true;
+}
+
+/* ---------- partitions ---------- */
+
+static void
+partition_error_context(void *arg)
+{
+	EtlPager   *pager = (EtlPager *) arg;
+
+	errcontext("partition %d of %d of the run", pager->partition_loaded + 1, pager->partitions_total);
+}
+
+/*
+ * Page partition `index` from now on: the job's URL filled with its
+ * parameters (frozen with the run), the last partition's paging state
+ * forgotten.  (Its first pages may be in flight already: window_keys.)
+ */
+static void
+use_partition(EtlPager *pager, int32 index)
+{
+	MemoryContext old;
+
+	MemoryContextReset(pager->partition_cxt);
+	old = MemoryContextSwitchTo(pager->partition_cxt);
+	etl_job_use_partition(pager->job, pager->run_parameters,
+						  etl_read_partition(pager->run_id, index));
+	MemoryContextSwitchTo(old);
+	pager->partition_loaded = index;
+	pager->known_total = -1;
+	pager->nseen_links = 0;
+}
+
+/*
+ * The last page of a partition that is not the run's last: the checkpoint
+ * moves to the first page of the next partition, and the run goes on.
+ */
+static void
+next_partition(const EtlCheckpoint *cp, EtlCheckpoint *next, EtlPageOutcome *outcome)
+{
+	next->partition_index = cp->partition_index + 1;
+	next->skip = 0;
+	next->page_index = 0;
+	next->next_url = NULL;
+	next->cursor = NULL;
+	next->sequential_from_page = 0;
+	outcome->last_page = false;
 }
 
 /* ---------- load ---------- */
@@ -697,14 +860,9 @@ load_parsed(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 	}
 }
 
-/*
- * Fetch, read and load the page that follows cp; on ETL_STOP_NONE *done
- * says where the run stands after it.  Returns a stop reason when the run
- * must stop before the page was complete (the page is then not loaded).
- * Runs in the worker's page subtransaction and memory.
- */
-EtlStopReason
-etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
+/* etl_pager_process, below */
+static EtlStopReason
+process_page(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 {
 	const EtlScanSpec *spec = reader_spec(pager);
 	Page		page;
@@ -712,8 +870,11 @@ etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 	EtlStopReason stop;
 
 	WindowSlot *slot = NULL;
-	bool		windowed = window_applies(pager, cp);
+	bool		windowed;
 
+	if (pager->partitions_total >= 0 && cp->partition_index != pager->partition_loaded)
+		use_partition(pager, cp->partition_index);
+	windowed = window_applies(pager, cp);
 	if (windowed)
 		stop = window_fetch(pager, cp, spec, &page, &slot);
 	else
@@ -746,10 +907,38 @@ etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 	if (slot)
 		slot->page_index = -1;	/* free for the page after the window */
 
+	if (outcome.last_page && pager->partitions_total >= 0 && !pager->dry_run &&
+		cp->partition_index + 1 < pager->partitions_total)
+		next_partition(cp, &done->next, &outcome);
 	if (outcome.last_page && !pager->dry_run)
 		etl_loader_finish(pager->loader);
 	done->last_page = outcome.last_page;
-	done->expected_total = outcome.expected_total;
+	/* a partition's total is not the run's */
+	done->expected_total = pager->partitions_total >= 0 ? -1 : outcome.expected_total;
 	pager->from_stored_link = false;
 	return ETL_STOP_NONE;
+}
+
+/*
+ * Fetch, read and load the page that follows cp; on ETL_STOP_NONE *done
+ * says where the run stands after it.  Returns a stop reason when the run
+ * must stop before the page was complete (the page is then not loaded).
+ * Runs in the worker's page subtransaction and memory.  The errors of a
+ * run with partitions say which partition.
+ */
+EtlStopReason
+etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
+{
+	ErrorContextCallback errcb;
+	EtlStopReason stop;
+
+	if (pager->partitions_total < 0)
+		return process_page(pager, cp, done);
+	errcb.callback = partition_error_context;
+	errcb.arg = pager;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	stop = process_page(pager, cp, done);
+	error_context_stack = errcb.previous;
+	return stop;
 }

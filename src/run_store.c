@@ -122,7 +122,7 @@ check_job_startable(int32 job_id, int64 own_run_id, bool dry_run, const char *fr
 int64
 etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
 			   const char *target, const char *settings_json,
-			   const char *parameters_json, bool queued)
+			   const char *parameters_json, const char *partitions_json, bool queued)
 {
 	int64		run_id;
 	const char *args[9];
@@ -160,6 +160,20 @@ etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
 				   "FROM (SELECT %s._etl_paging_of($2::int) AS p) s",
 				   etl_qualified("dw_etl_runs"), quote_identifier(etl_extension_schema()));
 	etl_spi_run(sql, 9, args, SPI_OK_INSERT);
+	if (partitions_json)
+	{
+		/* the partitions the caller froze, in order, with the run */
+		args[1] = partitions_json;
+		etl_spi_run(psprintf("INSERT INTO %s (run_id, partition_index, parameters) "
+							 "SELECT $1::bigint, e.ord - 1, e.value "
+							 "FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(value, ord)",
+							 etl_qualified("dw_etl_run_partitions")),
+					2, args, SPI_OK_INSERT);
+		etl_spi_run(psprintf("UPDATE %s SET run_context = run_context || "
+							 "jsonb_build_object('partitions_total', jsonb_array_length($2::jsonb)) "
+							 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
+					2, args, SPI_OK_UPDATE);
+	}
 	SPI_finish();
 	return run_id;
 }
@@ -435,7 +449,9 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 				   "  coalesce((run_context ->> 'retries')::int, 0), run_context ->> 'target', "
 				   "  run_context #>> '{staging,table}', "
 				   "  run_context #>> '{checkpoint,sequential_from_page}', "
-				   "  coalesce(run_context ->> 'expected_total', '-1') "
+				   "  coalesce(run_context ->> 'expected_total', '-1'), "
+				   "  coalesce(run_context ->> 'partitions_total', '-1'), "
+				   "  run_context #>> '{checkpoint,partition_index}' "
 				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
@@ -469,6 +485,10 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 	if (row->has_checkpoint && (v = etl_spi_value(cxt, 20)) != NULL)
 		row->checkpoint.sequential_from_page = pg_strtoint32(v);
 	row->expected_total = pg_strtoint64(etl_spi_value(cxt, 21));
+	row->partitions_total = pg_strtoint32(etl_spi_value(cxt, 22));
+	row->checkpoint.partition_index = row->partitions_total < 0 ? -1 : 0;
+	if (row->has_checkpoint && row->partitions_total >= 0 && (v = etl_spi_value(cxt, 23)) != NULL)
+		row->checkpoint.partition_index = pg_strtoint32(v);
 	SPI_finish();
 
 	read_run_settings(settings, &row->settings);
@@ -533,6 +553,8 @@ checkpoint_patch(const EtlCheckpoint *cp, int retries, int64 expected_total)
 	push_text(&state, "cursor", cp->cursor);
 	if (cp->sequential_from_page > 0)
 		push_int(&state, "sequential_from_page", cp->sequential_from_page);
+	if (cp->partition_index >= 0)
+		push_int(&state, "partition_index", cp->partition_index);
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	push_int(&state, "retries", retries);
 	if (expected_total >= 0)
@@ -688,4 +710,26 @@ etl_report_activity(int64 run_id, const EtlCheckpoint *cp, int64 pages_fetched,
 			 run_id, pages_fetched, cp->total_records, rows_per_second, expected_total, retries);
 	/* (with the rate-limit wait, while there is one: host_budget.c) */
 	etl_activity_publish(activity);
+}
+
+/* The parameters of partition `index` of a run, as frozen when it started. */
+Jsonb *
+etl_read_partition(int64 run_id, int32 index)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	const char *args[2];
+	Jsonb	   *result;
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	args[1] = psprintf("%d", index);
+	if (etl_spi_run(psprintf("SELECT parameters FROM %s WHERE run_id = $1::bigint AND partition_index = $2::int",
+							 etl_qualified("dw_etl_run_partitions")), 2, args, SPI_OK_SELECT) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etl_exec run " INT64_FORMAT " has no partition %d in dw_etl_run_partitions", run_id, index),
+				 errhint("The run's frozen partitions were deleted; start the job over with SELECT etl_execute_job(job_id).")));
+	result = etl_jsonb_from_cstring(cxt, etl_spi_value(cxt, 1));
+	SPI_finish();
+	return result;
 }

@@ -226,6 +226,7 @@ adopt_checkpoint(RunState *st, const EtlCheckpoint *next)
 	st->cp.next_url = next_url;
 	st->cp.cursor = cursor;
 	st->cp.sequential_from_page = next->sequential_from_page;
+	st->cp.partition_index = next->partition_index;
 	MemoryContextSwitchTo(old);
 }
 
@@ -315,7 +316,17 @@ start_run(RunState *st)
 
 	PG_TRY();
 	{
-		etl_read_job(st->row.job_id, st->row.parameters, &st->job);
+		Jsonb	   *url_parameters = st->row.parameters;
+
+		/* the URL of a run with partitions takes its partition's too */
+		if (st->row.partitions_total > 0)
+			url_parameters = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+																JsonbPGetDatum(st->row.parameters),
+																JsonbPGetDatum(etl_read_partition(st->run_id,
+																								  st->cp.partition_index))));
+		else if (st->row.partitions_total == 0)
+			url_parameters = NULL;
+		etl_read_job(st->row.job_id, url_parameters, &st->job);
 		/* the table the run started with, whatever the job says now */
 		if (st->row.target)
 			st->job.target_table = st->row.target;
@@ -347,7 +358,8 @@ start_run(RunState *st)
 		st->pager = etl_pager_create(&st->job, st->loader, st->row.dry_run,
 									 st->cp.next_url != NULL || st->cp.cursor != NULL,
 									 st->row.retries, st->settings.concurrency,
-									 st->expected_total, st->run_cxt);
+									 st->expected_total, st->run_id, st->row.parameters,
+									 st->row.partitions_total, st->run_cxt);
 		setup_done = true;
 	}
 	PG_CATCH();
@@ -413,6 +425,13 @@ page_loop(RunState *st)
 												   ALLOCSET_DEFAULT_SIZES);
 	TimestampTz last_commit = st->segment_start;
 
+	if (st->row.partitions_total == 0)
+	{
+		/* the run froze no partition (the query found no row): nothing to ask */
+		if (!st->row.dry_run)
+			etl_loader_finish(st->loader);
+		st->stop = ETL_STOP_DONE;
+	}
 	while (st->stop == ETL_STOP_NONE)
 	{
 		EtlPageDone done;
@@ -641,7 +660,7 @@ report_run(int64 run_id)
 static int64
 create_or_claim_run(EtlLaunchShared *shared, const EtlLaunchShared *request,
 					const char *settings_json, const char *parameters_json,
-					bool have_slot, int64 *reported)
+					const char *partitions_json, bool have_slot, int64 *reported)
 {
 	volatile int64 run_id = 0;
 	const char *target = request->target[0] ? request->target : NULL;
@@ -656,7 +675,7 @@ create_or_claim_run(EtlLaunchShared *shared, const EtlLaunchShared *request,
 				*reported = etl_create_run(request->job_id, request->role_oid,
 										   request->timeout_seconds, request->dry_run,
 										   request->target, settings_json, parameters_json,
-										   !have_slot);
+										   partitions_json, !have_slot);
 				run_id = have_slot ? *reported : 0;
 				break;
 			case ETL_LAUNCH_RESUME:
@@ -773,6 +792,7 @@ etl_worker_main(Datum main_arg)
 	EtlLaunchShared request;
 	char	   *settings_json;
 	char	   *parameters_json;
+	char	   *partitions_json;
 	int64		run_id;
 	int64		reported = 0;
 	bool		have_slot;
@@ -804,12 +824,15 @@ etl_worker_main(Datum main_arg)
 	settings_json = MemoryContextStrdup(TopMemoryContext, shared->payload);
 	parameters_json = MemoryContextStrdup(TopMemoryContext,
 										  shared->payload + shared->settings_len + 1);
+	partitions_json = shared->partitions_len == 0 ? NULL :
+		MemoryContextStrdup(TopMemoryContext,
+							shared->payload + shared->settings_len + 1 + shared->parameters_len + 1);
 
 	connect_worker(request.database_oid);
 	/* at most etl_exec.max_workers runs run at once; the others queue */
 	have_slot = etl_worker_slot_try_acquire();
-	run_id = create_or_claim_run(shared, &request, settings_json, parameters_json, have_slot,
-								 &reported);
+	run_id = create_or_claim_run(shared, &request, settings_json, parameters_json,
+								 partitions_json, have_slot, &reported);
 	if (run_id >= 0)
 		report_started(shared, reported);
 	dsm_detach(seg);

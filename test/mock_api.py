@@ -117,6 +117,17 @@ DATA ENDPOINTS (GET only; POST/other -> 405; unknown path -> 404 {"error":..})
 8. /array/Patients?offset=S&limit=T            (defaults 0 / 100, T>=0)
        -> bare JSON array of records S+1 .. min(S+T, n)
 
+9. /parents/Customers?$skip=S&$top=T           (n customers)
+       -> {"@odata.count": n, "value": [{"CustomerId": i, "Name": "Customer i"}]}
+   /parents/Customers/<id>/Orders?$skip=S&$top=T&per_parent=M (default 10)
+       -> {"@odata.count": M, "value": [records (id-1)*M+S+1 .. (id-1)*M+min(S+T, M)]}
+   gone=3,17   those customers are gone: 404 {"error": "customer 3 is gone"}.
+   (Fault switches match on the record offset (id-1)*M+S.)
+
+10. /events/Patients?from=F&to=T&$skip=S&$top=T  (F, T ISO 8601 with a zone)
+       record i happened at 2024-01-01T00:00:00Z + i hours; the ones in
+       [F, T) -> {"@odata.count": k, "value": [...]}, offset paging.
+
    format=ndjson|csv (/odata, /array, /linked): the page's records alone, no envelope
    (so no "@odata.count"), rendered from the same records:
      ndjson  one json.dumps(record, ensure_ascii=False) per line, each
@@ -406,6 +417,10 @@ class BadRequest(Exception):
     """Raised while parsing parameters -> 400 {"error": message}."""
 
 
+class Gone(Exception):
+    """A parent that no longer exists -> 404 {"error": message}."""
+
+
 # ---------------------------------------------------------------------------
 # Query string helper
 # ---------------------------------------------------------------------------
@@ -632,7 +647,68 @@ def ep_array(h, q, n):
     return offset, (lambda: (records(offset, limit, n), [])), True
 
 
+def ep_customers(h, q, n):
+    """/parents/Customers: n customers, OData-style offset paging."""
+    skip = q.int("$skip", 0)
+    top = q.int("$top", DEFAULT_PAGE)
+
+    def render():
+        rows = [{"CustomerId": i, "Name": "Customer %d" % i}
+                for i in range(skip + 1, min(skip + top, n) + 1)]
+        return {"@odata.count": n, "value": rows}, []
+    return skip, render, False
+
+
+def ep_orders(customer, h, q, n):
+    """/parents/Customers/<id>/Orders: the customer's per_parent records
+    (patients (id-1)*per_parent+1 .. id*per_parent), offset paging."""
+    per = q.int("per_parent", 10)
+    skip = q.int("$skip", 0)
+    top = q.int("$top", DEFAULT_PAGE)
+    gone = [int(x) for x in (q.get("gone") or "").split(",") if x.strip()]
+    if customer in gone:
+        raise Gone("customer %d is gone" % customer)
+    base = (customer - 1) * per
+
+    def render():
+        rows = [record(base + i) for i in range(skip + 1, min(skip + top, per) + 1)]
+        return {"@odata.count": per, "value": rows}, []
+    return base + skip, render, False
+
+
+EVENTS_EPOCH = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def ep_events(h, q, n):
+    """/events/Patients?from=..&to=..: patient i happened at 2024-01-01T00Z
+    + i hours; the ones in [from, to), OData-style offset paging."""
+    def when(name):
+        text = q.get(name)
+        if text is None:
+            raise BadRequest("%s is required (ISO 8601, e.g. 2024-01-02T00:00:00Z)" % name)
+        try:
+            t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest("%s is not an ISO 8601 timestamp: %s" % (name, text))
+        if t.tzinfo is None:
+            raise BadRequest("%s has no time zone: %s" % (name, text))
+        return (t - EVENTS_EPOCH).total_seconds() / 3600.0
+    lo, hi = when("from"), when("to")
+    first = max(1, int(-(-lo // 1)))
+    last = min(n, int(-(-hi // 1)) - 1)
+    count = max(0, last - first + 1)
+    skip = q.int("$skip", 0)
+    top = q.int("$top", DEFAULT_PAGE)
+
+    def render():
+        rows = [record(first + i) for i in range(skip, min(skip + top, count))]
+        return {"@odata.count": count, "value": rows}, []
+    return first - 1 + skip, render, False
+
+
 DATA_ENDPOINTS = {
+    "/events/Patients": ep_events,
+    "/parents/Customers": ep_customers,
     "/odata/Patients": ep_odata,
     "/paged/Patients": ep_paged,
     "/nextlink/Patients": ep_nextlink,
@@ -811,6 +887,10 @@ class Handler(BaseHTTPRequestHandler):
                     self._oauth_token(q, body)
             elif path.startswith("/fixture/"):
                 self._fixture(path[len("/fixture/"):], q)
+            elif re.fullmatch(r"/parents/Customers/\d+/Orders", path):
+                customer = int(path.split("/")[3])
+                self._data("/parents/Customers/*/Orders", q,
+                           lambda h, q, n: ep_orders(customer, h, q, n))
             elif path in DATA_ENDPOINTS:
                 if self.command not in ("GET", "HEAD"):
                     self.send_json(405, {"error": "method not allowed"},
@@ -1100,6 +1180,8 @@ class Handler(BaseHTTPRequestHandler):
             stall_ms = q.int("stall_ms", 1000)
         except BadRequest as e:
             return self.send_json(400, {"error": str(e)})
+        except Gone as e:
+            return self.send_json(404, {"error": str(e)})
 
         # fail_every=E: every E-th request (per path) fails once
         if fail_every is not None:
