@@ -83,6 +83,7 @@ tokens_memory(void)
 Jsonb *
 etl_secret_json(const char *name, const char *value, const char *shape)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	Jsonb	   *volatile result = NULL;
 
 	PG_TRY();
@@ -91,7 +92,8 @@ etl_secret_json(const char *name, const char *value, const char *shape)
 	}
 	PG_CATCH();
 	{
-		/* re-raised as another error: nothing to clean up here */
+		/* raised again below as an error of ours: nothing else runs between */
+		MemoryContextSwitchTo(cxt);
 		FlushErrorState();
 		result = NULL;
 	}

@@ -195,6 +195,26 @@ def test_a_next_link_to_another_origin_goes_without_the_secret(db):
     assert all(f"api_key={KEY_ENCODED}" in h["query"] for h in stats()["headers_seen"])
 
 
+def test_a_redirect_to_another_origin_goes_without_the_secret(db):
+    """The API redirects to localhost (another origin), with the key it
+    was sent in the Location: the hop goes without that parameter."""
+    secret(db, "qkey_redirect", KEY)
+    db.patients_table("a_qs_redirect")
+    job = db.job("aqsredirect", f"/odata/Patients?n=10&apikey_query_sha256={KEY_SHA}&redirect=1"
+                                f"&api_key={{secret:qkey_redirect}}", "a_qs_redirect", page_size=10, concurrency=1)
+    reset()
+    row = run(db, job)
+    assert row["status"] == "failed"
+    msg = row["error_message"]
+    assert msg.startswith(f"HTTP 401 from http://{LOCALHOST_ORIGIN}/odata/Patients?") and "bad or missing api_key" in msg
+    assert "api_key=[secret redacted]" in msg            # the Location held the value: redacted
+    assert_hidden(msg, KEY, KEY_ENCODED)
+    seen = stats()["headers_seen"]
+    assert [h["Host"] for h in seen] == [ORIGIN, LOCALHOST_ORIGIN]
+    assert f"api_key={KEY_ENCODED}" in seen[0]["query"] and "api_key" not in seen[1]["query"]
+    assert 'secret "qkey_redirect" is left out of requests to %s' % LOCALHOST_ORIGIN in server_log()
+
+
 def test_a_query_string_secret_is_refused_for_an_origin_it_does_not_list(db):
     secret(db, "qkey_elsewhere", KEY, hosts=("api.example.com",))
     db.patients_table("a_qs_refused")
