@@ -701,6 +701,184 @@ COMMENT ON VIEW etl_run_progress IS 'etl_exec: running runs with records, pages,
 ------------------------------------------------------------------------------
 
 ------------------------------------------------------------------------------
+-- Authentication: query-string secrets, OAuth2 refresh tokens, HTTP Basic
+------------------------------------------------------------------------------
+
+-- Every {name} in the URL must have a value -- but {secret:NAME}, which each
+-- request fills in as it goes out (never from the parameters, never kept in
+-- a URL the run stores) -- and none in the path may be a dot segment.
+CREATE OR REPLACE FUNCTION _etl_check_url_parameters(p_url text, p_parameters jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    missing text;
+    dots text;
+BEGIN
+    SELECT string_agg('{' || m[1] || '}', ', ' ORDER BY m[1]) INTO missing
+    FROM regexp_matches(p_url, '\{([^{}]+)\}', 'g') AS m
+    WHERE m[1] !~ '^secret:'
+      AND (p_parameters -> m[1] IS NULL OR p_parameters -> m[1] = 'null'::jsonb);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'the job''s URL has placeholders without a value: %', missing
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass them in the parameters argument (a JSON object), or set them in dw_etl_jobs.parameters.';
+    END IF;
+    SELECT string_agg(format('{%s} = "%s"', m[1], p_parameters ->> m[1]), ', ' ORDER BY m[1]) INTO dots
+    FROM regexp_matches(substring(p_url from '^[^?#]*'), '\{([^{}]+)\}', 'g') AS m
+    WHERE p_parameters ->> m[1] IN ('.', '..');
+    IF dots IS NOT NULL THEN
+        RAISE EXCEPTION 'URL placeholders in the path must not be "." or "..": %', dots
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A dot segment would send the request, with the job''s secrets, to another path.',
+                  HINT = 'Pass the values the API expects.';
+    END IF;
+END
+$$;
+
+-- Where a job may use secrets: {secret:NAME} in the URL's query string (a
+-- query parameter is what a request to another origin leaves out), and in
+-- header values; {oauth2:NAME} in header values; {basic:NAME} as a whole
+-- header value.
+CREATE FUNCTION _etl_validate_job_auth() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad text;
+    k text;
+BEGIN
+    SELECT m[1] INTO bad FROM regexp_matches(NEW.url, '\{((oauth2|basic):[^{}]*)\}', 'g') AS m LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'job "%": {%} cannot be used in the URL', NEW.name, bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'OAuth2 tokens and HTTP Basic credentials go in a header; only {secret:NAME} may be in the URL''s query string.',
+                  HINT = 'For example: headers = ''{"Authorization": "Bearer {oauth2:NAME}"}'' or ''{"Authorization": "{basic:NAME}"}''.';
+    END IF;
+    IF NEW.url ~ '\{secret:\}' THEN
+        RAISE EXCEPTION 'job "%": {secret:} in the URL needs a secret name', NEW.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: https://api.example.com/v1/items?api_key={secret:my_api_key}';
+    END IF;
+    SELECT m[1] INTO bad
+    FROM regexp_matches(substring(NEW.url from '^[^?#]*') || coalesce(substring(NEW.url from '#.*$'), ''),
+                        '\{(secret:[^{}]+)\}', 'g') AS m LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'job "%": {%} must be in the URL''s query string, not in its path', NEW.name, bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A request to an origin the secret does not list goes without the query parameter that holds it; a path cannot do without a part.',
+                  HINT = format('For example: https://api.example.com/v1/items?api_key={%s}', bad);
+    END IF;
+    SELECT e.key, m[1] INTO k, bad
+    FROM jsonb_each_text(CASE WHEN jsonb_typeof(NEW.headers) = 'object' THEN NEW.headers ELSE '{}' END) AS e,
+         regexp_matches(e.value, '\{(secret|oauth2|basic):\}', 'g') AS m LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'job "%": header "%" has {%:} without a secret name', NEW.name, k, bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('For example: {"Authorization": "%s"}',
+                                CASE bad WHEN 'basic' THEN '{basic:my_login}' ELSE format('Bearer {%s:my_api}', bad) END);
+    END IF;
+    SELECT e.key INTO k
+    FROM jsonb_each_text(CASE WHEN jsonb_typeof(NEW.headers) = 'object' THEN NEW.headers ELSE '{}' END) AS e
+    WHERE e.value ~ '\{basic:' AND e.value !~ '^\{basic:[^{}]+\}$' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'job "%": header "%" must be {basic:NAME} alone', NEW.name, k
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It becomes "Basic " followed by the base64 of user:password from secret NAME.',
+                  HINT = 'For example: {"Authorization": "{basic:my_login}"} with secret my_login = {"user": "...", "password": "..."}.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER dw_etl_jobs_validate_auth
+    BEFORE INSERT OR UPDATE ON dw_etl_jobs
+    FOR EACH ROW EXECUTE FUNCTION _etl_validate_job_auth();
+
+-- The shapes of the JSON secrets: an OAuth2 client (client credentials, or
+-- a refresh token) and an HTTP Basic user and password.  Messages name the
+-- keys, never a value.  A plain value (an API key, a token) is left alone.
+CREATE FUNCTION _etl_validate_secret_shape() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    doc jsonb;
+    grant_type text;
+    needed text[];
+    bad text;
+BEGIN
+    IF NEW.value !~ '^\s*\{' THEN
+        RETURN NEW;
+    END IF;
+    BEGIN
+        doc := NEW.value::jsonb;
+    EXCEPTION WHEN others THEN
+        RAISE EXCEPTION 'secret "%" starts like a JSON object but is not valid JSON', NEW.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'OAuth2 clients and HTTP Basic logins are JSON objects, e.g. {"user": "...", "password": "..."}; '
+                         'check the quotes and commas.';
+    END;
+    IF doc ?| ARRAY['token_url', 'grant_type', 'refresh_token', 'client_id', 'client_secret'] THEN
+        IF doc ? 'grant_type' AND (jsonb_typeof(doc -> 'grant_type') <> 'string'
+                                   OR doc ->> 'grant_type' NOT IN ('client_credentials', 'refresh_token')) THEN
+            RAISE EXCEPTION 'secret "%": unknown OAuth2 grant_type %', NEW.name, doc -> 'grant_type'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use "client_credentials" (the default: client_id and client_secret) or "refresh_token" (refresh_token and client_id; client_secret optional).';
+        END IF;
+        IF doc ? 'refresh_token' AND NOT doc ? 'grant_type' THEN
+            RAISE EXCEPTION 'secret "%" has a refresh_token but no grant_type', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Add "grant_type": "refresh_token" to use the refresh-token grant.';
+        END IF;
+        grant_type := coalesce(doc ->> 'grant_type', 'client_credentials');
+        needed := ARRAY['token_url', 'client_id']
+                  || CASE grant_type WHEN 'refresh_token' THEN ARRAY['refresh_token'] ELSE ARRAY['client_secret'] END;
+        SELECT string_agg(n, ', ' ORDER BY ord) INTO bad FROM unnest(needed) WITH ORDINALITY AS t(n, ord)
+        WHERE jsonb_typeof(doc -> n) IS DISTINCT FROM 'string' OR doc ->> n = '';
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION 'secret "%": an OAuth2 % client needs %', NEW.name, grant_type, bad
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Each as a non-empty JSON string.',
+                      HINT = CASE grant_type
+                             WHEN 'refresh_token' THEN 'For example: {"token_url": "https://auth.example.com/oauth/token", "grant_type": "refresh_token", "refresh_token": "...", "client_id": "...", "client_secret": "..." (optional), "scope": "..." (optional)}'
+                             ELSE 'For example: {"token_url": "https://auth.example.com/oauth/token", "client_id": "...", "client_secret": "...", "scope": "..." (optional)}'
+                             END;
+        END IF;
+        SELECT string_agg(n, ', ') INTO bad FROM unnest(ARRAY['client_secret', 'scope']) AS n
+        WHERE doc ? n AND jsonb_typeof(doc -> n) <> 'string';
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION 'secret "%": % must be a JSON string', NEW.name, bad
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF doc ->> 'token_url' !~* '^https?://[^/?#]+' THEN
+            RAISE EXCEPTION 'secret "%": token_url must be an http:// or https:// URL', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The OAuth2 token endpoint, e.g. https://auth.example.com/oauth/token.';
+        END IF;
+    ELSIF doc ?| ARRAY['user', 'password'] THEN
+        SELECT string_agg(n, ', ') INTO bad FROM unnest(ARRAY['user', 'password']) AS n
+        WHERE jsonb_typeof(doc -> n) IS DISTINCT FROM 'string';
+        IF bad IS NOT NULL OR doc ->> 'user' = '' THEN
+            RAISE EXCEPTION 'secret "%": an HTTP Basic login needs user and password as JSON strings (a non-empty user)', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: {"user": "etl", "password": "..."}, used as the header value {basic:NAME}.';
+        END IF;
+        IF strpos(doc ->> 'user', ':') > 0 THEN
+            RAISE EXCEPTION 'secret "%": an HTTP Basic user must not contain a colon', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Basic sends user:password; the server splits it at the first colon (RFC 7617).';
+        END IF;
+        IF doc ->> 'user' ~ '[\x01-\x1f\x7f]' OR doc ->> 'password' ~ '[\x01-\x1f\x7f]' THEN
+            RAISE EXCEPTION 'secret "%": an HTTP Basic user or password must not contain control characters', NEW.name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER dw_etl_secrets_validate_shape
+    BEFORE INSERT OR UPDATE ON dw_etl_secrets
+    FOR EACH ROW EXECUTE FUNCTION _etl_validate_secret_shape();
+
+COMMENT ON TABLE dw_etl_secrets IS 'etl_exec: values for {secret:NAME} in job headers and URL query strings, OAuth2 clients for {oauth2:NAME}, user and password for {basic:NAME}; sent only to the origins in allowed_hosts (host or host:port)';
+
+------------------------------------------------------------------------------
 -- Privileges: no internal function new in 0.4.0 is anyone's but the owner's
 ------------------------------------------------------------------------------
 

@@ -186,7 +186,9 @@ extern char *etl_url_redact(const char *url);
 
 /* in redact.c */
 extern void etl_redact_register(const char *value);
+extern void etl_redact_register_secret(const char *value, const char *name);
 extern char *etl_redact(const char *text);
+extern char *etl_redact_url(const char *url);
 extern void etl_redact_error(ErrorData *edata);
 extern void etl_redact_log(void);
 extern void etl_redact_forget(void);
@@ -374,6 +376,8 @@ typedef struct EtlHttpAuth
 {
 	/* the request headers ("Name: value" strings) for a URL */
 	List	   *(*headers) (void *arg, const char *url);
+	/* the URL that goes out for url (its query-string secrets filled in) */
+	char	   *(*url) (void *arg, const char *url);
 	/* after a 401: renew the credentials; true when one more try may help */
 	bool		(*renew) (void *arg);
 	/* changes whenever the credentials do (a 401 on older ones: just resend) */
@@ -401,9 +405,11 @@ extern void etl_http_buffer_free(EtlHttpBuffer *buf);
 extern char *etl_http_post_form(const char *url, const char *form, const char *what);
 
 /* in oauth.c */
+extern Jsonb *etl_secret_json(const char *name, const char *value, const char *shape);
 extern const char *etl_oauth_token(const char *name, const char *client_json);
 extern bool etl_oauth_renew(void *arg);
 extern uint64 etl_oauth_generation(void *arg);
+extern void etl_oauth_save_rotated(void);
 extern void etl_oauth_forget_all(void);
 
 /* in job.c */
@@ -422,7 +428,8 @@ typedef struct EtlJob
 {
 	int32		job_id;
 	char	   *name;
-	char	   *url;			/* first-page URL, placeholders filled */
+	char	   *url;			/* first-page URL, placeholders filled but
+								 * {secret:NAME} (per request: secrets.c) */
 	char	   *url_template;	/* as the job defines it, placeholders and all */
 	EtlPaginationStyle pagination;
 	int32		page_size;

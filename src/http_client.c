@@ -560,7 +560,10 @@ send_attempt(EtlHttpRequest *req)
 		req->auth->generation(req->auth->arg) : 0;
 	req->header_list = header_slist(headers);
 	req->longest_gap_ms = 0;
-	curl_easy_setopt(req->easy, CURLOPT_URL, req->current_url);
+	/* the URL that goes out: the caller's query-string secrets filled in (curl copies it) */
+	curl_easy_setopt(req->easy, CURLOPT_URL,
+					 req->auth && req->auth->url ? req->auth->url(req->auth->arg, req->current_url) :
+					 req->current_url);
 	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->header_list);
 	curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req->body);
 	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS,

@@ -3,7 +3,7 @@
  * job.c
  *	  The job a run runs: its row of dw_etl_jobs read into an EtlJob, its
  *	  paging options and paths checked, and its first URL rendered with the
- *	  run's parameters.
+ *	  run's parameters ({secret:NAME} left for each request to fill in).
  *
  * The row is read as the extension's owner, in the worker's current
  * transaction; the job's paths are compiled here, so a bad one fails the
@@ -50,9 +50,12 @@ placeholder_value(Jsonb *parameters, const char *name)
  * Fill the {name} placeholders of a URL from the run's parameters, each
  * value URL-encoded.  A placeholder without a value is an error, and so is
  * "." or ".." in the path (URL-encoding leaves dots as they are).
+ * {secret:NAME} stays as it is, in the query string only: each request
+ * fills it in as it goes out (secrets.c), so the secret is in no URL the
+ * run keeps.
  */
 static char *
-render_url(const char *template, Jsonb *parameters)
+render_url(const EtlJob *job, const char *template, Jsonb *parameters)
 {
 	StringInfoData buf;
 	const char *p = template;
@@ -70,6 +73,17 @@ render_url(const char *template, Jsonb *parameters)
 			continue;
 		}
 		name = pnstrdup(p + 1, close - p - 1);
+		if (strncmp(name, "secret:", 7) == 0)
+		{
+			if (strchr(buf.data, '?') == NULL || strchr(buf.data, '#') != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("{%s} in the URL of job %d must be in the query string", name, job->job_id),
+						 errhint("Put it in a query parameter, e.g. https://api.example.com/items?api_key={%s}.", name)));
+			appendBinaryStringInfo(&buf, p, close - p + 1);
+			p = close + 1;
+			continue;
+		}
 		text = placeholder_value(parameters, name);
 		/* a whole "." or ".." segment would move the request up the path */
 		if ((strcmp(text, ".") == 0 || strcmp(text, "..") == 0) &&
@@ -247,7 +261,7 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	job->url_template = job->url;
 	/* (no parameters: a run with no partitions to page asks nothing) */
 	if (parameters)
-		job->url = render_url(job->url, parameters);
+		job->url = render_url(job, job->url, parameters);
 }
 
 /*
@@ -262,7 +276,7 @@ etl_job_partition_url(const EtlJob *job, Jsonb *run_parameters, Jsonb *partition
 															JsonbPGetDatum(run_parameters),
 															JsonbPGetDatum(partition_parameters)));
 
-	return render_url(job->url_template, merged);
+	return render_url(job, job->url_template, merged);
 }
 
 /* The job asks for partition's pages from now on. */

@@ -11,7 +11,8 @@
  * empty page or when the reported total is reached (a short page only
  * with stop_on_short_page); link and cursor styles stop when no next link
  * or cursor is left, or on an empty page.  A next link or cursor that
- * repeats is an error, never an endless loop.
+ * repeats is an error, never an endless loop.  A next link that echoes a
+ * query-string secret keeps {secret:NAME} in its place (redact.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -189,6 +190,8 @@ next_link(const EtlJob *job, const EtlCheckpoint *cp, const char *request_url,
 		return NULL;
 	/* relative to where the response came from (after redirects) */
 	link = etl_url_resolve(resp->effective_url ? resp->effective_url : request_url, link);
+	/* a query-string secret it echoes is kept as {secret:NAME} (redact.c) */
+	link = etl_redact_url(link);
 	if (strcmp(link, request_url) == 0 ||
 		(cp->next_url && strcmp(link, cp->next_url) == 0))
 		ereport(ERROR,

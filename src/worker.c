@@ -264,6 +264,8 @@ commit_pages(RunState *st)
 		etl_loader_flush(st->loader);
 		etl_save_checkpoint(st->run_id, &st->cp, st->pages_fetched, st->expected_total,
 							etl_pager_retries(st->pager));
+		/* a refresh token the token endpoint rotated to, for the next run */
+		etl_oauth_save_rotated();
 		commit_transaction();
 	}
 	PG_CATCH();
@@ -511,6 +513,7 @@ finish_run(RunState *st)
 					   etl_ms_since(st->segment_start), st->commits, st->commit_us,
 					   st->error_message, st->error_sqlstate, dry_run_report);
 		etl_loader_end(st->loader);
+		etl_oauth_save_rotated();
 		commit_transaction();
 	}
 	PG_CATCH();
@@ -528,6 +531,7 @@ finish_run(RunState *st)
 		etl_finish_run(st->run_id, "failed", st->pages_fetched, etl_ms_since(st->segment_start),
 					   st->commits, st->commit_us, st->error_message,
 					   unpack_sql_state(edata->sqlerrcode), NULL);
+		etl_oauth_save_rotated();
 		commit_transaction();
 	}
 	PG_END_TRY();

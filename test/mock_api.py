@@ -164,7 +164,8 @@ DATA ENDPOINTS (GET only; POST/other -> 405; unknown path -> 404 {"error":..})
 FAULT SWITCHES (query parameters, valid on every data endpoint, per request)
 =============
 Processing order: count request -> delay_ms -> redirect -> auth (token,
-apikey, oauth) -> parameter validation (400) -> fail_every -> fail_at ->
+apikey, oauth, apikey_query, basic) -> echo_url -> parameter validation
+(400) -> fail_every -> fail_at ->
 render (badjson_at / nokey_at / oversize_at) -> gzip -> send (stall, truncate).
 
   delay_ms=D            sleep D ms before answering (any answer, incl. errors).
@@ -199,6 +200,23 @@ render (badjson_at / nokey_at / oversize_at) -> gzip -> send (stall, truncate).
   apikey=XYZ            require "X-Api-Key: XYZ", else 401 (same body).
   oauth=1               require "Authorization: Bearer <token>" with a token
                         issued by /oauth/token and not yet expired, else 401.
+  apikey_query=XYZ      require the query parameter api_key=XYZ, else 401
+                        {"error": "unauthorized", "detail": "bad or missing
+                        api_key"}.
+  apikey_query_sha256=H the same, with H the hex SHA-256 of the key (so that
+                        the key itself need not be in the URL).
+  basic=USER:PASS       require "Authorization: Basic base64(USER:PASS)",
+                        else 401 {"error": "unauthorized", "detail": "bad or
+                        missing basic credentials"} with WWW-Authenticate
+                        Basic.
+  basic_sha256=H        the same, with H the hex SHA-256 of "USER:PASS".
+  echo_url=1            (after the auth switches) answer 404 {"error": "no
+                        such page", "url": <the request's URL, absolute, as
+                        received>}, as some APIs do.
+  link_host=H[:P]       /nextlink: absolute links point at http://H[:P]
+                        instead of the Host header (a next link to another
+                        origin; the other switches, api_key included, are
+                        carried as always).
   n=N                   size of the data set (default 20000).
   gzip=1                allow gzip (see above).
   echo_headers=1        answer 400 with the request's headers in the body
@@ -256,7 +274,8 @@ CONTROL ENDPOINTS (not counted as data requests)
                                    {"path": ..., "query": ...,
                                     "Authorization": value|null,
                                     "X-Api-Key": value|null,
-                                    "User-Agent": value|null}],
+                                    "User-Agent": value|null,
+                                    "Host": value|null}],
                                 "unknown_paths": [paths asked for that are
                                    no endpoint (a smuggled request, say)],
                                 "token_requests": <POSTs to /oauth/token>,
@@ -275,6 +294,17 @@ CONTROL ENDPOINTS (not counted as data requests)
                             token URL.  Only etl / s3cret is accepted, else 401
                             {"error": "invalid_client"}; another grant_type ->
                             400 {"error": "unsupported_grant_type"}.
+                            grant_type=refresh_token&refresh_token=RT&
+                            client_id=etl[&client_secret=s3cret] (client_secret
+                            optional, but s3cret when given): any RT that starts
+                            with "rt-" and was not rotated away is accepted,
+                            else 400 {"error": "invalid_grant"}.  With ?rotate=1
+                            on the token URL the answer also carries a new
+                            "refresh_token" ("rt-<random>") and RT stops
+                            working.  /__stats adds "refresh_grants" (refresh
+                            grants answered 200) and "refresh_tokens_issued"
+                            (the rotated-to tokens, oldest first); rotated-away
+                            tokens stay refused across /__reset.
 """
 
 import argparse
@@ -284,6 +314,7 @@ import collections
 import csv
 import datetime
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -367,6 +398,7 @@ class State:
     def __init__(self):
         self.lock = threading.Lock()
         self.tokens = {}            # access_token -> expiry (time.monotonic())
+        self.rotated_away = set()   # refresh tokens that no longer work
         self.reset()
 
     def reset(self):
@@ -375,6 +407,8 @@ class State:
         self.by_path = {}
         self.headers_seen = collections.deque(maxlen=50)
         self.token_requests = 0
+        self.refresh_grants = 0
+        self.refresh_tokens_issued = []
         self.fail_at_counts = {}    # (path, K) -> times asked
         self.fail_every_counts = {}  # path -> requests carrying fail_every
         self.fail_every_last = {}   # path -> did the previous one fail?
@@ -539,6 +573,8 @@ def ep_nextlink(h, q, n):
                             ("$top", top)))
         if q.flag("relative"):
             return h.path_only.rsplit("/", 1)[-1] + "?" + qs
+        if q.has("link_host"):
+            return "http://" + q.get("link_host") + h.path_only + "?" + qs
         return h.base_url() + h.path_only + "?" + qs
 
     def render():
@@ -946,6 +982,8 @@ class Handler(BaseHTTPRequestHandler):
                    "headers_seen": list(st.headers_seen),
                    "unknown_paths": list(st.unknown_paths),
                    "token_requests": st.token_requests,
+                   "refresh_grants": st.refresh_grants,
+                   "refresh_tokens_issued": list(st.refresh_tokens_issued),
                    "inflight_max": st.inflight_max,
                    "past_end": st.past_end,
                    "fail_at": {"%s@%d" % k: v
@@ -979,6 +1017,8 @@ class Handler(BaseHTTPRequestHandler):
                 cid, _, secret = dec.partition(":")
             except (binascii.Error, ValueError, UnicodeDecodeError):
                 cid = secret = None
+        if params.get("grant_type") == "refresh_token":
+            return self._refresh_grant(q, params, cid, secret)
         if params.get("grant_type") != "client_credentials":
             return self.send_json(400, {"error": "unsupported_grant_type"})
         if cid != "etl" or secret != "s3cret":
@@ -995,10 +1035,63 @@ class Handler(BaseHTTPRequestHandler):
                              "expires_in": ttl},
                        [("Cache-Control", "no-store")])
 
+    def _refresh_grant(self, q, params, cid, secret):
+        """grant_type=refresh_token (see the docstring): rotate=1 on the
+        token URL issues a new refresh token and retires the one used."""
+        st = self.server.state
+        if cid != "etl" or secret not in (None, "s3cret"):
+            return self.send_json(401, {"error": "invalid_client"},
+                                  [("WWW-Authenticate", 'Basic realm="mock"')])
+        rt = params.get("refresh_token") or ""
+        try:
+            ttl = q.int("ttl", self.server.token_ttl)
+        except BadRequest as e:
+            return self.send_json(400, {"error": str(e)})
+        answer = {"token_type": "Bearer", "expires_in": ttl}
+        with st.lock:
+            if not rt.startswith("rt-") or rt in st.rotated_away:
+                return self.send_json(400, {"error": "invalid_grant",
+                                            "error_description": "the refresh token is invalid, expired or was rotated"})
+            tok = secrets.token_urlsafe(24)
+            st.tokens[tok] = time.monotonic() + ttl
+            answer["access_token"] = tok
+            if q.flag("rotate"):
+                st.rotated_away.add(rt)
+                answer["refresh_token"] = "rt-" + secrets.token_urlsafe(18)
+                st.refresh_tokens_issued.append(answer["refresh_token"])
+            st.refresh_grants += 1
+        self.send_json(200, answer, [("Cache-Control", "no-store")])
+
     # -- data endpoints -----------------------------------------------------
-    def _unauthorized(self, detail):
+    def _unauthorized(self, detail, scheme="Bearer"):
         self.send_json(401, {"error": "unauthorized", "detail": detail},
-                       [("WWW-Authenticate", 'Bearer realm="mock"')])
+                       [("WWW-Authenticate", scheme + ' realm="mock"')])
+
+    def _query_key_ok(self, q):
+        """apikey_query / apikey_query_sha256: the query's api_key."""
+        key = q.get("api_key")
+        if q.has("apikey_query") and key != q.get("apikey_query"):
+            return False
+        if q.has("apikey_query_sha256") and (
+                key is None or hashlib.sha256(key.encode()).hexdigest() != q.get("apikey_query_sha256")):
+            return False
+        return True
+
+    def _basic_ok(self, q):
+        """basic / basic_sha256: the request's Basic credentials."""
+        auth = self.headers.get("Authorization", "")
+        scheme, _, value = auth.strip().partition(" ")
+        try:
+            pair = base64.b64decode(value.strip(), validate=True).decode() \
+                if scheme.lower() == "basic" else None
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            pair = None
+        if q.has("basic") and pair != q.get("basic"):
+            return False
+        if q.has("basic_sha256") and (
+                pair is None or hashlib.sha256(pair.encode()).hexdigest() != q.get("basic_sha256")):
+            return False
+        return True
 
     def _bearer(self):
         auth = self.headers.get("Authorization", "")
@@ -1125,7 +1218,8 @@ class Handler(BaseHTTPRequestHandler):
                 "path": path, "query": q.raw,
                 "Authorization": self.headers.get("Authorization"),
                 "X-Api-Key": self.headers.get("X-Api-Key"),
-                "User-Agent": self.headers.get("User-Agent")})
+                "User-Agent": self.headers.get("User-Agent"),
+                "Host": self.headers.get("Host")})
         self.gzip_ok = q.flag("gzip") and self._accepts_gzip()
         try:
             # delay_ms: before answering anything
@@ -1160,6 +1254,15 @@ class Handler(BaseHTTPRequestHandler):
                     return self._unauthorized("unknown oauth token")
                 if time.monotonic() >= exp:
                     return self._unauthorized("oauth token expired")
+            if not self._query_key_ok(q):
+                return self._unauthorized("bad or missing api_key")
+            if not self._basic_ok(q):
+                return self._unauthorized("bad or missing basic credentials", "Basic")
+
+            # echo_url=1: a 404 that shows the URL asked for
+            if q.flag("echo_url"):
+                return self.send_json(404, {"error": "no such page",
+                                            "url": self.base_url() + self.path})
 
             # parameters
             n = q.int("n", DEFAULT_N, maximum=MAX_N)
