@@ -597,8 +597,10 @@ BEGIN
     params := j.parameters || coalesce(p_parameters, '{}');
     params := params || @extschema@._etl_history_parameters(j, coalesce(p_parameters, '{}'));
     parts := @extschema@._etl_freeze_partitions(j, params);
-    -- a partition's parameters fill what the run's do not
-    PERFORM @extschema@._etl_check_url_parameters(j.url, params || coalesce(parts -> 0, '{}'));
+    -- a partition's parameters fill what the run's do not (no partition: nothing is asked)
+    IF parts IS NULL OR jsonb_array_length(parts) > 0 THEN
+        PERFORM @extschema@._etl_check_url_parameters(j.url, params || coalesce(parts -> 0, '{}'));
+    END IF;
     IF NOT j.allow_concurrent_runs AND NOT p_dry_run THEN
         SELECT x.run_id INTO active FROM @extschema@.dw_etl_runs x
         WHERE x.job_id = j.job_id AND NOT x.dry_run

@@ -644,7 +644,10 @@ run_apart(EtlHttpRequest *req, RequestStep step)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
+	ErrorContextCallback *context = error_context_stack;
 
+	/* the context of the page waited for now is not this request's */
+	error_context_stack = NULL;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
@@ -660,6 +663,7 @@ run_apart(EtlHttpRequest *req, RequestStep step)
 		req->state = REQ_FAILED;
 	}
 	PG_END_TRY();
+	error_context_stack = context;
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;
 }
@@ -1023,9 +1027,15 @@ etl_http_wait(EtlHttpRequest *req, EtlHttpResponse *resp)
 			return stop;
 		if (req->state == REQ_FAILED)
 		{
-			/* met while another request was waited for: this request's now */
+			/* met while another request was waited for: raised as this page's */
+			ErrorData  *e = req->error;
+
 			req->state = REQ_IDLE;
-			ReThrowError(req->error);
+			ereport(ERROR,
+					(errcode(e->sqlerrcode),
+					 errmsg_internal("%s", e->message),
+					 e->detail ? errdetail_internal("%s", e->detail) : 0,
+					 e->hint ? errhint("%s", e->hint) : 0));
 		}
 		if (req->state == REQ_FINISHED &&
 			(stop = settle(req, true)) != ETL_STOP_NONE)

@@ -602,11 +602,19 @@ window_keys(EtlPager *pager, const EtlCheckpoint *cp, PageKey *keys)
 	int			n = 0;
 	bool		partition_asked = false;
 
+	/*
+	 * A partition whose first page will tell its total (total_path): only
+	 * that page until it has -- the later partitions' first pages meanwhile,
+	 * not pages past a short partition's end.
+	 */
+	bool		total_to_come = pager->partitions_total >= 0 && pager->job->total != NULL &&
+		pager->known_total < 0;
+
 	for (int k = 0; n < pager->concurrency; k++)
 	{
 		int64		skip = cp->skip + (int64) k * pager->job->page_size;
 
-		if (k > 0 && pager->known_total >= 0 && skip >= pager->known_total)
+		if (k > 0 && (total_to_come || (pager->known_total >= 0 && skip >= pager->known_total)))
 		{
 			partition_asked = true;
 			break;
@@ -648,8 +656,11 @@ window_url(EtlPager *pager, const PageKey *key)
 
 /*
  * Have the pages after cp in flight (window_keys): a slot that holds a
- * page no longer wanted -- another page, or (offset paging) this page from
- * another offset -- is dropped; each wanted page not in flight is asked.
+ * page of this partition no longer wanted -- past its end, or (offset
+ * paging) asked from another offset -- is dropped; the first page of a
+ * later partition stays in flight, for when the run gets there; each
+ * wanted page not in flight is asked, while there is a slot for it (the
+ * page that follows cp always has one).
  */
 static void
 window_fill(EtlPager *pager, const EtlCheckpoint *cp)
@@ -673,7 +684,7 @@ window_fill(EtlPager *pager, const EtlCheckpoint *cp)
 	for (int i = 0; i < pager->concurrency; i++)
 	{
 		WindowSlot *slot = &pager->window[i];
-		bool		wanted = false;
+		bool		wanted = slot->partition_index > cp->partition_index && slot->page_index == 0;
 
 		for (int k = 0; k < n && !wanted; k++)
 			wanted = slot_holds(pager, slot, &keys[k]);
@@ -687,6 +698,16 @@ window_fill(EtlPager *pager, const EtlCheckpoint *cp)
 		if (window_slot(pager, &keys[k]) != NULL)
 			continue;
 		slot = free_slot(pager);
+		if (slot == NULL && k == 0)
+		{
+			/* the page that follows cp goes first: drop the farthest ahead */
+			for (int i = 0; i < pager->concurrency; i++)
+				if (slot == NULL || pager->window[i].partition_index > slot->partition_index)
+					slot = &pager->window[i];
+			window_drop(slot);
+		}
+		if (slot == NULL)
+			break;
 		MemoryContextReset(slot->cxt);
 		slot->url = MemoryContextStrdup(slot->cxt, window_url(pager, &keys[k]));
 		slot->partition_index = keys[k].partition_index;
