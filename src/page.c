@@ -34,6 +34,11 @@
  * fetched into.  If fetching ahead fails, this page still loads, and the
  * run fails after it (etl_pager_deferred_error).
  *
+ * Every request is sent as the job says (a POST's body comes from
+ * pagination.c with the page's paging values in it).  A response a
+ * response rule ignores is an empty page: nothing is read or loaded, and
+ * the run ends normally after it (EtlPageDone.ignored_status).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -68,6 +73,7 @@ typedef struct WindowSlot
 	int32		page_index;		/* the page it fetches; -1: free */
 	int64		skip;			/* the offset that page was asked from */
 	char	   *url;
+	char	   *payload;		/* a POST's body, or NULL */
 	bool		scanning;		/* its page is being scanned in the background */
 } WindowSlot;
 
@@ -101,6 +107,7 @@ struct EtlPager
 typedef struct Page
 {
 	char	   *url;			/* the request's */
+	char	   *payload;		/* a POST's body, or NULL */
 	EtlHttpResponse resp;
 	EtlScanResult *scanned;		/* the page reader's result, or NULL */
 	JsonbValue *records;		/* else: the records, parsed */
@@ -212,6 +219,7 @@ get_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 	EtlStopReason stop;
 
 	page->url = etl_pagination_request_url(pager->job, cp);
+	page->payload = etl_pagination_request_body(pager->job, cp);
 	if (pager->from_stored_link)
 	{
 		errcb.callback = stored_link_error_context;
@@ -219,8 +227,8 @@ get_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 		errcb.previous = error_context_stack;
 		error_context_stack = &errcb;
 	}
-	stop = etl_http_get(page->url, &pager->auth, &pager->fetches[pager->current].body,
-						&page->resp);
+	stop = etl_http_get(page->url, page->payload, &pager->job->http, &pager->auth,
+						&pager->fetches[pager->current].body, &page->resp);
 	if (pager->from_stored_link)
 		error_context_stack = errcb.previous;
 	pager->retries += page->resp.retries;
@@ -254,7 +262,7 @@ fetch_page(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *spec, Pa
 
 		if (stop != ETL_STOP_NONE)
 			return stop;
-		if (spec)
+		if (spec && !page->resp.ignored)
 		{
 			page->scanned = &fetch->scan;
 			scanned_ok = etl_scan_page(spec, page->resp.body, page->resp.body_len, page->scanned);
@@ -301,6 +309,27 @@ check_records_present(const EtlJob *job, Jsonb *body)
 				 errhint("Set the job's records_path to where the records are, e.g. '$.value[*]' (OData), '$[*]' (a bare array) or '$.entry[*].resource' (FHIR).")));
 }
 
+/* A value's JSON text (a cursor that goes in a body keeps its type); NULL for null. */
+static char *
+json_text(JsonbValue *v)
+{
+	Jsonb	   *jb;
+
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	jb = JsonbValueToJsonb(v);
+	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+}
+
+/* has_more_path's value: 1 true, -1 false, 0 neither (not there, or not a boolean) */
+static int
+has_more_flag(JsonbValue *v)
+{
+	if (v && v->type == jbvBool)
+		return v->val.boolean ? 1 : -1;
+	return 0;
+}
+
 /* Parse the body as jsonb: its records, and the facts pagination needs. */
 static void
 parse_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
@@ -325,8 +354,12 @@ parse_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 		check_records_present(job, body);
 	if (job->total)
 		page->facts.total_text = etl_jsonb_value_text(etl_path_first(job->total, &doc));
-	if (job->next)
+	if (job->next && job->cursor_in_body)
+		page->facts.next_text = json_text(etl_path_first(job->next, &doc));
+	else if (job->next)
 		page->facts.next_text = etl_jsonb_value_text(etl_path_first(job->next, &doc));
+	if (job->has_more)
+		page->facts.has_more = has_more_flag(etl_path_first(job->has_more, &doc));
 }
 
 /* What the page says: from the page reader's result, or parsed as jsonb. */
@@ -335,6 +368,8 @@ read_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 {
 	EtlScanResult *scanned = page->scanned;
 
+	if (page->resp.ignored)
+		return;					/* an empty page: nothing to read */
 	if (scanned == NULL)
 	{
 		parse_page(pager, cp, page);
@@ -409,10 +444,13 @@ keep_prefetch(EtlPager *pager, const char *url, const EtlHttpResponse *resp)
 		pfree(pager->prefetch_url);
 	if (pager->prefetch_resp.effective_url)
 		pfree(pager->prefetch_resp.effective_url);
+	if (pager->prefetch_resp.header_value)
+		pfree(pager->prefetch_resp.header_value);
 	list_free_deep(pager->prefetch_resp.link_headers);
 	pager->prefetch_url = pstrdup(url);
 	pager->prefetch_resp = *resp;
 	pager->prefetch_resp.effective_url = resp->effective_url ? pstrdup(resp->effective_url) : NULL;
+	pager->prefetch_resp.header_value = resp->header_value ? pstrdup(resp->header_value) : NULL;
 	pager->prefetch_resp.link_headers = NIL;
 	foreach(lc, resp->link_headers)
 		pager->prefetch_resp.link_headers = lappend(pager->prefetch_resp.link_headers,
@@ -426,7 +464,7 @@ keep_prefetch(EtlPager *pager, const char *url, const EtlHttpResponse *resp)
  * it (pager->deferred_error) instead of losing it.
  */
 static EtlStopReason
-prefetch_get(EtlPager *pager, const char *url, EtlHttpResponse *resp)
+prefetch_get(EtlPager *pager, const char *url, const char *payload, EtlHttpResponse *resp)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -437,7 +475,7 @@ prefetch_get(EtlPager *pager, const char *url, EtlHttpResponse *resp)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		stop = etl_http_get(url, &pager->auth, body, resp);
+		stop = etl_http_get(url, payload, &pager->job->http, &pager->auth, body, resp);
 		if (stop == ETL_STOP_NONE)
 			pager->retries += resp->retries;
 		ReleaseCurrentSubTransaction();
@@ -462,10 +500,14 @@ static void
 fetch_ahead(EtlPager *pager, const EtlScanSpec *spec, const EtlCheckpoint *after)
 {
 	char	   *next_url = etl_pagination_request_url(pager->job, after);
+	char	   *payload = etl_pagination_request_body(pager->job, after);
 	EtlHttpResponse next_resp;
 	int			other = 1 - pager->current;
 
-	if (prefetch_get(pager, next_url, &next_resp) != ETL_STOP_NONE)
+	if (prefetch_get(pager, next_url, payload, &next_resp) != ETL_STOP_NONE)
+		return;
+	/* (a response to ignore is no page to scan: the next turn asks again) */
+	if (next_resp.ignored)
 		return;
 	/* (no thread to be had: the next turn fetches it again) */
 	if (etl_scan_start(spec, next_resp.body, next_resp.body_len, &pager->fetches[other].scan))
@@ -554,9 +596,13 @@ window_fill(EtlPager *pager, const EtlCheckpoint *cp)
 			continue;
 		MemoryContextReset(slot->cxt);
 		slot->url = MemoryContextStrdup(slot->cxt, etl_pagination_request_url(pager->job, &at));
+		slot->payload = etl_pagination_request_body(pager->job, &at);
+		if (slot->payload)
+			slot->payload = MemoryContextStrdup(slot->cxt, slot->payload);
 		slot->page_index = page_index;
 		slot->skip = at.skip;
-		etl_http_start(slot->req, slot->url, &pager->auth, &slot->body);
+		etl_http_start(slot->req, slot->url, slot->payload, &pager->job->http, &pager->auth,
+					   &slot->body);
 	}
 }
 
@@ -578,10 +624,11 @@ window_fetch(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *spec, 
 	slot = window_slot(pager, cp->page_index);
 	*slot_out = slot;
 	page->url = slot->url;
+	page->payload = slot->payload;
 	if ((stop = etl_http_wait(slot->req, &page->resp)) != ETL_STOP_NONE)
 		return stop;
 	pager->retries += page->resp.retries;
-	if (spec)
+	if (spec && !page->resp.ignored)
 	{
 		page->scanned = &slot->scan;
 		if (slot->scanning)
@@ -672,10 +719,34 @@ load_parsed(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
  * must stop before the page was complete (the page is then not loaded).
  * Runs in the worker's page subtransaction and memory.
  */
+/*
+ * Whether the page reader can give what advancing past this job's pages
+ * takes: it has no has_more_path, and gives a cursor as text, not JSON.
+ * Such jobs' pages are parsed as jsonb.
+ */
+static bool
+reader_suits(const EtlJob *job)
+{
+	return job->has_more == NULL &&
+		!(job->pagination == ETL_PAGINATION_CURSOR && job->cursor_in_body && !job->next_header);
+}
+
+/* A response a response rule ignored: say so (the run ends after it). */
+static void
+note_ignored(EtlPager *pager, const EtlCheckpoint *cp, const Page *page, EtlPageDone *done)
+{
+	ereport(LOG,
+			(errmsg("etl_exec: HTTP %ld from %s for page %d of job %d ignored by response rule %d; the run ends after the pages before it",
+					page->resp.status, etl_url_redact(page->url), cp->page_index + 1,
+					pager->job->job_id, page->resp.rule)));
+	done->ignored_status = page->resp.status;
+}
+
 EtlStopReason
 etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 {
-	const EtlScanSpec *spec = pager->dry_run ? NULL : etl_loader_scan_spec(pager->loader);
+	const EtlScanSpec *spec = pager->dry_run || !reader_suits(pager->job) ? NULL :
+		etl_loader_scan_spec(pager->loader);
 	Page		page;
 	EtlPageOutcome outcome;
 	EtlStopReason stop;
@@ -693,6 +764,9 @@ etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 	}
 	if (stop != ETL_STOP_NONE)
 		return stop;
+	done->ignored_status = 0;
+	if (page.resp.ignored)
+		note_ignored(pager, cp, &page, done);
 	read_page(pager, cp, &page);
 
 	/*
