@@ -350,7 +350,7 @@ next_cursor(const EtlJob *job, const EtlCheckpoint *cp, const EtlPageFacts *fact
 				 errmsg("the API returned the same cursor again: %s", cursor),
 				 errdetail("Following it would loop forever; page %d.", cp->page_index + 1),
 				 errhint("Check the job's next_path (where the cursor is in the body).")));
-	return cursor;
+	return pstrdup(cursor);		/* the response's memory may go first */
 }
 
 /*
