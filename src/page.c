@@ -714,12 +714,6 @@ load_parsed(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 }
 
 /*
- * Fetch, read and load the page that follows cp; on ETL_STOP_NONE *done
- * says where the run stands after it.  Returns a stop reason when the run
- * must stop before the page was complete (the page is then not loaded).
- * Runs in the worker's page subtransaction and memory.
- */
-/*
  * Whether the page reader can give what advancing past this job's pages
  * takes: it has no has_more_path, and gives a cursor as text, not JSON.
  * Such jobs' pages are parsed as jsonb.
@@ -742,6 +736,12 @@ note_ignored(EtlPager *pager, const EtlCheckpoint *cp, const Page *page, EtlPage
 	done->ignored_status = page->resp.status;
 }
 
+/*
+ * Fetch, read and load the page that follows cp; on ETL_STOP_NONE *done
+ * says where the run stands after it.  Returns a stop reason when the run
+ * must stop before the page was complete (the page is then not loaded).
+ * Runs in the worker's page subtransaction and memory.
+ */
 EtlStopReason
 etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 {
