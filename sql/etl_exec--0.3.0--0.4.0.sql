@@ -36,6 +36,160 @@ CREATE TRIGGER dw_etl_jobs_validate_requests
 ALTER TABLE dw_etl_jobs ADD COLUMN format text NOT NULL DEFAULT 'json',
                         ADD COLUMN csv_options jsonb;
 
+------------------------------------------------------------------------------
+-- Requests: POST bodies, body paging, header cursors, response rules
+------------------------------------------------------------------------------
+
+-- method: GET or POST; body: a POST's JSON body, a template whose {name}
+-- placeholders (in string values) the run's parameters fill, JSON types
+-- kept; content_type: the body's; response_rules: an ordered list of
+-- {"status": 404 | [500, 599] | "4xx", "body_contains": "...",
+--  "action": "ignore" | "retry" | "fail"}, the first match decides
+ALTER TABLE dw_etl_jobs ADD COLUMN method text NOT NULL DEFAULT 'GET',
+                        ADD COLUMN body jsonb,
+                        ADD COLUMN content_type text NOT NULL DEFAULT 'application/json',
+                        ADD COLUMN response_rules jsonb;
+
+-- The first trigger knows the new pagination options: next_header (a next
+-- link or cursor from a response header; cursor paging may have it instead
+-- of next_path) and has_more_path (a boolean in the body: false ends the run).
+CREATE OR REPLACE FUNCTION _etl_validate_job() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    opts jsonb := NEW.pagination_options;
+    k text;
+    v jsonb;
+    known_options text[] := ARRAY['skip_param', 'limit_param', 'page_param', 'first_page', 'next_path',
+                                  'cursor_param', 'total_path', 'stop_on_short_page',
+                                  'next_header', 'has_more_path'];
+BEGIN
+    IF NEW.pagination NOT IN ('none', 'offset', 'page', 'next_link', 'link_header', 'cursor') THEN
+        RAISE EXCEPTION 'job "%": unknown pagination style "%"', NEW.name, NEW.pagination
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use one of: none, offset, page, next_link, link_header, cursor.';
+    END IF;
+    IF NEW.page_size <= 0 THEN
+        RAISE EXCEPTION 'job "%": page_size must be positive, not %', NEW.name, NEW.page_size
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The number of records asked for per page, e.g. 1000.';
+    END IF;
+    IF NEW.url !~* '^https?://[^/?#]+' THEN
+        RAISE EXCEPTION 'job "%": url must be an http:// or https:// URL, not "%"', NEW.name, NEW.url
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: https://api.example.com/odata/Patients (placeholders such as {day} are allowed).';
+    END IF;
+    IF NEW.load_mode NOT IN ('append', 'upsert', 'replace') THEN
+        RAISE EXCEPTION 'job "%": unknown load_mode "%"', NEW.name, NEW.load_mode
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use one of: append, upsert, replace.';
+    END IF;
+    IF NEW.load_mode = 'upsert' AND coalesce(cardinality(NEW.key_columns), 0) = 0 THEN
+        RAISE EXCEPTION 'job "%": load_mode upsert needs key_columns', NEW.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Set key_columns to the columns of a unique index of the target, e.g. ARRAY[''id''].';
+    END IF;
+    IF NEW.load_mode = 'upsert' AND EXISTS (SELECT 1 FROM unnest(NEW.key_columns) AS kc(name) WHERE kc.name IS NULL OR kc.name = '') THEN
+        RAISE EXCEPTION 'job "%": key_columns must not hold NULL or empty names', NEW.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Set key_columns to column names of the target, e.g. ARRAY[''id''].';
+    END IF;
+    IF jsonb_typeof(opts) <> 'object' THEN
+        RAISE EXCEPTION 'job "%": pagination_options must be a JSON object', NEW.name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(opts) LOOP
+        IF NOT k = ANY (known_options) THEN
+            RAISE EXCEPTION 'job "%": unknown pagination option "%"', NEW.name, k
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Known options: ' || array_to_string(known_options, ', ') || '.';
+        END IF;
+        IF k = 'first_page' AND (jsonb_typeof(v) <> 'number' OR v::numeric < 0 OR v::numeric <> trunc(v::numeric)) THEN
+            RAISE EXCEPTION 'job "%": pagination option first_page must be a whole number, 0 or more, not %', NEW.name, v
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The number of the API''s first page: usually 1, sometimes 0.';
+        ELSIF k = 'stop_on_short_page' AND jsonb_typeof(v) <> 'boolean' THEN
+            RAISE EXCEPTION 'job "%": pagination option stop_on_short_page must be true or false', NEW.name
+                USING ERRCODE = 'invalid_parameter_value';
+        ELSIF k NOT IN ('first_page', 'stop_on_short_page') AND jsonb_typeof(v) <> 'string' THEN
+            RAISE EXCEPTION 'job "%": pagination option % must be a string', NEW.name, k
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF k IN ('next_path', 'total_path', 'has_more_path') THEN
+            BEGIN
+                PERFORM (v #>> '{}')::jsonpath;
+            EXCEPTION WHEN others THEN
+                RAISE EXCEPTION 'job "%": pagination option % is not a valid jsonpath: %', NEW.name, k, v #>> '{}'
+                    USING ERRCODE = 'invalid_parameter_value', DETAIL = SQLERRM,
+                          HINT = 'For example: $."@odata.nextLink" or $.meta.next_cursor';
+            END;
+        END IF;
+    END LOOP;
+    IF NEW.pagination = 'cursor' AND NOT opts ? 'next_path' AND NOT opts ? 'next_header' THEN
+        RAISE EXCEPTION 'job "%": cursor pagination needs the pagination option next_path (where the cursor is in a response) or next_header (the response header that holds it)', NEW.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: pagination_options = ''{"next_path": "$.meta.next_cursor", "cursor_param": "cursor"}'' or ''{"next_header": "X-Next-Cursor"}''';
+    END IF;
+    IF NEW.column_map IS NOT NULL THEN
+        IF jsonb_typeof(NEW.column_map) <> 'object' OR NEW.column_map = '{}' THEN
+            RAISE EXCEPTION 'job "%": column_map must be a non-empty JSON object {"column": "jsonpath"}', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Leave it NULL to map columns to record keys of the same name.';
+        END IF;
+        FOR k, v IN SELECT * FROM jsonb_each(NEW.column_map) LOOP
+            IF jsonb_typeof(v) <> 'string' THEN
+                RAISE EXCEPTION 'job "%": column_map entry "%" must be a jsonpath string', NEW.name, k
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            BEGIN
+                PERFORM (v #>> '{}')::jsonpath;
+            EXCEPTION WHEN others THEN
+                RAISE EXCEPTION 'job "%": column_map entry "%" is not a valid jsonpath: %', NEW.name, k, v #>> '{}'
+                    USING ERRCODE = 'invalid_parameter_value', DETAIL = SQLERRM,
+                          HINT = 'For example: {"patient_id": "$.PatientId", "city": "$.address.city"}';
+            END;
+        END LOOP;
+    END IF;
+    IF jsonb_typeof(NEW.headers) <> 'object' OR EXISTS (SELECT 1 FROM jsonb_each(NEW.headers) e WHERE jsonb_typeof(e.value) <> 'string') THEN
+        RAISE EXCEPTION 'job "%": headers must be a JSON object of strings', NEW.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: {"Authorization": "Bearer {secret:api_token}"}';
+    END IF;
+    SELECT e.key INTO k FROM jsonb_each_text(NEW.headers) e
+    WHERE e.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' OR e.value ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'job "%": header "%" has an invalid name or a control character (such as a line break) in its value', NEW.name, k
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Header names are HTTP tokens (letters, digits, -); values are one line of text.';
+    END IF;
+    IF jsonb_typeof(NEW.parameters) <> 'object' THEN
+        RAISE EXCEPTION 'job "%": parameters must be a JSON object', NEW.name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.timeout_seconds < 0 THEN
+        RAISE EXCEPTION 'job "%": timeout_seconds must be 0 (recommended from history) or more, not %', NEW.name, NEW.timeout_seconds
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.checkpoint_interval_seconds < 0 THEN
+        RAISE EXCEPTION 'job "%": checkpoint_interval_seconds must be 0 (every page) or more, not %', NEW.name, NEW.checkpoint_interval_seconds
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.max_retries < 0 THEN
+        RAISE EXCEPTION 'job "%": max_retries must be 0 or more, not %', NEW.name, NEW.max_retries
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.request_timeout_ms <= 0 THEN
+        RAISE EXCEPTION 'job "%": request_timeout_ms must be positive, not %', NEW.name, NEW.request_timeout_ms
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.target_table !~ '^\s*("([^"]|"")+"|[^".\s]+)(\s*\.\s*("([^"]|"")+"|[^".\s]+))?\s*$' THEN
+        RAISE EXCEPTION 'job "%": target_table "%" is not a table name', NEW.name, NEW.target_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use table or schema.table (quote names that need it).';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 -- How a job asks for its pages, and what their bodies are.
 CREATE OR REPLACE FUNCTION _etl_validate_job_requests() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -46,6 +200,10 @@ DECLARE
     csv_keys text[] := ARRAY['delimiter', 'quote', 'escape', 'null'];
     delimiter text := ',';
     quote text := '"';
+    p text;
+    keys text[];
+    r jsonb;
+    i int;
 BEGIN
     IF NEW.concurrency < 1 OR NEW.concurrency > 64 THEN
         RAISE EXCEPTION 'job "%": concurrency must be between 1 and 64, not %', NEW.name, NEW.concurrency
@@ -143,6 +301,156 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+
+    -- >>> requests: POST bodies, body paging, header cursors, response rules
+    IF NEW.method IS NULL OR NEW.method NOT IN ('GET', 'POST') THEN
+        RAISE EXCEPTION 'job "%": unknown method "%"', NEW.name, NEW.method
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use GET (the default) or POST, in capitals.';
+    END IF;
+    IF NEW.body IS NOT NULL THEN
+        IF NEW.method <> 'POST' THEN
+            RAISE EXCEPTION 'job "%": a GET sends no body', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Set method to ''POST'', or body to NULL.';
+        END IF;
+        IF jsonb_typeof(NEW.body) NOT IN ('object', 'array') THEN
+            RAISE EXCEPTION 'job "%": body must be a JSON object or array, not %', NEW.name, jsonb_typeof(NEW.body)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: {"query": {"match_all": {}}, "size": "{limit}"} -- "{name}" alone in a string takes the parameter with its JSON type.';
+        END IF;
+        SELECT m[1] INTO p
+        FROM jsonb_path_query(NEW.body, 'lax $.**') AS s(x),
+             regexp_matches(s.x #>> '{}', '\{([A-Za-z_][A-Za-z0-9_:.-]*)\}', 'g') AS m
+        WHERE jsonb_typeof(s.x) = 'string' AND m[1] ~ '^(secret|oauth2):'
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'job "%": body placeholder {%} would put a secret in the body', NEW.name, p
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Secrets go in headers, bound to their hosts: e.g. headers = ''{"Authorization": "Bearer {secret:api_token}"}''.';
+        END IF;
+    END IF;
+    IF NEW.content_type IS NULL
+       OR NEW.content_type !~ '^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[^\r\n]*)?$'
+       OR NEW.content_type ~ '[\x01-\x1f\x7f]' THEN
+        RAISE EXCEPTION 'job "%": content_type "%" is not a media type', NEW.name, NEW.content_type
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: application/json (the default), or application/json; charset=utf-8.';
+    END IF;
+    -- paging values in the body: "body:a.b" sets member b of member a
+    FOREACH k IN ARRAY ARRAY['skip_param', 'limit_param', 'page_param', 'cursor_param'] LOOP
+        p := NEW.pagination_options ->> k;
+        CONTINUE WHEN p IS NULL OR p NOT LIKE 'body:%';
+        IF NEW.method <> 'POST' THEN
+            RAISE EXCEPTION 'job "%": pagination option % puts the value in the body ("%"), and a GET has none', NEW.name, k, p
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Set method to ''POST'' (with a body), or name a query parameter.';
+        END IF;
+        IF p !~ '^body:[^.\s{}]+(\.[^.\s{}]+)*$' THEN
+            RAISE EXCEPTION 'job "%": pagination option % is not a body path: "%"', NEW.name, k, p
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'body: then member names joined by dots, e.g. "body:from" or "body:variables.after".';
+        END IF;
+        IF NEW.body IS NOT NULL AND jsonb_typeof(NEW.body) <> 'object' THEN
+            RAISE EXCEPTION 'job "%": pagination option % sets a member of the body, which is not a JSON object', NEW.name, k
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Make the body an object, e.g. {"query": ..., "variables": {}}.';
+        END IF;
+        keys := string_to_array(substr(p, 6), '.');
+        FOR i IN 1 .. cardinality(keys) - 1 LOOP
+            v := NEW.body #> keys[1:i];
+            IF v IS NOT NULL AND jsonb_typeof(v) <> 'object' THEN
+                RAISE EXCEPTION 'job "%": pagination option % goes through member "%" of the body, which is not an object', NEW.name, k, array_to_string(keys[1:i], '.')
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Name a path of objects in the body (missing ones are made), e.g. "body:variables.after" with "variables": {...}.';
+            END IF;
+        END LOOP;
+    END LOOP;
+    -- a next link or cursor from a response header
+    IF NEW.pagination_options ? 'next_header' THEN
+        p := NEW.pagination_options ->> 'next_header';
+        IF NEW.pagination NOT IN ('next_link', 'cursor') THEN
+            RAISE EXCEPTION 'job "%": pagination option next_header applies to next_link and cursor paging, not %', NEW.name, NEW.pagination
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'With next_link the header holds the next URL, with cursor the next cursor; link_header paging reads RFC 8288 Link headers by itself.';
+        END IF;
+        IF p !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
+            RAISE EXCEPTION 'job "%": pagination option next_header is not a header name: "%"', NEW.name, p
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A header name alone, e.g. X-Next-Cursor.';
+        END IF;
+        IF NEW.pagination_options ? 'next_path' THEN
+            RAISE EXCEPTION 'job "%": pagination options next_header and next_path both say where the next % is', NEW.name,
+                            CASE NEW.pagination WHEN 'cursor' THEN 'cursor' ELSE 'link' END
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Keep one: next_header (a response header) or next_path (a jsonpath into the body).';
+        END IF;
+    END IF;
+    IF NEW.pagination_options ? 'has_more_path' AND NEW.pagination = 'none' THEN
+        RAISE EXCEPTION 'job "%": pagination option has_more_path needs paging, and the job''s pagination is none', NEW.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Remove has_more_path, or set the job''s pagination.';
+    END IF;
+    FOREACH k IN ARRAY ARRAY['next_path', 'total_path', 'has_more_path'] LOOP
+        IF NEW.pagination_options ->> k ~ '\[\s*-\s*[0-9]' THEN
+            RAISE EXCEPTION 'job "%": pagination option % counts an array from its end with a negative index: %', NEW.name, k, NEW.pagination_options ->> k
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'jsonpath says last for the last element: e.g. $.data[last].id (and last - 1 before it).';
+        END IF;
+    END LOOP;
+    -- response rules
+    IF NEW.response_rules IS NOT NULL THEN
+        IF jsonb_typeof(NEW.response_rules) <> 'array' THEN
+            RAISE EXCEPTION 'job "%": response_rules must be a JSON array of rules', NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example: [{"status": 404, "action": "ignore"}, {"status": 200, "body_contains": "\"error\"", "action": "fail"}].';
+        END IF;
+        i := 0;
+        FOR r IN SELECT * FROM jsonb_array_elements(NEW.response_rules) LOOP
+            i := i + 1;
+            IF jsonb_typeof(r) <> 'object' THEN
+                RAISE EXCEPTION 'job "%": response rule % must be a JSON object, not %', NEW.name, i, r
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'For example: {"status": 404, "action": "ignore"}.';
+            END IF;
+            SELECT x INTO k FROM jsonb_object_keys(r) x WHERE x NOT IN ('status', 'body_contains', 'action') LIMIT 1;
+            IF FOUND THEN
+                RAISE EXCEPTION 'job "%": response rule % has an unknown key "%"', NEW.name, i, k
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'A rule has status, body_contains (at least one of them) and action.';
+            END IF;
+            IF r -> 'action' IS NULL OR jsonb_typeof(r -> 'action') <> 'string'
+               OR r ->> 'action' NOT IN ('ignore', 'retry', 'fail') THEN
+                RAISE EXCEPTION 'job "%": response rule % has an unknown action %', NEW.name, i, coalesce((r -> 'action')::text, '(none)')
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Use one of: ignore (an empty page: the run ends normally after it), retry (as a 5xx), fail.';
+            END IF;
+            IF NOT (r ? 'status' OR r ? 'body_contains') THEN
+                RAISE EXCEPTION 'job "%": response rule % matches every response', NEW.name, i
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Give it a status (404, [500, 599] or "4xx") or a body_contains text, or both.';
+            END IF;
+            v := r -> 'status';
+            IF v IS NOT NULL AND NOT (
+                   (jsonb_typeof(v) = 'number' AND v::numeric = trunc(v::numeric) AND v::numeric BETWEEN 100 AND 599)
+                OR (jsonb_typeof(v) = 'string' AND v #>> '{}' ~ '^[1-5]xx$')
+                OR (jsonb_typeof(v) = 'array' AND jsonb_array_length(v) = 2
+                    AND jsonb_typeof(v -> 0) = 'number' AND jsonb_typeof(v -> 1) = 'number'
+                    AND (v ->> 0)::numeric = trunc((v ->> 0)::numeric) AND (v ->> 1)::numeric = trunc((v ->> 1)::numeric)
+                    AND (v ->> 0)::numeric BETWEEN 100 AND 599 AND (v ->> 1)::numeric BETWEEN 100 AND 599
+                    AND (v ->> 0)::numeric <= (v ->> 1)::numeric)) THEN
+                RAISE EXCEPTION 'job "%": response rule % has a bad status %', NEW.name, i, v
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'A status is a number (404), a range [500, 599], or a class "4xx", all within 100-599.';
+            END IF;
+            IF r ? 'body_contains' AND (jsonb_typeof(r -> 'body_contains') <> 'string' OR r ->> 'body_contains' = '') THEN
+                RAISE EXCEPTION 'job "%": response rule % has a body_contains that is not a non-empty string', NEW.name, i
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'The text to look for in the response body, e.g. "\"errors\"".';
+            END IF;
+        END LOOP;
+    END IF;
+    -- <<< requests
     RETURN NEW;
 END
 $$;

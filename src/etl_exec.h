@@ -369,7 +369,39 @@ typedef struct EtlHttpResponse
 	char	   *retry_after;	/* value of Retry-After, or NULL */
 	char	   *effective_url;
 	int			retries;		/* retries this fetch needed */
+	char	   *header_value;	/* of EtlHttpOptions.capture_header, or NULL */
+	bool		ignored;		/* a response rule said ignore: no page to read */
+	int			rule;			/* that rule's number (1-based), or 0 */
 } EtlHttpResponse;
+
+/* What a response rule (dw_etl_jobs.response_rules) does with a response. */
+typedef enum EtlRuleAction
+{
+	ETL_RULE_IGNORE,			/* an empty page: the run ends normally after it */
+	ETL_RULE_RETRY,				/* retried like a 5xx */
+	ETL_RULE_FAIL				/* the run fails at once */
+} EtlRuleAction;
+
+typedef struct EtlResponseRule
+{
+	long		status_lo;		/* statuses it matches; 0, 0: any */
+	long		status_hi;
+	char	   *body_contains;	/* NULL: any body */
+	EtlRuleAction action;
+} EtlResponseRule;
+
+/*
+ * How a job's requests go out and how their responses are judged, the same
+ * for every request of the run (and every hop, retry and resend of one).
+ */
+typedef struct EtlHttpOptions
+{
+	bool		post;			/* POST (with the request's payload), else GET */
+	const char *content_type;	/* of a POST's payload */
+	const char *capture_header; /* a response header to keep, or NULL */
+	const EtlResponseRule *rules;	/* first match decides */
+	int			nrules;
+} EtlHttpOptions;
 
 /* How requests authenticate: the caller's, the client knows no secrets. */
 typedef struct EtlHttpAuth
@@ -394,12 +426,14 @@ typedef struct EtlHttpRequest EtlHttpRequest;
 extern void etl_http_init(const EtlRunSettings *settings);
 extern void etl_http_cleanup(void);
 extern EtlHttpRequest *etl_http_request_create(void);
-extern void etl_http_start(EtlHttpRequest *req, const char *url, const EtlHttpAuth *auth,
+extern void etl_http_start(EtlHttpRequest *req, const char *url, const char *payload,
+						   const EtlHttpOptions *opts, const EtlHttpAuth *auth,
 						   EtlHttpBuffer *body);
 extern EtlStopReason etl_http_wait(EtlHttpRequest *req, EtlHttpResponse *resp);
 extern bool etl_http_ready(EtlHttpRequest *req);
 extern void etl_http_abandon(EtlHttpRequest *req);
-extern EtlStopReason etl_http_get(const char *url, const EtlHttpAuth *auth,
+extern EtlStopReason etl_http_get(const char *url, const char *payload,
+								  const EtlHttpOptions *opts, const EtlHttpAuth *auth,
 								  EtlHttpBuffer *body, EtlHttpResponse *resp);
 extern void etl_http_buffer_free(EtlHttpBuffer *buf);
 extern char *etl_http_post_form(const char *url, const char *form, const char *what);
@@ -456,11 +490,19 @@ typedef struct EtlJob
 	EtlPath    *records;		/* records_path, next_path, total_path compiled */
 	EtlPath    *next;
 	EtlPath    *total;
+	/* requests beyond GET, and response rules (0.4.0) */
+	EtlHttpOptions http;		/* method, content_type, next_header, rules */
+	Jsonb	   *body;			/* the POST body, placeholders filled; or NULL */
+	Jsonb	   *body_template;	/* as the job defines it */
+	bool		cursor_in_body; /* cursor_param is body:...: cursors kept as JSON text */
+	char	   *next_header;	/* next link or cursor from this header, or NULL */
+	char	   *has_more_path;
+	EtlPath    *has_more;		/* compiled has_more_path, or NULL */
 } EtlJob;
 
 extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
-extern char *etl_job_partition_url(const EtlJob *job, Jsonb *run_parameters,
-								   Jsonb *partition_parameters);
+extern void etl_job_for_partition(const EtlJob *job, Jsonb *run_parameters,
+								  Jsonb *partition_parameters, EtlJob *out);
 extern void etl_job_use_partition(EtlJob *job, Jsonb *run_parameters,
 								  Jsonb *partition_parameters);
 
@@ -479,7 +521,9 @@ typedef struct EtlPageFacts
 {
 	int			record_count;
 	char	   *total_text;		/* value at total_path, or NULL */
-	char	   *next_text;		/* value at next_path, or NULL */
+	char	   *next_text;		/* value at next_path, or NULL (JSON text for
+								 * a cursor that goes in the body) */
+	int			has_more;		/* at has_more_path: 1 true, -1 false, 0 not said */
 } EtlPageFacts;
 
 /* What one response says about the pages after it. */
@@ -493,6 +537,8 @@ typedef struct EtlPageOutcome
 
 extern char *etl_pagination_request_url(const EtlJob *job,
 										const EtlCheckpoint *cp);
+extern char *etl_pagination_request_body(const EtlJob *job,
+										 const EtlCheckpoint *cp);
 extern void etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 								   const char *request_url,
 								   const EtlPageFacts *facts, const EtlHttpResponse *resp,
@@ -538,6 +584,7 @@ extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,
 extern void etl_record_staging(int64 run_id, const char *staging);
 extern Jsonb *etl_read_partition(int64 run_id, int32 index);
 extern void etl_record_resume_after(int64 run_id, TimestampTz resume_after);
+extern void etl_record_ignored_response(int64 run_id, long status);
 extern void etl_finish_run(int64 run_id, const char *status,
 						   int64 pages_fetched, int64 segment_ms,
 						   int64 commits, int64 commit_us,
@@ -575,6 +622,8 @@ typedef struct EtlPageDone
 	EtlCheckpoint next;			/* the checkpoint after the page */
 	bool		last_page;
 	int64		expected_total; /* -1 when the API does not say */
+	long		ignored_status; /* a response rule ignored the page's response
+								 * (this status); 0: none */
 } EtlPageDone;
 
 extern EtlPager *etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run,

@@ -35,6 +35,16 @@
  * buffers and return an abort code when a body grows too large; errors
  * are raised after curl has returned.
  *
+ * A request is a GET, or a POST of a payload (EtlHttpOptions, the job's):
+ * every hop, retry and resend sends it the same way, except that a 301,
+ * 302 or 303 redirect turns a POST into a GET without a body, as browsers
+ * and curl do (a 307 or 308 keeps the method and the payload).  The job's
+ * response rules judge every response that is not a redirect followed or
+ * a 401 sent again: the first that matches decides -- ignore (the response
+ * is an empty page: EtlHttpResponse.ignored), retry (as a 5xx) or fail --
+ * and no match leaves the rules below.  A rule that fails a request other
+ * than the one waited for fails it when it is waited for, like any error.
+ *
  * The body goes into a buffer the caller owns (EtlHttpBuffer), so that a
  * page's body can stay with whoever reads it -- the page reader's thread,
  * say -- while another request fills another buffer.  The client knows
@@ -92,6 +102,11 @@ struct EtlHttpRequest
 	RequestState state;
 	uint64		seq;			/* started before requests with a higher one */
 	const EtlHttpAuth *auth;
+	const EtlHttpOptions *opts; /* method, rules, header to keep; or NULL */
+	char	   *payload;		/* what a POST sends (in cxt), or NULL */
+	bool		post;			/* this hop is a POST (a 303 makes it a GET) */
+	bool		ignored;		/* done: a response rule said ignore */
+	int			rule;			/* the rule that decided (1-based), or 0 */
 	EtlHttpBuffer *body;
 	char	   *url;			/* as asked */
 	char	   *current_url;	/* after redirects */
@@ -118,6 +133,7 @@ struct EtlHttpRequest
 	EtlHttpBuffer link_buf;		/* Link header values, '\n'-separated */
 	char		retry_after[128];
 	char		location[4096];
+	char		captured[8192]; /* the value of opts->capture_header */
 	EtlRateHeaders rate;		/* what they said of the host's quota */
 };
 
@@ -210,6 +226,7 @@ forget_headers(EtlHttpRequest *req)
 	buffer_reset(&req->link_buf, SIZE_MAX);
 	req->retry_after[0] = '\0';
 	req->location[0] = '\0';
+	req->captured[0] = '\0';
 	etl_rate_headers_reset(&req->rate);
 }
 
@@ -239,6 +256,15 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 		copy_header_value(req->retry_after, sizeof(req->retry_after), ptr + 12, n - 12);
 	else if (n > 9 && pg_strncasecmp(ptr, "location:", 9) == 0)
 		copy_header_value(req->location, sizeof(req->location), ptr + 9, n - 9);
+	else if (req->opts && req->opts->capture_header)
+	{
+		size_t		namelen = strlen(req->opts->capture_header);
+
+		if (n > namelen && ptr[namelen] == ':' &&
+			pg_strncasecmp(ptr, req->opts->capture_header, namelen) == 0)
+			copy_header_value(req->captured, sizeof(req->captured),
+							  ptr + namelen + 1, n - namelen - 1);
+	}
 	return n;
 }
 
@@ -543,6 +569,34 @@ detach(EtlHttpRequest *req)
 	req->header_list = NULL;
 }
 
+/*
+ * A POST's request line and headers: its payload, the job's content type
+ * (unless the job's headers name one), and no "Expect: 100-continue" (one
+ * more round trip for nothing).  A GET's: none of that.
+ */
+static List *
+set_method(EtlHttpRequest *req, List *headers)
+{
+	ListCell   *lc;
+	bool		typed = false;
+
+	if (!req->post)
+	{
+		curl_easy_setopt(req->easy, CURLOPT_HTTPGET, 1L);
+		return headers;
+	}
+	curl_easy_setopt(req->easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDSIZE_LARGE,
+					 (curl_off_t) (req->payload ? strlen(req->payload) : 0));
+	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDS, req->payload ? req->payload : "");
+	foreach(lc, headers)
+		typed |= pg_strncasecmp((char *) lfirst(lc), "content-type:", 13) == 0;
+	headers = list_copy(headers);
+	if (!typed && req->payload && req->opts->content_type)
+		headers = lappend(headers, psprintf("Content-Type: %s", req->opts->content_type));
+	return lappend(headers, "Expect:");
+}
+
 /* Send the next attempt of a request: onto the multi handle. */
 static void
 send_attempt(EtlHttpRequest *req)
@@ -554,10 +608,13 @@ send_attempt(EtlHttpRequest *req)
 	req->curl_error[0] = '\0';
 	req->blocked_address[0] = '\0';
 	req->status = 0;
+	req->ignored = false;
+	req->rule = 0;
 
 	headers = req->auth && req->auth->headers ? req->auth->headers(req->auth->arg, req->current_url) : NIL;
 	req->auth_generation = req->auth && req->auth->generation ?
 		req->auth->generation(req->auth->arg) : 0;
+	headers = set_method(req, headers);
 	req->header_list = header_slist(headers);
 	req->longest_gap_ms = 0;
 	/* the URL that goes out: the caller's query-string secrets filled in (curl copies it) */
@@ -592,14 +649,16 @@ set_url(EtlHttpRequest *req, const char *url)
 }
 
 /*
- * Start a GET of url into body, a buffer the caller owns (emptied now);
- * etl_http_wait gives its response.  The request headers come from auth
- * for every hop, so a redirect to another host gets only what is meant
- * for that host.  Requests are sent in the order they were started.
+ * Start a request of url into body, a buffer the caller owns (emptied
+ * now); etl_http_wait gives its response.  opts (NULL: a plain GET) says
+ * whether it is a POST of payload, and which rules judge its responses.
+ * The request headers come from auth for every hop, so a redirect to
+ * another host gets only what is meant for that host.  Requests are sent
+ * in the order they were started.
  */
 void
-etl_http_start(EtlHttpRequest *req, const char *url, const EtlHttpAuth *auth,
-			   EtlHttpBuffer *body)
+etl_http_start(EtlHttpRequest *req, const char *url, const char *payload,
+			   const EtlHttpOptions *opts, const EtlHttpAuth *auth, EtlHttpBuffer *body)
 {
 	check_host_allowed(url);
 	etl_http_abandon(req);
@@ -607,6 +666,9 @@ etl_http_start(EtlHttpRequest *req, const char *url, const EtlHttpAuth *auth,
 	req->error = NULL;
 	set_url(req, url);
 	req->url = req->current_url;
+	req->opts = opts;
+	req->post = opts && opts->post;
+	req->payload = req->post && payload ? MemoryContextStrdup(req->cxt, payload) : NULL;
 	req->auth = auth;
 	req->body = body;
 	req->attempt = 0;
@@ -721,6 +783,42 @@ send_due_requests(EtlHttpRequest *awaited, TimestampTz *wake)
 	}
 }
 
+/* Whether the response body holds text (a byte search: bodies may hold NULs). */
+static bool
+body_contains(const EtlHttpBuffer *body, const char *text)
+{
+	size_t		n = strlen(text);
+
+	if (n == 0)
+		return true;
+	if (body->data == NULL || body->len < n)
+		return false;
+	for (size_t i = 0; i + n <= body->len; i++)
+		if (body->data[i] == text[0] && memcmp(body->data + i, text, n) == 0)
+			return true;
+	return false;
+}
+
+/* The first of the job's response rules that matches the response, or NULL. */
+static const EtlResponseRule *
+matching_rule(EtlHttpRequest *req)
+{
+	if (req->opts == NULL)
+		return NULL;
+	for (int i = 0; i < req->opts->nrules; i++)
+	{
+		const EtlResponseRule *r = &req->opts->rules[i];
+
+		if (r->status_lo != 0 && (req->status < r->status_lo || req->status > r->status_hi))
+			continue;
+		if (r->body_contains && !body_contains(req->body, r->body_contains))
+			continue;
+		req->rule = i + 1;
+		return r;
+	}
+	return NULL;
+}
+
 /*
  * Settle a finished transfer.  may_raise false (the request is not the
  * one waited for): only what raises nothing and runs no SQL -- a 2xx is
@@ -747,13 +845,15 @@ settle(EtlHttpRequest *req, bool may_raise)
 	if (req->result == CURLE_OK)
 	{
 		long		status = req->status;
+		bool		ok = status >= 200 && status < 300;
+		const EtlResponseRule *rule;
 
-		if (status >= 200 && status < 300)
+		if (ok && (req->opts == NULL || req->opts->nrules == 0))
 		{
 			req->state = REQ_DONE;
 			return ETL_STOP_NONE;
 		}
-		if (!may_raise && !retryable_status(status))
+		if (!ok && !may_raise && !retryable_status(status))
 			return ETL_STOP_NONE;
 		if (status >= 300 && status < 400 && req->location[0])
 		{
@@ -764,6 +864,9 @@ settle(EtlHttpRequest *req, bool may_raise)
 								ETL_MAX_REDIRECTS, etl_url_redact(req->url))));
 			set_url(req, etl_url_resolve(req->current_url, req->location));
 			check_host_allowed(req->current_url);
+			/* as browsers and curl do: 307 and 308 alone keep a POST a POST */
+			if (status == 301 || status == 302 || status == 303)
+				req->post = false;
 			resend_now(req);
 			return ETL_STOP_NONE;
 		}
@@ -782,7 +885,31 @@ settle(EtlHttpRequest *req, bool may_raise)
 			resend_now(req);
 			return ETL_STOP_NONE;
 		}
-		if (!retryable_status(status))
+
+		/* the job's response rules, then the rules of HTTP */
+		rule = matching_rule(req);
+		if (rule == NULL && ok)
+		{
+			req->state = REQ_DONE;
+			return ETL_STOP_NONE;
+		}
+		if (rule && rule->action == ETL_RULE_IGNORE)
+		{
+			req->ignored = true;
+			req->state = REQ_DONE;
+			return ETL_STOP_NONE;
+		}
+		if (rule && rule->action == ETL_RULE_FAIL)
+		{
+			if (!may_raise)
+				return ETL_STOP_NONE;
+			ereport(ERROR,
+					(errcode(ETL_ERRCODE_HTTP_REFUSED),
+					 errmsg("HTTP %ld from %s: %s", status,
+							etl_url_redact(req->current_url), body_snippet(req->body)),
+					 errdetail("Response rule %d of the job says fail.", req->rule)));
+		}
+		if (rule == NULL && !retryable_status(status))
 			ereport(ERROR,
 					(errcode(ETL_ERRCODE_HTTP_REFUSED),
 					 errmsg("HTTP %ld from %s: %s", status,
@@ -839,7 +966,7 @@ settle(EtlHttpRequest *req, bool may_raise)
 				 req->curl_error[0] ? req->curl_error : curl_easy_strerror(req->result));
 	}
 
-	/* retryable: a connection problem, a timeout, 408/429/5xx */
+	/* retryable: a connection problem, a timeout, 408/429/5xx, a rule's retry */
 	if (req->attempt >= run_settings->max_retries)
 	{
 		if (!may_raise)
@@ -997,6 +1124,9 @@ fill_response(EtlHttpRequest *req, EtlHttpResponse *resp)
 	resp->body_len = req->body->len;
 	resp->effective_url = pstrdup(req->current_url);
 	resp->retries = req->retries;
+	resp->header_value = req->captured[0] ? pstrdup(req->captured) : NULL;
+	resp->ignored = req->ignored;
+	resp->rule = req->ignored ? req->rule : 0;
 	if (req->link_buf.len > 0)
 	{
 		char	   *copy = pnstrdup(req->link_buf.data, req->link_buf.len);
@@ -1049,31 +1179,33 @@ etl_http_wait(EtlHttpRequest *req, EtlHttpResponse *resp)
 }
 
 /*
- * Whether a started request has its response already (a 2xx in its body
- * buffer), after letting every transfer make progress; never waits.
+ * Whether a started request has its response already (a body in its
+ * buffer to read: not one a response rule ignored), after letting every
+ * transfer make progress; never waits.
  */
 bool
 etl_http_ready(EtlHttpRequest *req)
 {
 	TimestampTz wake;
 
-	if (req->state == REQ_DONE)
-		return true;
-	send_due_requests(NULL, &wake);
-	perform(NULL);
-	return req->state == REQ_DONE;
+	if (req->state != REQ_DONE)
+	{
+		send_due_requests(NULL, &wake);
+		perform(NULL);
+	}
+	return req->state == REQ_DONE && !req->ignored;
 }
 
-/* GET url and wait for its response: etl_http_start and etl_http_wait. */
+/* One request, waited for: etl_http_start and etl_http_wait. */
 EtlStopReason
-etl_http_get(const char *url, const EtlHttpAuth *auth, EtlHttpBuffer *body,
-			 EtlHttpResponse *resp)
+etl_http_get(const char *url, const char *payload, const EtlHttpOptions *opts,
+			 const EtlHttpAuth *auth, EtlHttpBuffer *body, EtlHttpResponse *resp)
 {
 	EtlStopReason stop;
 
 	if ((stop = etl_pending_stop()) != ETL_STOP_NONE)
 		return stop;
-	etl_http_start(get_request, url, auth, body);
+	etl_http_start(get_request, url, payload, opts, auth, body);
 	stop = etl_http_wait(get_request, resp);
 	if (stop != ETL_STOP_NONE)
 		etl_http_abandon(get_request);

@@ -2,8 +2,9 @@
  *
  * job.c
  *	  The job a run runs: its row of dw_etl_jobs read into an EtlJob, its
- *	  paging options and paths checked, and its first URL rendered with the
- *	  run's parameters ({secret:NAME} left for each request to fill in).
+ *	  paging options and paths checked, and its first URL (and a POST's
+ *	  body) rendered with the run's parameters ({secret:NAME} left for each
+ *	  request to fill in).
  *
  * The row is read as the extension's owner, in the worker's current
  * transaction; the job's paths are compiled here, so a bad one fails the
@@ -146,6 +147,184 @@ read_paging_options(EtlJob *job, Jsonb *opts)
 	sv = getKeyJsonValueFromContainer(&opts->root, "stop_on_short_page",
 									  strlen("stop_on_short_page"), NULL);
 	job->stop_on_short_page = sv && sv->type == jbvBool && sv->val.boolean;
+	/* requests beyond GET (0.4.0) */
+	job->next_header = opt_str(opts, "next_header", NULL);
+	job->has_more_path = opt_str(opts, "has_more_path", NULL);
+	job->cursor_in_body = strncmp(job->cursor_param, "body:", 5) == 0;
+}
+
+/* ---------- requests beyond GET (0.4.0): a POST's body, response rules ---------- */
+
+/* The length of the {name} placeholder at p (a parameter's name), or 0. */
+static int
+body_placeholder_at(const char *p, const char *end)
+{
+	const char *q = p + 1;
+
+	if (*p != '{' || q >= end || !(isalpha((unsigned char) *q) || *q == '_'))
+		return 0;
+	while (q < end && (isalnum((unsigned char) *q) || strchr("_:.-", *q)))
+		q++;
+	return q < end && *q == '}' ? q + 1 - p : 0;
+}
+
+/* The parameter a body placeholder names: an error when it has none. */
+static JsonbValue *
+body_parameter(Jsonb *parameters, const char *name)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&parameters->root, name, strlen(name), NULL);
+
+	if (v == NULL || v->type == jbvNull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("body placeholder {%s} has no value", name),
+				 errhint("Pass it with parameters := '{\"%s\": ...}', or set it in the job's parameters; "
+						 "braces around a word that is no parameter need a space inside: { %s }.",
+						 name, name)));
+	return v;
+}
+
+/*
+ * A string of the body template, rendered: "{name}" alone is the
+ * parameter's value with its JSON type; placeholders in a longer string
+ * are replaced by their values' text.
+ */
+static JsonbValue
+render_body_string(const JsonbValue *v, Jsonb *parameters)
+{
+	const char *p = v->val.string.val;
+	const char *end = p + v->val.string.len;
+	int			n = body_placeholder_at(p, end);
+	StringInfoData buf;
+	JsonbValue	out;
+
+	if (n > 0 && n == v->val.string.len)
+		return *body_parameter(parameters, pnstrdup(p + 1, n - 2));
+	initStringInfo(&buf);
+	while (p < end)
+	{
+		char	   *name;
+
+		if ((n = body_placeholder_at(p, end)) == 0)
+		{
+			appendStringInfoChar(&buf, *p++);
+			continue;
+		}
+		name = pnstrdup(p + 1, n - 2);
+		(void) body_parameter(parameters, name);
+		appendStringInfoString(&buf, placeholder_value(parameters, name));
+		p += n;
+	}
+	out.type = jbvString;
+	out.val.string.val = buf.data;
+	out.val.string.len = buf.len;
+	return out;
+}
+
+/* The job's body template with the run's parameters filled in. */
+static Jsonb *
+render_body(Jsonb *template, Jsonb *parameters)
+{
+	JsonbIterator *it = JsonbIteratorInit(&template->root);
+	JsonbParseState *state = NULL;
+	JsonbValue	v;
+	JsonbValue *res = NULL;
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		if ((tok == WJB_VALUE || tok == WJB_ELEM) && v.type == jbvString)
+			v = render_body_string(&v, parameters);
+		res = pushJsonbValue(&state, tok, tok < WJB_BEGIN_ARRAY ? &v : NULL);
+	}
+	return JsonbValueToJsonb(res);
+}
+
+/* A rule's status: 404, [500, 599] or "4xx" (checked when the job was written). */
+static void
+read_rule_status(JsonbValue *v, EtlResponseRule *rule)
+{
+	if (v == NULL)
+		return;					/* any status */
+	if (v->type == jbvNumeric)
+		rule->status_lo = rule->status_hi =
+			DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v->val.numeric)));
+	else if (v->type == jbvString && v->val.string.len == 3 &&
+			 v->val.string.val[0] >= '1' && v->val.string.val[0] <= '5')
+	{
+		rule->status_lo = (v->val.string.val[0] - '0') * 100;
+		rule->status_hi = rule->status_lo + 99;
+	}
+	else if (v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data) &&
+			 JsonContainerSize(v->val.binary.data) == 2)
+	{
+		JsonbValue *lo = getIthJsonbValueFromContainer(v->val.binary.data, 0);
+		JsonbValue *hi = getIthJsonbValueFromContainer(v->val.binary.data, 1);
+
+		if (lo->type != jbvNumeric || hi->type != jbvNumeric)
+			elog(ERROR, "etl_exec: bad status in response_rules");
+		rule->status_lo = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(lo->val.numeric)));
+		rule->status_hi = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(hi->val.numeric)));
+	}
+	else
+		elog(ERROR, "etl_exec: bad status in response_rules");
+}
+
+/* The job's response_rules, in order (checked when the job was written). */
+static void
+read_response_rules(EtlJob *job, Jsonb *rules)
+{
+	int			n = JsonContainerSize(&rules->root);
+	EtlResponseRule *out = palloc0(sizeof(EtlResponseRule) * Max(n, 1));
+
+	if (!JsonContainerIsArray(&rules->root))
+		elog(ERROR, "etl_exec: response_rules of job %d is not an array", job->job_id);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *r = getIthJsonbValueFromContainer(&rules->root, i);
+		Jsonb	   *obj;
+		char	   *action;
+
+		if (r->type != jbvBinary || !JsonContainerIsObject(r->val.binary.data))
+			elog(ERROR, "etl_exec: response rule %d of job %d is not an object", i + 1, job->job_id);
+		obj = JsonbValueToJsonb(r);
+		read_rule_status(getKeyJsonValueFromContainer(&obj->root, "status", 6, NULL), &out[i]);
+		out[i].body_contains = etl_jsonb_str(obj, "body_contains");
+		action = etl_jsonb_str(obj, "action");
+		if (action && strcmp(action, "ignore") == 0)
+			out[i].action = ETL_RULE_IGNORE;
+		else if (action && strcmp(action, "retry") == 0)
+			out[i].action = ETL_RULE_RETRY;
+		else if (action && strcmp(action, "fail") == 0)
+			out[i].action = ETL_RULE_FAIL;
+		else
+			elog(ERROR, "etl_exec: response rule %d of job %d has no known action", i + 1, job->job_id);
+	}
+	job->http.rules = out;
+	job->http.nrules = n;
+}
+
+/*
+ * The job's method, body (as text), content type and response rules (as
+ * text), as its requests need them.
+ */
+static void
+read_request_shape(EtlJob *job, Jsonb *parameters, const char *method,
+				   const char *body, const char *content_type, const char *rules)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	job->http.post = method && strcmp(method, "POST") == 0;
+	job->http.content_type = content_type;
+	if (body && job->http.post)
+	{
+		job->body_template = etl_jsonb_from_cstring(cxt, body);
+		/* (no parameters: a run with no partitions to page asks nothing) */
+		if (parameters)
+			job->body = render_body(job->body_template, parameters);
+	}
+	if (rules)
+		read_response_rules(job, etl_jsonb_from_cstring(cxt, rules));
 }
 
 /* a job's format column */
@@ -217,6 +396,10 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	char	   *sql;
 	char	   *v;
 	Jsonb	   *opts;
+	char	   *method;
+	char	   *body;
+	char	   *content_type;
+	char	   *rules;
 
 	memset(job, 0, sizeof(*job));
 	SPI_connect();
@@ -224,7 +407,8 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	sql = psprintf("SELECT name, url, pagination, page_size, pagination_options, records_path, "
 				   "  headers, target_table, column_map, load_mode, array_to_json(key_columns), "
 				   "  coalesce(checkpoint_interval_seconds, -1), coalesce(max_retries, -1), "
-				   "  coalesce(request_timeout_ms, -1), coalesce(concurrency, -1), format, csv_options "
+				   "  coalesce(request_timeout_ms, -1), coalesce(concurrency, -1), format, csv_options, "
+				   "  method, body, content_type, response_rules "
 				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec job %d does not exist", job_id);
@@ -249,14 +433,21 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	job->concurrency = pg_strtoint32(etl_spi_value(cxt, 15));
 	job->format = response_format(etl_spi_value(cxt, 16));
 	v = etl_spi_value(cxt, 17);
+	method = etl_spi_value(cxt, 18);
+	body = etl_spi_value(cxt, 19);
+	content_type = etl_spi_value(cxt, 20);
+	rules = etl_spi_value(cxt, 21);
 	SPI_finish();
 
 	read_csv_options(&job->csv, v ? etl_jsonb_from_cstring(cxt, v) : NULL);
+	read_request_shape(job, parameters, method, body, content_type, rules);
 
 	read_paging_options(job, opts);
 	job->records = etl_path_compile(job->records_path);
 	job->next = job->next_path ? etl_path_compile(job->next_path) : NULL;
 	job->total = job->total_path ? etl_path_compile(job->total_path) : NULL;
+	job->has_more = job->has_more_path ? etl_path_compile(job->has_more_path) : NULL;
+	job->http.capture_header = job->next_header;
 
 	job->url_template = job->url;
 	/* (no parameters: a run with no partitions to page asks nothing) */
@@ -265,23 +456,31 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 }
 
 /*
- * The job's first-page URL for one partition of the run: its template
- * filled from the run's parameters with the partition's over them (in
- * the current memory context).
+ * The job as it asks for one partition of the run: a copy whose URL (and
+ * POST body) are its templates filled from the run's parameters with the
+ * partition's over them (in the current memory context).
  */
-char *
-etl_job_partition_url(const EtlJob *job, Jsonb *run_parameters, Jsonb *partition_parameters)
+void
+etl_job_for_partition(const EtlJob *job, Jsonb *run_parameters, Jsonb *partition_parameters,
+					  EtlJob *out)
 {
 	Jsonb	   *merged = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
 															JsonbPGetDatum(run_parameters),
 															JsonbPGetDatum(partition_parameters)));
 
-	return render_url(job, job->url_template, merged);
+	*out = *job;
+	out->url = render_url(job, job->url_template, merged);
+	if (job->body_template)
+		out->body = render_body(job->body_template, merged);
 }
 
 /* The job asks for partition's pages from now on. */
 void
 etl_job_use_partition(EtlJob *job, Jsonb *run_parameters, Jsonb *partition_parameters)
 {
-	job->url = etl_job_partition_url(job, run_parameters, partition_parameters);
+	EtlJob		partition;
+
+	etl_job_for_partition(job, run_parameters, partition_parameters, &partition);
+	job->url = partition.url;
+	job->body = partition.body;
 }

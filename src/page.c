@@ -34,6 +34,11 @@
  * fetched into.  If fetching ahead fails, this page still loads, and the
  * run fails after it (etl_pager_deferred_error).
  *
+ * Every request is sent as the job says (a POST's body comes from
+ * pagination.c with the page's paging values in it).  A response a
+ * response rule ignores is an empty page: nothing is read or loaded, and
+ * the run ends normally after it (EtlPageDone.ignored_status).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -69,6 +74,7 @@ typedef struct WindowSlot
 	int32		page_index;		/* the page it fetches; -1: free */
 	int64		skip;			/* the offset that page was asked from */
 	char	   *url;
+	char	   *payload;		/* a POST's body, or NULL */
 	bool		scanning;		/* its page is being scanned in the background */
 } WindowSlot;
 
@@ -109,6 +115,7 @@ struct EtlPager
 typedef struct Page
 {
 	char	   *url;			/* the request's */
+	char	   *payload;		/* a POST's body, or NULL */
 	EtlHttpResponse resp;
 	EtlScanResult *scanned;		/* the page reader's result, or NULL */
 	JsonbValue *records;		/* else: the records, parsed */
@@ -227,6 +234,7 @@ get_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 	EtlStopReason stop;
 
 	page->url = etl_pagination_request_url(pager->job, cp);
+	page->payload = etl_pagination_request_body(pager->job, cp);
 	if (pager->from_stored_link)
 	{
 		errcb.callback = stored_link_error_context;
@@ -234,8 +242,8 @@ get_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 		errcb.previous = error_context_stack;
 		error_context_stack = &errcb;
 	}
-	stop = etl_http_get(page->url, &pager->auth, &pager->fetches[pager->current].body,
-						&page->resp);
+	stop = etl_http_get(page->url, page->payload, &pager->job->http, &pager->auth,
+						&pager->fetches[pager->current].body, &page->resp);
 	if (pager->from_stored_link)
 		error_context_stack = errcb.previous;
 	pager->retries += page->resp.retries;
@@ -269,7 +277,7 @@ fetch_page(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *spec, Pa
 
 		if (stop != ETL_STOP_NONE)
 			return stop;
-		if (spec)
+		if (spec && !page->resp.ignored)
 		{
 			page->scanned = &fetch->scan;
 			scanned_ok = etl_scan_page(spec, page->resp.body, page->resp.body_len, page->scanned);
@@ -316,6 +324,27 @@ check_records_present(const EtlJob *job, Jsonb *body)
 				 errhint("Set the job's records_path to where the records are, e.g. '$.value[*]' (OData), '$[*]' (a bare array) or '$.entry[*].resource' (FHIR).")));
 }
 
+/* A value's JSON text (a cursor that goes in a body keeps its type); NULL for null. */
+static char *
+json_text(JsonbValue *v)
+{
+	Jsonb	   *jb;
+
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	jb = JsonbValueToJsonb(v);
+	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+}
+
+/* has_more_path's value: 1 true, -1 false, 0 neither (not there, or not a boolean) */
+static int
+has_more_flag(JsonbValue *v)
+{
+	if (v && v->type == jbvBool)
+		return v->val.boolean ? 1 : -1;
+	return 0;
+}
+
 /* Parse the body as jsonb: its records, and the facts pagination needs. */
 static void
 parse_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
@@ -348,8 +377,12 @@ parse_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 		check_records_present(job, body);
 	if (job->total)
 		page->facts.total_text = etl_jsonb_value_text(etl_path_first(job->total, &doc));
-	if (job->next)
+	if (job->next && job->cursor_in_body)
+		page->facts.next_text = json_text(etl_path_first(job->next, &doc));
+	else if (job->next)
 		page->facts.next_text = etl_jsonb_value_text(etl_path_first(job->next, &doc));
+	if (job->has_more)
+		page->facts.has_more = has_more_flag(etl_path_first(job->has_more, &doc));
 }
 
 /*
@@ -380,6 +413,8 @@ read_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 {
 	EtlScanResult *scanned = page->scanned;
 
+	if (page->resp.ignored)
+		return;					/* an empty page: nothing to read */
 	if (scanned == NULL)
 	{
 		parse_page(pager, cp, page);
@@ -454,10 +489,13 @@ keep_prefetch(EtlPager *pager, const char *url, const EtlHttpResponse *resp)
 		pfree(pager->prefetch_url);
 	if (pager->prefetch_resp.effective_url)
 		pfree(pager->prefetch_resp.effective_url);
+	if (pager->prefetch_resp.header_value)
+		pfree(pager->prefetch_resp.header_value);
 	list_free_deep(pager->prefetch_resp.link_headers);
 	pager->prefetch_url = pstrdup(url);
 	pager->prefetch_resp = *resp;
 	pager->prefetch_resp.effective_url = resp->effective_url ? pstrdup(resp->effective_url) : NULL;
+	pager->prefetch_resp.header_value = resp->header_value ? pstrdup(resp->header_value) : NULL;
 	pager->prefetch_resp.link_headers = NIL;
 	foreach(lc, resp->link_headers)
 		pager->prefetch_resp.link_headers = lappend(pager->prefetch_resp.link_headers,
@@ -471,7 +509,7 @@ keep_prefetch(EtlPager *pager, const char *url, const EtlHttpResponse *resp)
  * it (pager->deferred_error) instead of losing it.
  */
 static EtlStopReason
-prefetch_get(EtlPager *pager, const char *url, EtlHttpResponse *resp)
+prefetch_get(EtlPager *pager, const char *url, const char *payload, EtlHttpResponse *resp)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -482,7 +520,7 @@ prefetch_get(EtlPager *pager, const char *url, EtlHttpResponse *resp)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		stop = etl_http_get(url, &pager->auth, body, resp);
+		stop = etl_http_get(url, payload, &pager->job->http, &pager->auth, body, resp);
 		if (stop == ETL_STOP_NONE)
 			pager->retries += resp->retries;
 		ReleaseCurrentSubTransaction();
@@ -507,10 +545,14 @@ static void
 fetch_ahead(EtlPager *pager, const EtlScanSpec *spec, const EtlCheckpoint *after)
 {
 	char	   *next_url = etl_pagination_request_url(pager->job, after);
+	char	   *payload = etl_pagination_request_body(pager->job, after);
 	EtlHttpResponse next_resp;
 	int			other = 1 - pager->current;
 
-	if (prefetch_get(pager, next_url, &next_resp) != ETL_STOP_NONE)
+	if (prefetch_get(pager, next_url, payload, &next_resp) != ETL_STOP_NONE)
+		return;
+	/* (a response to ignore is no page to scan: the next turn asks again) */
+	if (next_resp.ignored)
 		return;
 	/* (no thread to be had: the next turn fetches it again) */
 	if (etl_scan_start(spec, next_resp.body, next_resp.body_len, &pager->fetches[other].scan))
@@ -635,23 +677,33 @@ window_keys(EtlPager *pager, const EtlCheckpoint *cp, PageKey *keys)
 	return n;
 }
 
-/* The URL of page key: another partition's has its parameters. */
-static char *
-window_url(EtlPager *pager, const PageKey *key)
+/*
+ * The request for page key into the slot (its memory): its URL and POST
+ * body; another partition's are filled with its parameters.
+ */
+static void
+window_request(EtlPager *pager, const PageKey *key, WindowSlot *slot)
 {
 	EtlCheckpoint at;
 	EtlJob		other;
+	const EtlJob *job = pager->job;
+	MemoryContext old;
 
 	memset(&at, 0, sizeof(at));
 	at.partition_index = key->partition_index;
 	at.page_index = key->page_index;
 	at.skip = key->skip;
-	if (key->partition_index == pager->partition_loaded || pager->partitions_total < 0)
-		return etl_pagination_request_url(pager->job, &at);
-	other = *pager->job;
-	other.url = etl_job_partition_url(pager->job, pager->run_parameters,
-									  etl_read_partition(pager->run_id, key->partition_index));
-	return etl_pagination_request_url(&other, &at);
+	MemoryContextReset(slot->cxt);
+	old = MemoryContextSwitchTo(slot->cxt);
+	if (key->partition_index != pager->partition_loaded && pager->partitions_total >= 0)
+	{
+		etl_job_for_partition(pager->job, pager->run_parameters,
+							  etl_read_partition(pager->run_id, key->partition_index), &other);
+		job = &other;
+	}
+	slot->url = etl_pagination_request_url(job, &at);
+	slot->payload = etl_pagination_request_body(job, &at);
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -708,12 +760,12 @@ window_fill(EtlPager *pager, const EtlCheckpoint *cp)
 		}
 		if (slot == NULL)
 			break;
-		MemoryContextReset(slot->cxt);
-		slot->url = MemoryContextStrdup(slot->cxt, window_url(pager, &keys[k]));
+		window_request(pager, &keys[k], slot);
 		slot->partition_index = keys[k].partition_index;
 		slot->page_index = keys[k].page_index;
 		slot->skip = keys[k].skip;
-		etl_http_start(slot->req, slot->url, &pager->auth, &slot->body);
+		etl_http_start(slot->req, slot->url, slot->payload, &pager->job->http, &pager->auth,
+					   &slot->body);
 	}
 }
 
@@ -738,10 +790,11 @@ window_fetch(EtlPager *pager, const EtlCheckpoint *cp, const EtlScanSpec *spec, 
 	Assert(slot != NULL);
 	*slot_out = slot;
 	page->url = slot->url;
+	page->payload = slot->payload;
 	if ((stop = etl_http_wait(slot->req, &page->resp)) != ETL_STOP_NONE)
 		return stop;
 	pager->retries += page->resp.retries;
-	if (spec)
+	if (spec && !page->resp.ignored)
 	{
 		page->scanned = &slot->scan;
 		if (slot->scanning)
@@ -881,11 +934,34 @@ load_parsed(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 	}
 }
 
+/*
+ * Whether the page reader can give what advancing past this job's pages
+ * takes: it has no has_more_path, and gives a cursor as text, not JSON.
+ * Such jobs' pages are parsed as jsonb.
+ */
+static bool
+reader_suits(const EtlJob *job)
+{
+	return job->has_more == NULL &&
+		!(job->pagination == ETL_PAGINATION_CURSOR && job->cursor_in_body && !job->next_header);
+}
+
+/* A response a response rule ignored: say so (the run ends after it). */
+static void
+note_ignored(EtlPager *pager, const EtlCheckpoint *cp, const Page *page, EtlPageDone *done)
+{
+	ereport(LOG,
+			(errmsg("etl_exec: HTTP %ld from %s for page %d of job %d ignored by response rule %d; the run ends after the pages before it",
+					page->resp.status, etl_url_redact(page->url), cp->page_index + 1,
+					pager->job->job_id, page->resp.rule)));
+	done->ignored_status = page->resp.status;
+}
+
 /* etl_pager_process, below */
 static EtlStopReason
 process_page(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 {
-	const EtlScanSpec *spec = reader_spec(pager);
+	const EtlScanSpec *spec = reader_suits(pager->job) ? reader_spec(pager) : NULL;
 	Page		page;
 	EtlPageOutcome outcome;
 	EtlStopReason stop;
@@ -906,6 +982,9 @@ process_page(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 	}
 	if (stop != ETL_STOP_NONE)
 		return stop;
+	done->ignored_status = 0;
+	if (page.resp.ignored)
+		note_ignored(pager, cp, &page, done);
 	read_page(pager, cp, &page);
 
 	/*

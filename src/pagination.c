@@ -14,22 +14,42 @@
  * repeats is an error, never an endless loop.  A next link that echoes a
  * query-string secret keeps {secret:NAME} in its place (redact.c).
  *
+ * A POST's paging values may go in its body instead of the query string:
+ * a skip_param, limit_param, page_param or cursor_param "body:a.b" sets
+ * member b of member a of the body (objects made as needed).  A cursor
+ * that goes in the body keeps its JSON type (search_after's array, say):
+ * the checkpoint holds its JSON text.  The next link or cursor may come
+ * from a response header (next_header) instead of the body, and a flag in
+ * the body (has_more_path) may say whether there are pages after this one.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/jsonpath.h"
 #include "utils/memutils.h"
 
 #include "etl_exec.h"
 
+/* A paging value that goes in the body ("body:path") rather than the URL. */
+static bool
+in_body(const char *param)
+{
+	return strncmp(param, "body:", 5) == 0;
+}
+
 static void
 append_query_param(StringInfo url, const char *name, const char *value)
 {
+	if (in_body(name))
+		return;					/* etl_pagination_request_body's */
 	appendStringInfoChar(url, strchr(url->data, '?') ? '&' : '?');
 	appendStringInfo(url, "%s=%s", etl_url_encode(name), etl_url_encode(value));
 }
@@ -68,6 +88,108 @@ etl_pagination_request_url(const EtlJob *job, const EtlCheckpoint *cp)
 			return url.data;
 	}
 	return NULL;				/* keep compiler quiet */
+}
+
+/* A text[] of the members of a dotted path, the first n of them. */
+static Datum
+path_array(char **keys, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = CStringGetTextDatum(keys[i]);
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * Set the member at a dotted path of the body (after "body:") to value,
+ * making the objects on the way; a value on the way that is no object is
+ * an error.
+ */
+static Jsonb *
+body_set(Jsonb *body, const char *param, Jsonb *value)
+{
+	char	   *path = pstrdup(param + 5);
+	char	   *keys[64];
+	int			n = 0;
+	char	   *save = NULL;
+	JsonbContainer *at = &body->root;
+
+	for (char *k = strtok_r(path, ".", &save); k && n < (int) lengthof(keys); k = strtok_r(NULL, ".", &save))
+		keys[n++] = k;
+	for (int i = 0; i < n - 1; i++)
+	{
+		JsonbValue *v = at ? getKeyJsonValueFromContainer(at, keys[i], strlen(keys[i]), NULL) : NULL;
+
+		if (v && !(v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("paging option \"%s\" goes through member \"%s\" of the body, which is not an object",
+							param, keys[i]),
+					 errhint("Name a path of objects in the job's body, or make \"%s\" an object there.",
+							 keys[i])));
+		if (v == NULL)
+		{
+			body = DatumGetJsonbP(DirectFunctionCall4(jsonb_set, JsonbPGetDatum(body),
+													  path_array(keys, i + 1),
+													  DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")),
+													  BoolGetDatum(true)));
+			at = NULL;			/* made empty: nothing below it */
+		}
+		else
+			at = v->val.binary.data;
+	}
+	return DatumGetJsonbP(DirectFunctionCall4(jsonb_set, JsonbPGetDatum(body), path_array(keys, n),
+											  JsonbPGetDatum(value), BoolGetDatum(true)));
+}
+
+static Jsonb *
+jsonb_of(const char *text)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+}
+
+/*
+ * The body of the request that continues from *cp: the job's body with
+ * the paging values that go in it; NULL for a GET.
+ */
+char *
+etl_pagination_request_body(const EtlJob *job, const EtlCheckpoint *cp)
+{
+	Jsonb	   *body;
+
+	if (!job->http.post)
+		return NULL;
+	if (job->body == NULL && !in_body(job->skip_param) && !in_body(job->limit_param) &&
+		!in_body(job->page_param) && !in_body(job->cursor_param))
+		return NULL;			/* a POST without a body */
+	body = job->body ? job->body : jsonb_of("{}");
+	switch (job->pagination)
+	{
+		case ETL_PAGINATION_OFFSET:
+			if (in_body(job->skip_param))
+				body = body_set(body, job->skip_param, jsonb_of(psprintf(INT64_FORMAT, cp->skip)));
+			if (in_body(job->limit_param))
+				body = body_set(body, job->limit_param, jsonb_of(psprintf("%d", job->page_size)));
+			break;
+		case ETL_PAGINATION_PAGE:
+			if (in_body(job->page_param))
+				body = body_set(body, job->page_param,
+								jsonb_of(psprintf(INT64_FORMAT, job->first_page + cp->page_index)));
+			if (in_body(job->limit_param))
+				body = body_set(body, job->limit_param, jsonb_of(psprintf("%d", job->page_size)));
+			break;
+		case ETL_PAGINATION_CURSOR:
+			if (in_body(job->limit_param))
+				body = body_set(body, job->limit_param, jsonb_of(psprintf("%d", job->page_size)));
+			/* the first page: the body as the job has it */
+			if (cp->cursor && in_body(job->cursor_param))
+				body = body_set(body, job->cursor_param, jsonb_of(cp->cursor));
+			break;
+		default:
+			break;				/* links are whole requests: the same body */
+	}
+	return JsonbToCString(NULL, &body->root, VARSIZE(body));
 }
 
 /*
@@ -182,7 +304,9 @@ next_link(const EtlJob *job, const EtlCheckpoint *cp, const char *request_url,
 {
 	char	   *link;
 
-	if (job->pagination == ETL_PAGINATION_NEXT_LINK)
+	if (job->next_header)
+		link = resp->header_value;
+	else if (job->pagination == ETL_PAGINATION_NEXT_LINK)
 		link = facts->next_text;
 	else
 		link = link_header_next(resp->link_headers);
@@ -202,21 +326,34 @@ next_link(const EtlJob *job, const EtlCheckpoint *cp, const char *request_url,
 	return link;
 }
 
-/* cursor: the cursor for the next request; NULL on the last page. */
+/*
+ * cursor: the cursor for the next request (from the body, or the header
+ * next_header names); NULL on the last page.  One that goes in the body
+ * is JSON text: a header's is a JSON string.
+ */
 static char *
-next_cursor(const EtlCheckpoint *cp, const EtlPageFacts *facts)
+next_cursor(const EtlJob *job, const EtlCheckpoint *cp, const EtlPageFacts *facts,
+			const EtlHttpResponse *resp)
 {
-	char	   *cursor = facts->next_text;
+	char	   *cursor = job->next_header ? resp->header_value : facts->next_text;
 
 	if (facts->record_count == 0 || cursor == NULL || cursor[0] == '\0')
 		return NULL;
+	if (job->next_header && job->cursor_in_body)
+	{
+		StringInfoData quoted;
+
+		initStringInfo(&quoted);
+		escape_json(&quoted, cursor);
+		cursor = quoted.data;
+	}
 	if (cp->cursor && strcmp(cursor, cp->cursor) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the API returned the same cursor again: %s", cursor),
 				 errdetail("Following it would loop forever; page %d.", cp->page_index + 1),
 				 errhint("Check the job's next_path (where the cursor is in the body).")));
-	return cursor;
+	return pstrdup(cursor);		/* the response's memory may go first */
 }
 
 /*
@@ -255,8 +392,23 @@ etl_pagination_advance(const EtlJob *job, const EtlCheckpoint *cp,
 			outcome->last_page = outcome->next_url == NULL;
 			break;
 		case ETL_PAGINATION_CURSOR:
-			outcome->cursor = next_cursor(cp, facts);
+			outcome->cursor = next_cursor(job, cp, facts, resp);
 			outcome->last_page = outcome->cursor == NULL;
 			break;
 	}
+
+	/*
+	 * has_more_path: false ends the run after this page; true goes on
+	 * past a short page or a reported total -- never past an empty page,
+	 * or without a next link or cursor.
+	 */
+	if (facts->has_more < 0)
+	{
+		outcome->last_page = true;
+		outcome->next_url = NULL;
+		outcome->cursor = NULL;
+	}
+	else if (facts->has_more > 0 && facts->record_count > 0 &&
+			 (job->pagination == ETL_PAGINATION_OFFSET || job->pagination == ETL_PAGINATION_PAGE))
+		outcome->last_page = false;
 }

@@ -655,6 +655,27 @@ etl_record_resume_after(int64 run_id, TimestampTz resume_after)
 }
 
 /*
+ * Count a response a response rule ignored (run_context.ignored_responses,
+ * with the last one's status), in the transaction that commits the pages
+ * before it.
+ */
+void
+etl_record_ignored_response(int64 run_id, long status)
+{
+	const char *args[2];
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	args[1] = psprintf("%ld", status);
+	etl_spi_run(psprintf("UPDATE %s SET run_context = run_context || jsonb_build_object("
+						 "  'ignored_responses', coalesce((run_context ->> 'ignored_responses')::int, 0) + 1, "
+						 "  'last_ignored_status', $2::int) "
+						 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
+				2, args, SPI_OK_UPDATE);
+	SPI_finish();
+}
+
+/*
  * Record how the run (segment) ended, in the transaction that commits its
  * last rows and checkpoint, and NOTIFY etl_exec_run listeners on commit.
  */

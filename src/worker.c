@@ -446,6 +446,8 @@ page_loop(RunState *st)
 
 		st->pages_fetched++;
 		adopt_checkpoint(st, &done.next);
+		if (done.ignored_status != 0)
+			etl_record_ignored_response(st->run_id, done.ignored_status);
 		if (done.expected_total >= 0)
 			st->expected_total = done.expected_total;
 		st->rate_pages++;

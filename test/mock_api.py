@@ -156,6 +156,47 @@ DATA ENDPOINTS (GET only; POST/other -> 405; unknown path -> 404 {"error":..})
    records fewer than asked, though it is not the last (a server that
    returns fewer rows than asked mid-stream); the next offset is K + T - M.
 
+REQUEST SHAPES BEYOND GET (POST bodies, header cursors, has_more)
+======================
+The endpoints below take every fault switch above and below (query string);
+their "offset" is that of the page's first record.  A POST endpoint wants a
+JSON body (Content-Type containing "json", else 415; bad JSON or a field of
+the wrong JSON type -> 400 {"error": ...}); GET/other -> 405.
+
+ 9. POST /search/Patients  -- a search API paged in the body
+       body {"from": S, "size": T, "query": {...}, "search_after": [ID, "kID"]}
+       (S, T, ID JSON numbers; defaults 0 / 100; "from" and "search_after"
+       are not both allowed).  "query": {"range": {"PatientId": {"lte": L}}}
+       (L a number) keeps records 1..min(n, L) only.  search_after [ID,
+       "kID"] (exactly that array) gives the records after record ID.
+       -> {"took": 1, "hits": {"total": {"value": N', "relation": "eq"},
+                               "hits": [records]},
+           "next_search_after": [last ID, "k<last ID>"] | null}
+       (null once the last record is in this page, or the page is empty).
+
+10. POST /graphql  -- GraphQL-style cursor paging
+       body {"query": "... items ...", "variables": {"first": T, "after": C}}
+       (T a JSON number, default 100; C a string or null/absent: the first
+       page; the query must mention "items").  Unknown cursor -> 400
+       {"errors": [{"message": "bad cursor"}]}.
+       -> {"data": {"items": {"nodes": [records],
+                              "pageInfo": {"endCursor": C' | null,
+                                           "hasNextPage": bool}}}}
+
+11. /hcursor/Patients?limit=T[&cursor=C]  -- the next page in headers
+       -> {"data": [records]} with headers X-Next-Cursor: C' and X-Next-Url:
+       <absolute URL of the next page>, both left out on the last page.
+       Unknown cursor -> 400 {"error": "unknown cursor"}.
+
+12. /stripe/customers?limit=T[&starting_after=ID]  -- Stripe-style lists
+       -> {"object": "list", "url": "/v1/customers", "has_more": bool,
+           "data": [records after ID]}; starting_after must be a record's
+       PatientId (1..n), else 400 {"error": {"type": "invalid_request_error",
+       "message": "No such customer: ..."}}.
+
+   Every data request's method, Content-Type and parsed JSON body show in
+   /__stats headers_seen ("method", "Content-Type", "body").
+
    max_top=K (all endpoints except /single): the server caps the page size at
    K records whatever was asked.  For page-number style endpoints (/paged,
    /linked) the capped size is also used to compute the page's offset, as a
@@ -195,6 +236,15 @@ render (badjson_at / nokey_at / oversize_at) -> gzip -> send (stall, truncate).
                         {"padding": ...} element if the page is empty).
   redirect=1            answer 302, Location = same path and query on
                         http://localhost:PORT with redirect=1 removed.
+  redirect_status=S     ... with status S instead of 302 (301, 303, 307, 308).
+  gone_at=K[&gone_status=S]
+                        the page at offset K answers S (default 404) with
+                        {"error": "gone"} (response-rule tests: ignore).
+  errorbody_at=K[&errorbody_times=M]
+                        the page at offset K answers 200 with
+                        {"status": "error", "message": "backend unavailable"}
+                        -- the first M times (default: always), counted per
+                        (path, K) like fail_at (response-rule tests).
   token=XYZ             require "Authorization: Bearer XYZ", else 401
                         {"error": "unauthorized", "detail": ...}.
   apikey=XYZ            require "X-Api-Key: XYZ", else 401 (same body).
@@ -410,6 +460,7 @@ class State:
         self.refresh_grants = 0
         self.refresh_tokens_issued = []
         self.fail_at_counts = {}    # (path, K) -> times asked
+        self.errorbody_counts = {}  # (path, K) -> times asked
         self.fail_every_counts = {}  # path -> requests carrying fail_every
         self.fail_every_last = {}   # path -> did the previous one fail?
         self.unknown_paths = []
@@ -742,6 +793,112 @@ def ep_events(h, q, n):
     return first - 1 + skip, render, False
 
 
+def _json_int(obj, key, default, minimum=0):
+    """A member that must be a JSON number (an int), else BadRequest."""
+    v = obj.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise BadRequest("%s must be a JSON integer >= %d, not %r" % (key, minimum, v))
+    return v
+
+
+def ep_search(h, q, n):
+    body = h.json_body
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    size = _json_int(body, "size", DEFAULT_PAGE)
+    start = _json_int(body, "from", 0)
+    rng = (((body.get("query") or {}).get("range") or {}).get("PatientId") or {})
+    if "lte" in rng:
+        n = min(n, _json_int(rng, "lte", 0))
+    after = body.get("search_after")
+    if after is not None:
+        if "from" in body and start:
+            raise BadRequest("from and search_after together")
+        if not (isinstance(after, list) and len(after) == 2 and isinstance(after[0], int)
+                and not isinstance(after[0], bool) and after[1] == "k%d" % after[0]):
+            raise BadRequest("search_after must be [ID, \"kID\"], not %r" % (after,))
+        start = after[0]
+    size = _short(q, start, _cap(q, size))
+
+    def render():
+        recs = records(start, size, n)
+        last = recs[-1]["PatientId"] if recs else None
+        nxt = [last, "k%d" % last] if recs and last < n else None
+        return {"took": 1,
+                "hits": {"total": {"value": n, "relation": "eq"}, "hits": recs},
+                "next_search_after": nxt}, []
+    return start, render, False
+
+
+def ep_graphql(h, q, n):
+    body = h.json_body
+    if not isinstance(body, dict) or "items" not in str(body.get("query", "")):
+        raise BadRequest("a GraphQL body {\"query\": \"... items ...\", \"variables\": {...}}")
+    variables = body.get("variables") or {}
+    if not isinstance(variables, dict):
+        raise BadRequest("variables must be an object")
+    first = _cap(q, _json_int(variables, "first", DEFAULT_PAGE, minimum=1))
+    after = variables.get("after")
+    if after is None:
+        offset = 0
+    else:
+        offset = decode_token("gql", after, n) if isinstance(after, str) else None
+        if offset is None:
+            raise BadRequest("bad cursor")
+
+    def render():
+        recs = records(offset, first, n)
+        end = offset + len(recs)
+        return {"data": {"items": {"nodes": recs, "pageInfo": {
+            "endCursor": encode_token("gql", end) if recs else None,
+            "hasNextPage": end < n}}}}, []
+    return offset, render, False
+
+
+def ep_hcursor(h, q, n):
+    limit = _cap(q, q.int("limit", DEFAULT_PAGE, minimum=1))
+    cur = q.get("cursor") or None
+    if cur is None:
+        offset = 0
+    else:
+        offset = decode_token("hcursor", cur, n)
+        if offset is None:
+            raise BadRequest("unknown cursor")
+
+    def render():
+        headers = []
+        if offset + limit < n:
+            tok = encode_token("hcursor", offset + limit)
+            qs = q.rebuilt(drop=("cursor",), add=(("cursor", tok),), add_first=False)
+            headers = [("X-Next-Cursor", tok),
+                       ("X-Next-Url", h.base_url() + h.path_only + "?" + qs)]
+        return {"data": records(offset, limit, n)}, headers
+    return offset, render, False
+
+
+def ep_stripe(h, q, n):
+    limit = _cap(q, q.int("limit", DEFAULT_PAGE, minimum=1))
+    if q.has("starting_after"):
+        after = q.get("starting_after")
+        if not _INT_RE.fullmatch(after or "") or not 1 <= int(after) <= n:
+            raise BadRequest({"type": "invalid_request_error",
+                              "message": "No such customer: %r" % after})
+        offset = int(after)
+    else:
+        offset = 0
+
+    def render():
+        recs = records(offset, limit, n)
+        return {"object": "list", "url": "/v1/customers",
+                "has_more": offset + len(recs) < n, "data": recs}, []
+    return offset, render, False
+
+
+POST_ENDPOINTS = {
+    "/search/Patients": ep_search,
+    "/graphql": ep_graphql,
+}
+
 DATA_ENDPOINTS = {
     "/events/Patients": ep_events,
     "/parents/Customers": ep_customers,
@@ -753,6 +910,8 @@ DATA_ENDPOINTS = {
     "/cursor/Patients": ep_cursor,
     "/single/Patients": ep_single,
     "/array/Patients": ep_array,
+    "/hcursor/Patients": ep_hcursor,
+    "/stripe/customers": ep_stripe,
 }
 
 BAD_JSON_BODY = b'{"value": [ {"PatientId": 1,'
@@ -927,7 +1086,23 @@ class Handler(BaseHTTPRequestHandler):
                 customer = int(path.split("/")[3])
                 self._data("/parents/Customers/*/Orders", q,
                            lambda h, q, n: ep_orders(customer, h, q, n))
+            elif path in POST_ENDPOINTS:
+                self.json_body = None
+                if self.command != "POST":
+                    self.send_json(405, {"error": "method not allowed"},
+                                   [("Allow", "POST")])
+                elif "json" not in self.headers.get("Content-Type", "").lower():
+                    self.send_json(415, {"error": "Content-Type must be JSON, not %r"
+                                         % self.headers.get("Content-Type")})
+                else:
+                    try:
+                        self.json_body = json.loads(body.decode("utf-8"))
+                    except ValueError:
+                        self.send_json(400, {"error": "the body is not JSON"})
+                    else:
+                        self._data(path, q, POST_ENDPOINTS[path])
             elif path in DATA_ENDPOINTS:
+                self.json_body = None
                 if self.command not in ("GET", "HEAD"):
                     self.send_json(405, {"error": "method not allowed"},
                                    [("Allow", "GET")])
@@ -1219,7 +1394,10 @@ class Handler(BaseHTTPRequestHandler):
                 "Authorization": self.headers.get("Authorization"),
                 "X-Api-Key": self.headers.get("X-Api-Key"),
                 "User-Agent": self.headers.get("User-Agent"),
-                "Host": self.headers.get("Host")})
+                "Host": self.headers.get("Host"),
+                "method": self.command,
+                "Content-Type": self.headers.get("Content-Type"),
+                "body": getattr(self, "json_body", None)})
         self.gzip_ok = q.flag("gzip") and self._accepts_gzip()
         try:
             # delay_ms: before answering anything
@@ -1233,8 +1411,8 @@ class Handler(BaseHTTPRequestHandler):
                 loc = "http://localhost:%d%s%s" % (
                     self.server.server_address[1], path,
                     "?" + qs if qs else "")
-                return self.send_json(302, {"redirect": loc},
-                                      [("Location", loc)])
+                return self.send_json(q.int("redirect_status", 302, minimum=300, maximum=399),
+                                      {"redirect": loc}, [("Location", loc)])
 
             if q.flag("echo_headers"):
                 return self.send_json(400, {"error": "bad request",
@@ -1281,10 +1459,30 @@ class Handler(BaseHTTPRequestHandler):
             oversize_bytes = q.int("oversize_bytes", 0)
             stall_after = q.int("stall_after_bytes")
             stall_ms = q.int("stall_ms", 1000)
+            gone_at = q.int("gone_at")
+            gone_status = q.int("gone_status", 404, minimum=100, maximum=599)
+            errorbody_at = q.int("errorbody_at")
+            errorbody_times = q.int("errorbody_times")
         except BadRequest as e:
-            return self.send_json(400, {"error": str(e)})
+            err = e.args[0] if e.args and isinstance(e.args[0], dict) else str(e)
+            if path == "/graphql":
+                return self.send_json(400, {"errors": [{"message": str(e)}]})
+            return self.send_json(400, {"error": err})
         except Gone as e:
             return self.send_json(404, {"error": str(e)})
+
+        # gone_at=K: the page at offset K is gone (404)
+        if gone_at is not None and offset == gone_at:
+            return self.send_json(gone_status, {"error": "gone"})
+
+        # errorbody_at=K: a 200 whose body says error (the first M times)
+        if errorbody_at is not None and offset == errorbody_at:
+            with st.lock:
+                key = (path, errorbody_at)
+                c = st.errorbody_counts.get(key, 0) + 1
+                st.errorbody_counts[key] = c
+            if errorbody_times is None or c <= errorbody_times:
+                return self.send_json(200, {"status": "error", "message": "backend unavailable"})
 
         # fail_every=E: every E-th request (per path) fails once
         if fail_every is not None:
