@@ -14,6 +14,7 @@ OBJS = \
 	src/pagination.o \
 	src/job.o \
 	src/loader.o \
+	src/page_table.o \
 	src/run_store.o \
 	src/run_clock.o \
 	src/run_lock.o \
