@@ -280,18 +280,24 @@ etl_page_table_open(EtlPageTable *pt)
 
 /* ---------- writing into the target ---------- */
 
-/* the pages being written, for the error context */
-static void
-move_error_context(void *arg)
+/* the pages being written, for the error context (first < 0: not known) */
+typedef struct PageSpan
 {
-	EtlPageTable *pt = (EtlPageTable *) arg;
+	int32		first;
+	int32		last;
+} PageSpan;
 
-	if (pt->batch_first < 0)
+static void
+pages_error_context(void *arg)
+{
+	PageSpan   *span = (PageSpan *) arg;
+
+	if (span->first < 0)
 		return;
-	if (pt->batch_first == pt->batch_last)
-		errcontext("loading page %d", pt->batch_first + 1);
+	if (span->first == span->last)
+		errcontext("loading page %d", span->first + 1);
 	else
-		errcontext("loading pages %d to %d", pt->batch_first + 1, pt->batch_last + 1);
+		errcontext("loading pages %d to %d", span->first + 1, span->last + 1);
 }
 
 /*
@@ -401,14 +407,14 @@ void
 etl_page_table_write_rows(EtlPageTable *pt, Datum rows, int nrows, const bool *present,
 						  int32 page_index)
 {
+	PageSpan	span = {page_index, page_index};
 	ErrorContextCallback errcb;
 	SPIPlanPtr	plan;
 
 	if (nrows == 0)
 		return;
-	pt->batch_first = pt->batch_last = page_index;
-	errcb.callback = move_error_context;
-	errcb.arg = pt;
+	errcb.callback = pages_error_context;
+	errcb.arg = &span;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	SPI_connect();
@@ -423,7 +429,6 @@ etl_page_table_write_rows(EtlPageTable *pt, Datum rows, int nrows, const bool *p
 						(uint64) SPI_processed, nrows)));
 	SPI_finish();
 	error_context_stack = errcb.previous;
-	pt->batch_first = -1;
 }
 
 /*
@@ -435,12 +440,13 @@ etl_page_table_write_rows(EtlPageTable *pt, Datum rows, int nrows, const bool *p
 static void
 move_rows(EtlPageTable *pt, const bool *cols, bool in_page)
 {
+	PageSpan	span = {pt->batch_first, pt->batch_last};
 	ErrorContextCallback errcb;
 	int64		rows;
 	bool		isnull;
 
-	errcb.callback = move_error_context;
-	errcb.arg = pt;
+	errcb.callback = pages_error_context;
+	errcb.arg = &span;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	SPI_connect();
