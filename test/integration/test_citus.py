@@ -156,15 +156,17 @@ def test_upsert_keeps_the_last_record_of_a_key_in_the_shards(cdb):
 
 def test_upsert_timeouts_then_resume_is_exact(cdb):
     cdb.distributed("c_up_timeout")
-    job = cdb.job("c_up_timeout", "/odata/Patients?n=3000&delay_ms=60", "c_up_timeout", page_size=100,
+    # 40 pages at >= 150 ms each: a 1 s timeout hits at least once even with
+    # several requests in flight
+    job = cdb.job("c_up_timeout", "/odata/Patients?n=4000&delay_ms=150", "c_up_timeout", page_size=100,
                   pagination_options=TOTAL, load_mode="upsert", key_columns="{patientid}")
     for _ in range(2):          # new keys, then every key there (and stale)
         run_id = cdb.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
         statuses = cdb.resume_until_done(run_id, timeout=1)
-        assert statuses.count("timed_out") >= 2, statuses
-        assert cdb.run_row(run_id)["records_loaded"] == 3000
-        cdb.assert_patients_exact("c_up_timeout", 3000)
-        cdb.assert_in_shards("c_up_timeout", 3000)
+        assert statuses.count("timed_out") >= 1, statuses
+        assert cdb.run_row(run_id)["records_loaded"] == 4000
+        cdb.assert_patients_exact("c_up_timeout", 4000)
+        cdb.assert_in_shards("c_up_timeout", 4000)
         cdb.q("UPDATE c_up_timeout SET name = 'stale', visits = -1 WHERE patientid % 3 = 0")
 
 

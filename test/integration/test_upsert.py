@@ -278,13 +278,15 @@ def test_timeouts_then_resume_write_every_record_exactly_once(db, interval):
     db.q("""CREATE OR REPLACE FUNCTION u_once_note() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN INSERT INTO public.u_once_log VALUES (NEW.patientid, TG_OP); RETURN NULL; END $$""")
     db.q("CREATE TRIGGER u_once_row AFTER INSERT OR UPDATE ON u_once FOR EACH ROW EXECUTE FUNCTION u_once_note()")
-    job = db.job("uonce", "/odata/Patients?n=8000&delay_ms=60", "u_once", page_size=200,
+    # 40 pages at >= 100 ms each: a 1 s timeout hits at least once even with
+    # several requests in flight
+    job = db.job("uonce", "/odata/Patients?n=8000&delay_ms=100", "u_once", page_size=200,
                  pagination_options=TOTAL, load_mode="upsert", key_columns="{patientid}",
                  checkpoint_interval_seconds=interval)
     for op in ("INSERT", "UPDATE"):
         run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
         statuses = db.resume_until_done(run_id, timeout=1)
-        assert statuses.count("timed_out") >= 2, statuses
+        assert statuses.count("timed_out") >= 1, statuses
         row = db.run_row(run_id)
         assert (row["records_loaded"], row["pages_fetched"]) == (8000, 40)
         db.assert_patients_exact("u_once", 8000)
