@@ -16,6 +16,7 @@ OBJS = \
 	src/pagination.o \
 	src/job.o \
 	src/loader.o \
+	src/page_table.o \
 	src/run_store.o \
 	src/host_budget.o \
 	src/rate_headers.o \

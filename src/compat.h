@@ -38,23 +38,30 @@
 #endif
 
 /*
- * Require INSERT on the given columns (attribute numbers offset by
+ * Require the privileges perms (ACL_INSERT, ACL_UPDATE, ACL_SELECT) on the
+ * given columns (attribute numbers offset by
  * FirstLowInvalidHeapAttributeNumber) of the relation an nsitem of pstate
- * names, and check it as the current user -- what COPY FROM's caller does
- * before BeginCopyFrom.  PostgreSQL 16 moved the required permissions from
- * the range table entry into RTEPermissionInfo.
+ * names, and check them as the current user, as the executor checks a
+ * statement's: what COPY FROM's caller does before BeginCopyFrom, and what
+ * INSERT ... ON CONFLICT DO UPDATE needs.  PostgreSQL 16 moved the
+ * required permissions from the range table entry into RTEPermissionInfo.
  */
 static inline void
-etl_check_insert_permission(ParseState *pstate, ParseNamespaceItem *nsitem,
-							Bitmapset *inserted_cols)
+etl_check_permissions(ParseState *pstate, ParseNamespaceItem *nsitem, AclMode perms,
+					  Bitmapset *inserted_cols, Bitmapset *updated_cols,
+					  Bitmapset *selected_cols)
 {
 #if PG_VERSION_NUM >= 160000
-	nsitem->p_perminfo->requiredPerms = ACL_INSERT;
+	nsitem->p_perminfo->requiredPerms = perms;
 	nsitem->p_perminfo->insertedCols = inserted_cols;
+	nsitem->p_perminfo->updatedCols = updated_cols;
+	nsitem->p_perminfo->selectedCols = selected_cols;
 	(void) ExecCheckPermissions(pstate->p_rtable, pstate->p_rteperminfos, true);
 #else
-	nsitem->p_rte->requiredPerms = ACL_INSERT;
+	nsitem->p_rte->requiredPerms = perms;
 	nsitem->p_rte->insertedCols = inserted_cols;
+	nsitem->p_rte->updatedCols = updated_cols;
+	nsitem->p_rte->selectedCols = selected_cols;
 	(void) ExecCheckRTPerms(pstate->p_rtable, true);
 #endif
 }

@@ -14,6 +14,7 @@
  *	                     page_records.c      (ndjson and csv pages as jsonb)
  *	                     pagination.c, job.c
  *	                     loader.c            (into the target table)
+ *	                     page_table.c        (the loader's way round COPY)
  *	  the run store      run_store.c         (dw_etl_runs)
  *	  leaves             host_budget.c (rate_headers.c), run_clock.c, run_lock.c, ext_schema.c,
  *	                     target_kind.c, json_path.c, key_resolver.c,
@@ -593,6 +594,32 @@ extern void etl_finish_run(int64 run_id, const char *status,
 extern void etl_report_activity(int64 run_id, const EtlCheckpoint *cp,
 								int64 pages_fetched, double rows_per_second,
 								int64 expected_total, int retries);
+
+/* in page_table.c: the run's temporary table between COPY and the target */
+typedef struct EtlPageTable EtlPageTable;
+
+typedef struct EtlPageTableColumn
+{
+	const char *name;
+	Oid			typid;
+	int32		typmod;
+	Oid			collation;
+	bool		is_key;			/* upsert: a key column */
+} EtlPageTableColumn;
+
+extern EtlPageTable *etl_page_table_new(MemoryContext cxt, int64 run_id, Oid role_oid,
+										const char *target, EtlTargetKind kind,
+										int ncols, const EtlPageTableColumn *cols,
+										bool upsert);
+extern Oid	etl_page_table_open(EtlPageTable *pt);
+extern void etl_page_table_write_rows(EtlPageTable *pt, Datum rows, int nrows,
+									  const bool *present, int32 page_index);
+extern void etl_page_table_before_copy(EtlPageTable *pt, const bool *present);
+extern void etl_page_table_after_copy(EtlPageTable *pt, uint64 rows, int64 bytes,
+									  int32 page_index);
+extern bool etl_page_table_pending(EtlPageTable *pt);
+extern void etl_page_table_flush(EtlPageTable *pt);
+extern void etl_page_table_drop(EtlPageTable *pt);
 
 /* in loader.c */
 typedef struct EtlLoader EtlLoader;

@@ -3,36 +3,40 @@
  * loader.c
  *	  Loads one page of JSON records into the job's target table.
  *
- * Append and replace modes feed PostgreSQL's COPY machinery (BeginCopyFrom
- * with a data-source callback) with the page rendered as COPY text: rows
- * go in with multi-inserts, and triggers, defaults, constraints and
- * partitions work as for any COPY.  COPY itself checks no privileges, so
- * the INSERT privilege of the run's role is checked first, as COPY's own
- * caller would.  A table with row-level security loads through INSERT
- * (checked per page: COPY would bypass the policies).
+ * Every page is rendered as COPY text -- by the page reader (page_scan.c)
+ * in one pass over the body, or from the jsonb-parsed records -- and read
+ * by PostgreSQL's COPY machinery (BeginCopyFrom with a data-source
+ * callback), with the column types' input functions: a value that does
+ * not fit fails with the page, record, column and value in the error
+ * context.  Everything runs as the run's role: its privileges, and its
+ * alone, decide what the run may write.  COPY itself checks no
+ * privileges, so the role's are checked first, as the statement that
+ * writes the page would check them.
  *
- * Upsert mode (and dry runs) convert each value in C with the column
- * type's input function, and send a page as one array per column in one
+ * Append and replace pages COPY straight into the target (a replace
+ * run's staging table), with multi-inserts; triggers, defaults,
+ * constraints and partitions work as for any COPY.  Other pages go through
+ * the run's page table (page_table.c) and an INSERT ... SELECT:
  *
- *	   INSERT INTO target (cols) SELECT ... FROM unnest($1, $2, ...)
- *	   ... ON CONFLICT (keys) DO UPDATE
+ *	- an upsert's page is read by COPY's parser into rows and merged by one
+ *	  INSERT ... SELECT DISTINCT ON (keys) ... ON CONFLICT (keys) DO UPDATE,
+ *	  where a key repeated within the page keeps its last record -- unless
+ *	  its keys are all new, when COPY inserts it straight away (see
+ *	  insert_new_rows);
+ *	- a page for a table with row-level security (checked per page) is
+ *	  inserted the same way: COPY would bypass the policies;
+ *	- a table another extension takes over (a Citus distributed, reference
+ *	  or local table, a TimescaleDB hypertable: target_kind.c) must not be
+ *	  fed to COPY directly -- COPY would write the coordinator's empty
+ *	  shell -- so its pages COPY into the page table and move from there
+ *	  in large INSERT ... SELECT statements, which the extension plans
+ *	  (Citus sends the rows to the shards, and commits them with the
+ *	  checkpoint by two-phase commit).  A replace run loads a local staging
+ *	  table and swaps it in with INSERT ... SELECT.  A table no SQL path can
+ *	  load (Citus append distribution) is refused when the run starts.
  *
- * where a key repeated within a page keeps its last record (DISTINCT ON
- * over the array position).  Either way a value that does not fit fails
- * with the page, record, column and value in the error context, and the
- * load runs as the run's role: its privileges, and its alone, decide what
- * the run may write.
- *
- * A table another extension takes over (a Citus distributed, reference or
- * local table, a TimescaleDB hypertable: target_kind.c) must not be fed to
- * COPY directly -- COPY would write the coordinator's empty shell.  An
- * append run COPYs each page into a temporary page table of its own
- * instead, and moves it with one INSERT ... SELECT, which the extension
- * plans (Citus sends the rows to the shards, and commits them with the
- * page's checkpoint by two-phase commit).  Upsert and row-level security
- * go through INSERT anyway; a replace run loads a local staging table and
- * swaps it in with INSERT ... SELECT.  A table no SQL path can load (Citus
- * append distribution) is refused when the run starts.
+ * Dry runs convert each value in C with the column type's input function
+ * and write nothing.
  *
  * Without a column_map a target column takes the record key of the same
  * name, compared case-insensitively (key_resolver.c); columns that no
@@ -46,13 +50,16 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/bitmapset.h"
 #include "mb/pg_wchar.h"
@@ -67,6 +74,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/regproc.h"
+#include "utils/resowner.h"
 #include "utils/rls.h"
 #include "utils/syscache.h"
 
@@ -81,23 +89,13 @@ typedef struct LoaderColumn
 	bool		is_jsonb;
 	bool		is_json;
 	bool		is_array;		/* a PostgreSQL array column */
-	Oid			array_typid;	/* InvalidOid: sent as text[] and cast */
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
+	Oid			collation;
 	FmgrInfo	infunc;
 	Oid			ioparam;
 	EtlPath    *map_path;		/* from column_map, or NULL */
 	bool		mapped;			/* named in column_map */
 	bool		is_key;
 } LoaderColumn;
-
-typedef struct LoaderPlan
-{
-	Bitmapset  *columns;
-	SPIPlanPtr	plan;
-	Oid		   *argtypes;
-} LoaderPlan;
 
 struct EtlLoader
 {
@@ -110,32 +108,19 @@ struct EtlLoader
 	bool		use_map;
 	bool		upsert;
 	Oid			insert_relid;	/* where pages load: target or staging */
-	bool		use_copy;		/* load through COPY (not upsert, no RLS) */
 	EtlScanSpec *scan;			/* for page_scan.c, or NULL: jsonb only */
 	int			scan_misses;	/* pages in a row the fast reader gave up on */
 	char	   *final_target;	/* replace mode: the target swapped into */
 	char	   *staging;		/* replace mode: where pages load, or NULL */
 	EtlKeyResolver *keys;		/* record key -> column, for the jsonb path */
-	List	   *plans;			/* of LoaderPlan * */
 	EtlTargetInfo kind;			/* the job's target, as target_kind.c sees it */
-	char	   *page_table;		/* COPY goes here, then INSERT ... SELECT; or NULL */
-	Oid			page_relid;
-	bool	   *batch_cols;		/* the columns the page table's rows carry */
-	int64		batch_rows;		/* rows copied since the last move (a guide) */
-	int64		batch_bytes;	/* and their COPY text */
-	int32		batch_first;	/* first page among them */
-	int32		batch_last;
+	EtlPageTable *pages;		/* the run's page table (page_table.c), or NULL */
+	/* upsert: pages of new keys COPY straight in (see insert_new_rows) */
+	bool		new_rows_by_copy;	/* the target allows it */
+	bool		merged;			/* a page has merged: the statement is valid */
+	int			copy_backoff;	/* pages to merge after a COPY that failed */
+	int			copy_skip;		/* of those, still to go */
 };
-
-/*
- * Rows the page table gathers before they move (each INSERT ... SELECT
- * into a Citus table costs a COPY to every shard it touches, and once the
- * first has run, every page's savepoint goes to the nodes too: few large
- * statements, not one a page); they also move before every commit.  The
- * bytes bound the temporary table's size on disk when rows are wide.
- */
-#define ETL_PAGE_TABLE_ROWS 100000
-#define ETL_PAGE_TABLE_BYTES (64 * 1024 * 1024)
 
 /* where a conversion is, for the error context */
 typedef struct ConvertPosition
@@ -416,8 +401,8 @@ read_columns(EtlLoader *loader, Relation rel)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		LoaderColumn *col;
 		Oid			infunc;
-		HeapTuple	tup;
-		Form_pg_type typ;
+		char		category;
+		bool		preferred;
 
 		if (att->attisdropped || att->attgenerated || att->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
 			continue;
@@ -427,19 +412,11 @@ read_columns(EtlLoader *loader, Relation rel)
 		col->typmod = att->atttypmod;
 		col->is_jsonb = att->atttypid == JSONBOID;
 		col->is_json = getBaseType(att->atttypid) == JSONOID;
+		get_type_category_preferred(att->atttypid, &category, &preferred);
+		col->is_array = category == TYPCATEGORY_ARRAY;
+		col->collation = att->attcollation;
 		getTypeInputInfo(att->atttypid, &infunc, &col->ioparam);
 		fmgr_info_cxt(infunc, &col->infunc, loader->cxt);
-		tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(att->atttypid));
-		if (!HeapTupleIsValid(tup))
-			elog(ERROR, "cache lookup failed for type %u", att->atttypid);
-		typ = (Form_pg_type) GETSTRUCT(tup);
-		/* array columns go as text and are cast: unnest() would flatten them */
-		col->is_array = typ->typcategory == TYPCATEGORY_ARRAY;
-		col->array_typid = col->is_array ? InvalidOid : typ->typarray;
-		col->typlen = typ->typlen;
-		col->typbyval = typ->typbyval;
-		col->typalign = typ->typalign;
-		ReleaseSysCache(tup);
 	}
 }
 
@@ -539,46 +516,52 @@ check_target_kind(EtlLoader *loader, const EtlJob *job)
 }
 
 /*
- * The page table of a run whose target another extension takes over: a
- * temporary table of the session (gone with the worker, seen by no one
- * else) with the loader's columns, no constraints and no defaults (a
- * column a page leaves out is left out of the INSERT too, so the target's
- * default applies), owned by the run's role, which COPYs into it and
- * INSERTs from it.  Made by the worker itself: a restricted operation may
- * not create temporary tables.
+ * Whether an upsert may try COPY first into this target (see
+ * insert_new_rows), for the whole run: a plain table (COPY writes it;
+ * row-level security is checked per page), where the merge would insert
+ * exactly what COPY inserts -- its keys NOT NULL (DISTINCT ON keeps one
+ * record of the NULL keys, COPY all of them), no rules (they refuse ON
+ * CONFLICT; COPY ignores them) and no statement-level UPDATE trigger (the
+ * merge fires it, COPY does not).
+ */
+static bool
+copy_may_insert_new_rows(EtlLoader *loader, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TriggerDesc *trig = rel->trigdesc;
+
+	if (!loader->upsert || loader->kind.kind != ETL_TARGET_PLAIN || rel->rd_rules != NULL ||
+		(rel->rd_rel->relkind != RELKIND_RELATION &&
+		 rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE) ||
+		(trig && (trig->trig_update_before_statement || trig->trig_update_after_statement)))
+		return false;
+	for (int c = 0; c < loader->ncols; c++)
+		if (loader->cols[c].is_key &&
+			!TupleDescAttr(desc, attnameAttNum(rel, loader->cols[c].name, false) - 1)->attnotnull)
+			return false;
+	return true;
+}
+
+/*
+ * The run's page table (page_table.c), through which pages go when COPY
+ * must not write the target directly: upsert, row-level security, a table
+ * another extension takes over.  Made when a page first needs it.
  */
 static void
-create_page_table(EtlLoader *loader, int64 run_id)
+set_up_page_table(EtlLoader *loader, int64 run_id)
 {
-	char	   *name = psprintf("etl_exec_page_" INT64_FORMAT, run_id);
-	char	   *role = GetUserNameFromId(loader->role_oid, false);
-	StringInfoData sql;
-	Oid			relid;
+	EtlPageTableColumn *cols = palloc(sizeof(EtlPageTableColumn) * Max(loader->ncols, 1));
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "CREATE TEMPORARY TABLE %s (", quote_identifier(name));
 	for (int c = 0; c < loader->ncols; c++)
-		appendStringInfo(&sql, "%s%s %s", c ? ", " : "", quote_identifier(loader->cols[c].name),
-						 format_type_extended(loader->cols[c].typid, loader->cols[c].typmod,
-											  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
-	appendStringInfoChar(&sql, ')');
-
-	SPI_connect();
-	/*
-	 * A worker runs one queued run after another in the same session: an
-	 * earlier segment of this run may have left its page table here.
-	 */
-	if (SPI_execute(psprintf("DROP TABLE IF EXISTS pg_temp.%s", quote_identifier(name)),
-					false, 0) != SPI_OK_UTILITY ||
-		SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY ||
-		SPI_execute(psprintf("ALTER TABLE pg_temp.%s OWNER TO %s", quote_identifier(name),
-							 quote_identifier(role)), false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "etl_exec: could not create page table %s", name);
-	SPI_finish();
-	MemoryContextSwitchTo(loader->cxt);
-	relid = RangeVarGetRelid(makeRangeVar("pg_temp", name, -1), NoLock, false);
-	loader->page_relid = relid;
-	loader->page_table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), name);
+	{
+		cols[c].name = loader->cols[c].name;
+		cols[c].typid = loader->cols[c].typid;
+		cols[c].typmod = loader->cols[c].typmod;
+		cols[c].collation = loader->cols[c].collation;
+		cols[c].is_key = loader->cols[c].is_key;
+	}
+	loader->pages = etl_page_table_new(loader->cxt, run_id, loader->role_oid, loader->target,
+									   loader->kind.kind, loader->ncols, cols, loader->upsert);
 }
 
 /*
@@ -588,13 +571,8 @@ create_page_table(EtlLoader *loader, int64 run_id)
 void
 etl_loader_end(EtlLoader *loader)
 {
-	if (loader == NULL || loader->page_table == NULL)
-		return;
-	SPI_connect();
-	if (SPI_execute(psprintf("DROP TABLE IF EXISTS %s", loader->page_table), false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "etl_exec: could not drop page table %s", loader->page_table);
-	SPI_finish();
-	loader->page_table = NULL;
+	if (loader != NULL)
+		etl_page_table_drop(loader->pages);
 }
 
 /*
@@ -629,7 +607,6 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	loader->target = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 												RelationGetRelationName(rel));
 	read_columns(loader, rel);
-	relation_close(rel, NoLock);
 
 	if (job->column_map)
 		read_column_map(loader, job);
@@ -639,13 +616,13 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	loader->insert_relid = relid;
 	etl_target_kind(relid, &loader->kind);
 	check_target_kind(loader, job);
+	loader->new_rows_by_copy = copy_may_insert_new_rows(loader, rel);
+	relation_close(rel, NoLock);
 	if (strcmp(job->load_mode, "replace") == 0 && !dry_run)
 		set_up_staging(loader, run_id, staging, has_loaded_pages);
-	else if (loader->kind.kind != ETL_TARGET_PLAIN && !loader->upsert && !dry_run)
-		create_page_table(loader, run_id);
-	loader->use_copy = !loader->upsert;
-	if (loader->use_copy)
-		loader->scan = build_scan_spec(loader, job);
+	else if (!dry_run)
+		set_up_page_table(loader, run_id);
+	loader->scan = build_scan_spec(loader, job);
 
 	MemoryContextSwitchTo(old);
 	return loader;
@@ -754,30 +731,24 @@ column_text(LoaderColumn *col, JsonbValue *v)
 	return json_value_text(v);
 }
 
+/*
+ * Convert a value with its column type's input function (domain checks
+ * included), to find a value that does not fit; the result is not kept.
+ */
 static void
-convert_value(EtlLoader *loader, int c, JsonbValue *v, Datum *value, bool *isnull,
-			  ConvertPosition *pos)
+convert_value(EtlLoader *loader, int c, JsonbValue *v, ConvertPosition *pos)
 {
 	LoaderColumn *col = &loader->cols[c];
 	char	   *text;
 
-	*isnull = (v == NULL || v->type == jbvNull);
-	*value = (Datum) 0;
-	if (*isnull)
-		return;
-	if (col->is_jsonb)
-	{
-		/* straight from the parsed document: no text round trip */
-		*value = JsonbPGetDatum(JsonbValueToJsonb(v));
-		return;
-	}
+	if (v == NULL || v->type == jbvNull || col->is_jsonb)
+		return;					/* (a JSON value always fits jsonb) */
 	text = column_text(col, v);
 	pos->column = col->name;
 	pos->value = text;
-	*value = InputFunctionCall(&col->infunc, text, col->ioparam, col->typmod);
-	if (!OidIsValid(col->array_typid))
-		*value = CStringGetTextDatum(text);	/* cast again in SQL */
+	(void) InputFunctionCall(&col->infunc, text, col->ioparam, col->typmod);
 	pos->column = NULL;
+	pfree(text);
 }
 
 /*
@@ -834,123 +805,7 @@ collect_records(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_ind
 	}
 }
 
-/*
- * The INSERT of a page that mentions these columns: one array argument per
- * column (argtypes filled in), unnested into rows; for upsert, the last
- * record of each key wins and updates the row already there.
- */
-static char *
-insert_sql(EtlLoader *loader, Bitmapset *columns, Oid *argtypes)
-{
-	StringInfoData sql;
-	StringInfoData insert_cols;
-	StringInfoData select_cols;
-	StringInfoData unnest_args;
-	StringInfoData aliases;
-	StringInfoData key_exprs;
-	StringInfoData key_cols;
-	StringInfoData updates;
-	int			nargs = 0;
-	int			c = -1;
-
-	initStringInfo(&sql);
-	initStringInfo(&insert_cols);
-	initStringInfo(&select_cols);
-	initStringInfo(&unnest_args);
-	initStringInfo(&aliases);
-	initStringInfo(&key_exprs);
-	initStringInfo(&key_cols);
-	initStringInfo(&updates);
-	while ((c = bms_next_member(columns, c)) >= 0)
-	{
-		LoaderColumn *col = &loader->cols[c];
-		const char *sep = nargs ? ", " : "";
-
-		nargs++;
-		appendStringInfo(&insert_cols, "%s%s", sep, quote_identifier(col->name));
-		if (OidIsValid(col->array_typid))
-		{
-			argtypes[nargs - 1] = col->array_typid;
-			appendStringInfo(&select_cols, "%su.v%d", sep, nargs);
-		}
-		else
-		{
-			argtypes[nargs - 1] = TEXTARRAYOID;
-			appendStringInfo(&select_cols, "%su.v%d::%s", sep, nargs,
-							 format_type_with_typemod(col->typid, col->typmod));
-		}
-		appendStringInfo(&unnest_args, "%s$%d", sep, nargs);
-		appendStringInfo(&aliases, "%sv%d", sep, nargs);
-		if (col->is_key)
-		{
-			appendStringInfo(&key_exprs, "%su.v%d", key_exprs.len ? ", " : "", nargs);
-			appendStringInfo(&key_cols, "%s%s", key_cols.len ? ", " : "", quote_identifier(col->name));
-		}
-		else
-			appendStringInfo(&updates, "%s%s = EXCLUDED.%s", updates.len ? ", " : "",
-							 quote_identifier(col->name), quote_identifier(col->name));
-	}
-
-	if (!loader->upsert)
-		appendStringInfo(&sql, "INSERT INTO %s (%s) SELECT %s FROM unnest(%s) AS u(%s)",
-						 loader->target, insert_cols.data, select_cols.data,
-						 unnest_args.data, aliases.data);
-	else
-		appendStringInfo(&sql,
-						 "INSERT INTO %s (%s) SELECT DISTINCT ON (%s) %s "
-						 "FROM unnest(%s) WITH ORDINALITY AS u(%s, ord) "
-						 "ORDER BY %s, u.ord DESC "
-						 "ON CONFLICT (%s) DO %s%s",
-						 loader->target, insert_cols.data, key_exprs.data, select_cols.data,
-						 unnest_args.data, aliases.data, key_exprs.data, key_cols.data,
-						 updates.len ? "UPDATE SET " : "NOTHING", updates.data);
-	return sql.data;
-}
-
-/* The saved plan of insert_sql() for these columns (the last 16 are kept). */
-static LoaderPlan *
-plan_for_columns(EtlLoader *loader, Bitmapset *columns)
-{
-	ListCell   *lc;
-	LoaderPlan *cp;
-	char	   *sql;
-	int			nargs = bms_num_members(columns);
-	MemoryContext old;
-
-	foreach(lc, loader->plans)
-	{
-		cp = (LoaderPlan *) lfirst(lc);
-		if (bms_equal(cp->columns, columns))
-			return cp;
-	}
-
-	old = MemoryContextSwitchTo(loader->cxt);
-	cp = palloc0(sizeof(LoaderPlan));
-	cp->columns = bms_copy(columns);
-	cp->argtypes = palloc(sizeof(Oid) * nargs);
-	sql = insert_sql(loader, columns, cp->argtypes);
-
-	cp->plan = SPI_prepare(sql, nargs, cp->argtypes);
-	if (cp->plan == NULL)
-		elog(ERROR, "etl_exec: could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(cp->plan);
-	/* SPI calls leave CurrentMemoryContext at SPI's own: switch back */
-	MemoryContextSwitchTo(loader->cxt);
-	/* one plan per set of columns pages mention: keep the last few */
-	if (list_length(loader->plans) >= 16)
-	{
-		LoaderPlan *oldest = (LoaderPlan *) linitial(loader->plans);
-
-		SPI_freeplan(oldest->plan);
-		loader->plans = list_delete_first(loader->plans);
-	}
-	loader->plans = lappend(loader->plans, cp);
-	MemoryContextSwitchTo(old);
-	return cp;
-}
-
-/* COPY ignores row-level security: with RLS on, loads go through INSERT */
+/* COPY ignores row-level security: with RLS on, pages go through INSERT */
 static bool
 rls_enabled(EtlLoader *loader)
 {
@@ -965,6 +820,29 @@ no_column_matches(EtlLoader *loader, int32 page_index)
 			 errmsg("no key of the records on page %d matches a column of %s",
 					page_index + 1, loader->target),
 			 errhint("Name the columns like the record keys (case does not matter), or set the job's column_map.")));
+}
+
+/*
+ * The columns a page mentions (present) must include some column, and for
+ * upsert every key column.
+ */
+static void
+check_page_columns(EtlLoader *loader, const bool *present, int32 page_index)
+{
+	bool		any = false;
+
+	for (int c = 0; c < loader->ncols; c++)
+		any |= present[c];
+	if (!any)
+		no_column_matches(loader, page_index);
+	if (loader->upsert)
+		for (int c = 0; c < loader->ncols; c++)
+			if (loader->cols[c].is_key && !present[c])
+				ereport(ERROR,
+						(errcode(ERRCODE_NOT_NULL_VIOLATION),
+						 errmsg("key column \"%s\" is missing from every record of page %d",
+								loader->cols[c].name, page_index + 1),
+						 errhint("An upsert needs the key in each record; check key_columns and column_map.")));
 }
 
 /* ---------- the COPY path ---------- */
@@ -1051,111 +929,21 @@ append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
 		etl_append_copy_text(buf, text, strlen(text));
 }
 
-/* the pages being moved from the page table, for the error context */
-static void
-page_move_error_context(void *arg)
-{
-	EtlLoader  *loader = (EtlLoader *) arg;
-
-	if (loader->batch_first == loader->batch_last)
-		errcontext("loading page %d", loader->batch_first + 1);
-	else
-		errcontext("loading pages %d to %d", loader->batch_first + 1, loader->batch_last + 1);
-}
-
 /*
- * Move the rows in the page table (they carry the columns cols) into the
- * target with INSERT ... SELECT, which the extension that owns the target
- * plans, and empty it; as the run's role, whose privileges the executor
- * checks.  Every row must go in: a row that a SELECT on the target would
- * not see must not count as loaded.
- *
- * What the page table holds is transactional (a page rolled back takes its
- * rows, and a move it made, with it); the loader's counters are not, so
- * the rows are counted here.
- */
-static void
-move_page_table(EtlLoader *loader, const bool *cols)
-{
-	StringInfoData names;
-	ErrorContextCallback errcb;
-	uint64		rows;
-	bool		isnull;
-
-	initStringInfo(&names);
-	for (int c = 0; c < loader->ncols; c++)
-		if (cols[c])
-			appendStringInfo(&names, "%s%s", names.len ? ", " : "",
-							 quote_identifier(loader->cols[c].name));
-	errcb.callback = page_move_error_context;
-	errcb.arg = loader;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-	SPI_connect();
-	/* not read-only: a read-only query would not see what COPY just wrote */
-	if (SPI_execute(psprintf("SELECT count(*) FROM %s", loader->page_table), false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "etl_exec: could not count the rows of %s", loader->page_table);
-	rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (rows > 0)
-	{
-		if (SPI_execute(psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", loader->target,
-								 names.data, names.data, loader->page_table), false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
-		if (SPI_processed != rows)
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("%s %s took " UINT64_FORMAT " of " UINT64_FORMAT " rows",
-							etl_target_kind_name(loader->kind.kind), loader->target,
-							(uint64) SPI_processed, rows)));
-		if (SPI_execute(psprintf("TRUNCATE %s", loader->page_table), false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "etl_exec: could not empty page table %s", loader->page_table);
-	}
-	SPI_finish();
-	error_context_stack = errcb.previous;
-	loader->batch_rows = 0;
-	loader->batch_bytes = 0;
-	loader->batch_first = -1;
-}
-
-/*
- * After COPY put a page into the page table: move what it holds when it
- * is enough, or at once when this page mentions other columns than the
- * rows before it (moved first: the page table's rows all carry the same
- * columns, those of the run's first page, so that a column left out keeps
- * the target's default).
- */
-static void
-note_page_copied(EtlLoader *loader, const bool *present, uint64 copied, int len, int32 page_index)
-{
-	loader->batch_rows += copied;
-	loader->batch_bytes += len;
-	if (loader->batch_first < 0)
-		loader->batch_first = page_index;
-	loader->batch_last = page_index;
-	if (memcmp(present, loader->batch_cols, sizeof(bool) * loader->ncols) != 0)
-	{
-		move_page_table(loader, present);
-		return;
-	}
-	if (loader->batch_rows >= ETL_PAGE_TABLE_ROWS || loader->batch_bytes >= ETL_PAGE_TABLE_BYTES)
-		move_page_table(loader, loader->batch_cols);
-}
-
-/*
- * Before a commit: the rows still in the page table go into the target,
- * in the transaction that commits the checkpoint covering them.
+ * Before a commit: rows still waiting in the page table go into the
+ * target, in the transaction that commits the checkpoint covering them.
  */
 void
 etl_loader_flush(EtlLoader *loader)
 {
 	RoleSwitch	sw;
 
-	if (loader == NULL || !OidIsValid(loader->page_relid) || loader->batch_cols == NULL)
+	if (loader == NULL || !etl_page_table_pending(loader->pages))
 		return;
 	etl_cap_lock_waits();
 	act_as_run_role(loader, &sw);
 	check_constraints_in_page();
-	move_page_table(loader, loader->batch_cols);
+	etl_page_table_flush(loader->pages);
 	back_from_run_role(&sw);
 }
 
@@ -1182,95 +970,92 @@ etl_loader_commits_remotely(EtlLoader *loader)
 }
 
 /*
- * Before COPY puts a page with other columns than the page table's rows
- * into it: move those first.  The first page fixes the page table's
- * columns for the run.
+ * The run's role must be able to write the page's columns into the target
+ * as the statement that loads them would -- INSERT them; for upsert also
+ * SELECT the keys and, when the page updates columns, SELECT and UPDATE
+ * those (what INSERT ... ON CONFLICT DO UPDATE needs) -- checked as the
+ * executor would, before COPY takes the rows for it: COPY itself checks
+ * no privileges.
  */
 static void
-prepare_page_table(EtlLoader *loader, const bool *present)
-{
-	if (loader->batch_cols == NULL)
-	{
-		loader->batch_cols = MemoryContextAlloc(loader->cxt, sizeof(bool) * loader->ncols);
-		memcpy(loader->batch_cols, present, sizeof(bool) * loader->ncols);
-		loader->batch_first = -1;
-	}
-	else if (memcmp(present, loader->batch_cols, sizeof(bool) * loader->ncols) != 0)
-		move_page_table(loader, loader->batch_cols);
-}
-
-/*
- * COPY the rendered rows (the present columns, in column order) into the
- * table the pages load into -- or, for a target another extension takes
- * over, into the page table and from there into the target -- as the
- * run's role, after checking that role's INSERT privilege on those
- * columns, as COPY's own caller would.
- */
-/*
- * The run's role must be able to INSERT the page's columns into the target
- * (checked as the executor would; for a page table, which the role owns).
- */
-static void
-check_target_insert(EtlLoader *loader, const bool *present)
+check_target_privileges(EtlLoader *loader, const bool *present)
 {
 	Relation	rel = table_open(loader->insert_relid, AccessShareLock);
 	ParseState *pstate = make_parsestate(NULL);
 	ParseNamespaceItem *nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
 															   NULL, false, false);
 	Bitmapset  *inserted = NULL;
+	Bitmapset  *updated = NULL;
+	Bitmapset  *selected = NULL;
+	AclMode		perms = ACL_INSERT;
 
 	for (int c = 0; c < loader->ncols; c++)
-		if (present[c])
-			inserted = bms_add_member(inserted,
-									  attnameAttNum(rel, loader->cols[c].name, false) - FirstLowInvalidHeapAttributeNumber);
-	etl_check_insert_permission(pstate, nsitem, inserted);
+	{
+		int			att;
+
+		if (!present[c])
+			continue;
+		att = attnameAttNum(rel, loader->cols[c].name, false) - FirstLowInvalidHeapAttributeNumber;
+		inserted = bms_add_member(inserted, att);
+		if (!loader->upsert)
+			continue;
+		selected = bms_add_member(selected, att);
+		if (!loader->cols[c].is_key)
+			updated = bms_add_member(updated, att);
+	}
+	if (loader->upsert)
+		perms |= ACL_SELECT | (updated ? ACL_UPDATE : 0);
+	etl_check_permissions(pstate, nsitem, perms, inserted, updated, selected);
 	table_close(rel, NoLock);
 }
 
-static void
-copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int32 page_index)
+/* The columns present, by name: the columns a page's COPY text carries. */
+static List *
+copy_columns(EtlLoader *loader, const bool *present)
 {
-	int			ncols = loader->ncols;
 	List	   *attnames = NIL;
-	Oid			copy_relid = OidIsValid(loader->page_relid) ? loader->page_relid : loader->insert_relid;
-	Relation	rel;
-	ParseState *pstate;
-	ParseNamespaceItem *nsitem;
-	CopyFromState cstate;
-	Bitmapset  *inserted = NULL;
-	MemoryContext cxt = CurrentMemoryContext;
-	uint64		copied = 0;
-	RoleSwitch	sw;
 
-	for (int c = 0; c < ncols; c++)
+	for (int c = 0; c < loader->ncols; c++)
 		if (present[c])
 			attnames = lappend(attnames, makeString(loader->cols[c].name));
+	return attnames;
+}
+
+/*
+ * Begin reading a page's COPY text (the present columns, in column order)
+ * for the table rel (opened with lockmode), as COPY FROM does.
+ */
+static CopyFromState
+begin_copy(EtlLoader *loader, Relation rel, LOCKMODE lockmode, const char *text, int len,
+		   const bool *present)
+{
+	ParseState *pstate = make_parsestate(NULL);
+
 	copy_source.data = text;
 	copy_source.len = len;
 	copy_source.pos = 0;
-	/* a load blocked on a lock must not carry the run past its deadline */
-	etl_cap_lock_waits();
-	act_as_run_role(loader, &sw);
-	check_constraints_in_page();
-	if (OidIsValid(loader->page_relid))
-	{
-		prepare_page_table(loader, present);
-		/* the rows are for the target: its INSERT privilege decides, now */
-		check_target_insert(loader, present);
-	}
+	/* COPY's executor state takes the relation from the range table */
+	(void) addRangeTableEntryForRelation(pstate, rel, lockmode, NULL, false, false);
+	return BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_read_page,
+						 copy_columns(loader, present),
+						 list_make1(makeDefElem("encoding",
+												(Node *) makeString((char *) GetDatabaseEncodingName()), -1)));
+}
 
-	rel = table_open(copy_relid, RowExclusiveLock);
-	pstate = make_parsestate(NULL);
-	nsitem = addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
-	for (int c = 0; c < ncols; c++)
-		if (present[c])
-			inserted = bms_add_member(inserted,
-									  attnameAttNum(rel, loader->cols[c].name, false) - FirstLowInvalidHeapAttributeNumber);
-	etl_check_insert_permission(pstate, nsitem, inserted);
+/*
+ * COPY a page's rendered rows into the table relid.  Returns the rows
+ * copied; a value that does not fit names its page, record, column and
+ * value.
+ */
+static uint64
+copy_into(EtlLoader *loader, Oid relid, const char *text, int len, const bool *present,
+		  int32 page_index)
+{
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	CopyFromState cstate = begin_copy(loader, rel, RowExclusiveLock, text, len, present);
+	MemoryContext cxt = CurrentMemoryContext;
+	uint64		copied = 0;
 
-	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_read_page, attnames,
-						   list_make1(makeDefElem("encoding",
-												  (Node *) makeString((char *) GetDatabaseEncodingName()), -1)));
 	PG_TRY();
 	{
 		copied = CopyFrom(cstate);
@@ -1288,16 +1073,223 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	PG_END_TRY();
 	EndCopyFrom(cstate);
 	table_close(rel, NoLock);
+	return copied;
+}
 
-	if (OidIsValid(loader->page_relid))
-		note_page_copied(loader, present, copied, len, page_index);
+/*
+ * Read a page's rendered rows into rows of the page table's type, with
+ * COPY's own parser (NextCopyFrom: the column types' input functions, a
+ * value that does not fit naming its page, record, column and value), as
+ * one array: the page as the statement that writes it takes it.
+ */
+static Datum
+read_rows(EtlLoader *loader, Oid relid, const char *text, int len, const bool *present,
+		  int32 page_index, int *nrows)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	CopyFromState cstate = begin_copy(loader, rel, AccessShareLock, text, len, present);
+	ExprContext *econtext = CreateStandaloneExprContext();
+	MemoryContext cxt = CurrentMemoryContext;
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	int			cap = 1024;
+	Datum	   *rows = palloc(sizeof(Datum) * cap);
+	ErrorContextCallback errcb;
+	Datum		array;
+
+	*nrows = 0;
+	errcb.callback = CopyFromErrorCallback;
+	errcb.arg = cstate;
+	errcb.previous = error_context_stack;
+	PG_TRY();
+	{
+		error_context_stack = &errcb;
+		for (;;)
+		{
+			bool		more;
+
+			MemoryContextReset(econtext->ecxt_per_tuple_memory);
+			MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
+			more = NextCopyFrom(cstate, econtext, values, nulls);
+			MemoryContextSwitchTo(cxt);
+			if (!more)
+				break;
+			if (*nrows == cap)
+				rows = repalloc(rows, sizeof(Datum) * (cap *= 2));
+			rows[(*nrows)++] = HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
+		}
+		error_context_stack = errcb.previous;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		error_context_stack = errcb.previous;
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		name_copy_position(edata, page_index);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	EndCopyFrom(cstate);
+	FreeExprContext(econtext, true);
+	array = PointerGetDatum(construct_array(rows, *nrows, desc->tdtypeid, -1, false, TYPALIGN_DOUBLE));
+	table_close(rel, NoLock);
+	return array;
+}
+
+/*
+ * An upsert's page whose keys are all new needs no merge: it is exactly
+ * the rows INSERT ... ON CONFLICT would insert, and COPY inserts them with
+ * multi-inserts, at append speed, where the upsert's INSERT goes row by
+ * row through speculative insertion.  So when the target allows it, a
+ * page first goes straight in with COPY, in a subtransaction of its own;
+ * if that fails -- a key already there (or twice in the page) is a unique
+ * violation, and any other data or constraint error may be one the merge
+ * would not raise (a row that updates keeps its columns) -- it is rolled
+ * back, and the page merges as usual, which decides.  Errors of a cancel,
+ * a shutdown, a lock timeout or the server's resources stop the page.
+ *
+ * After a failure the next pages merge without trying (1, 2, 4, ... up to
+ * 64 pages): an incremental load, whose keys are mostly there, tries
+ * seldom.  The first page always merges: a statement the target cannot
+ * take (no unique index on the keys, rules) fails as it would.
+ */
+#define ETL_COPY_BACKOFF_MAX 64
+
+static bool
+error_stops_page(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+		case ERRCODE_OPERATOR_INTERVENTION:
+		case ERRCODE_SYSTEM_ERROR:
+		case ERRCODE_INTERNAL_ERROR:
+			return true;
+		default:
+			return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+	}
+}
+
+/* COPY an upsert's page straight into the target: true when it went in. */
+static bool
+insert_new_rows(EtlLoader *loader, const char *text, int len, const bool *present,
+				int32 page_index)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool inserted = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		(void) copy_into(loader, loader->insert_relid, text, len, present, page_index);
+		ReleaseCurrentSubTransaction();
+		inserted = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (error_stops_page(edata->sqlerrcode))
+			ReThrowError(edata);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+
+	if (inserted)
+		loader->copy_backoff = 0;
+	else
+	{
+		loader->copy_backoff = Min(Max(loader->copy_backoff * 2, 1), ETL_COPY_BACKOFF_MAX);
+		loader->copy_skip = loader->copy_backoff;
+	}
+	return inserted;
+}
+
+/* Whether this upsert page tries COPY first (see above). */
+static bool
+try_copy_first(EtlLoader *loader, bool rls)
+{
+	if (!loader->new_rows_by_copy || !loader->merged || rls)
+		return false;
+	if (loader->copy_skip > 0)
+	{
+		loader->copy_skip--;
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Load a page rendered as COPY text (the columns present, in column
+ * order), as the run's role, after checking that role's privileges on
+ * those columns, as the statement that writes them would.
+ *
+ * A page for a plain table (or a replace run's staging table) goes
+ * straight in with COPY.  Any other goes through the run's page table
+ * (page_table.c) and from there into the target with INSERT ... SELECT:
+ * an upsert's page (merged at once, unless its keys are all new: above),
+ * a page for a table with row-level security (moved at once: COPY would
+ * bypass the policies), and a page for a table another extension takes
+ * over (gathered, moved in large statements).
+ */
+static void
+copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int32 page_index)
+{
+	bool		rls = loader->pages != NULL && rls_enabled(loader);
+	bool		write_now = loader->upsert || rls;
+	Oid			relid = loader->insert_relid;
+	RoleSwitch	sw;
+
+	Assert(loader->pages != NULL || !loader->upsert);	/* (dry runs write nothing) */
+	check_page_columns(loader, present, page_index);
+	if (loader->pages != NULL && (write_now || loader->kind.kind != ETL_TARGET_PLAIN))
+		relid = etl_page_table_open(loader->pages); /* as the worker */
+	/* a load blocked on a lock must not carry the run past its deadline */
+	etl_cap_lock_waits();
+	act_as_run_role(loader, &sw);
+	check_constraints_in_page();
+	check_target_privileges(loader, present);
+	if (relid == loader->insert_relid)
+		(void) copy_into(loader, relid, text, len, present, page_index);
+	else if (write_now)
+	{
+		if (!(loader->upsert && try_copy_first(loader, rls) &&
+			  insert_new_rows(loader, text, len, present, page_index)))
+		{
+			int			nrows;
+			Datum		rows = read_rows(loader, relid, text, len, present, page_index, &nrows);
+
+			etl_page_table_write_rows(loader->pages, rows, nrows, present, page_index);
+			loader->merged |= loader->upsert;
+		}
+	}
+	else
+	{
+		etl_page_table_before_copy(loader->pages, present);
+		etl_page_table_after_copy(loader->pages,
+								  copy_into(loader, relid, text, len, present, page_index),
+								  len, page_index);
+	}
 	back_from_run_role(&sw);
 }
 
 /*
- * Load a page through COPY: collect each record's values by column, render
- * the columns the page mentions as COPY text, and COPY it in as the run's
- * role after checking that role's INSERT privilege on those columns.
+ * Load a page parsed as jsonb: collect each record's values by column,
+ * render the columns the page mentions as COPY text, and load that.
  */
 static int
 load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index)
@@ -1305,16 +1297,9 @@ load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_inde
 	int			ncols = loader->ncols;
 	JsonbValue *slots = palloc0(sizeof(JsonbValue) * nrec * ncols);	/* jbvNull is 0 */
 	bool	   *present = palloc0(sizeof(bool) * ncols);
-	bool		any = false;
 	StringInfoData text;
 
 	collect_records(loader, records, nrec, page_index, slots, present);
-
-	for (int c = 0; c < ncols; c++)
-		any |= present[c];
-	if (!any)
-		no_column_matches(loader, page_index);
-
 	initStringInfo(&text);
 	for (int r = 0; r < nrec; r++)
 	{
@@ -1336,92 +1321,38 @@ load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_inde
 }
 
 /*
- * Convert the page's values (slots, by record and column) with the column
- * types' input functions, into one array of values and nulls per column
- * the page mentions; a value that does not fit names its place.
+ * A dry run's page: convert its values with the column types' input
+ * functions (as the run's role: domain checks are user code), so that a
+ * value that does not fit fails with its page, record, column and value,
+ * and write nothing.
  */
 static void
-convert_page(EtlLoader *loader, JsonbValue *slots, int nrec, const bool *present,
-			 int32 page_index, Datum **values, bool **nulls)
+check_page_values(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index)
 {
 	int			ncols = loader->ncols;
+	JsonbValue *slots = palloc0(sizeof(JsonbValue) * nrec * ncols);	/* jbvNull is 0 */
+	bool	   *present = palloc0(sizeof(bool) * ncols);
 	ConvertPosition pos = {0};
 	ErrorContextCallback errcb;
+	RoleSwitch	sw;
 
+	collect_records(loader, records, nrec, page_index, slots, present);
+	etl_cap_lock_waits();
+	act_as_run_role(loader, &sw);
 	pos.page_index = page_index;
 	errcb.callback = convert_error_context;
 	errcb.arg = &pos;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	for (int c = 0; c < ncols; c++)
-	{
-		values[c] = palloc(sizeof(Datum) * nrec);
-		nulls[c] = palloc(sizeof(bool) * nrec);
-		if (!present[c])
-			continue;
-		for (int r = 0; r < nrec; r++)
+		for (int r = 0; present[c] && r < nrec; r++)
 		{
 			pos.record = r;
-			convert_value(loader, c, &slots[r * ncols + c], &values[c][r], &nulls[c][r], &pos);
+			convert_value(loader, c, &slots[r * ncols + c], &pos);
 		}
-	}
 	error_context_stack = errcb.previous;
-}
-
-/*
- * The columns a page mentions, as a set: some must be, and for upsert every
- * key column.
- */
-static Bitmapset *
-page_columns(EtlLoader *loader, const bool *present, int32 page_index)
-{
-	Bitmapset  *columns = NULL;
-
-	for (int c = 0; c < loader->ncols; c++)
-		if (present[c])
-			columns = bms_add_member(columns, c);
-	if (columns == NULL)
-		no_column_matches(loader, page_index);
-	if (loader->upsert)
-		for (int c = 0; c < loader->ncols; c++)
-			if (loader->cols[c].is_key && !present[c])
-				ereport(ERROR,
-						(errcode(ERRCODE_NOT_NULL_VIOLATION),
-						 errmsg("key column \"%s\" is missing from every record of page %d",
-								loader->cols[c].name, page_index + 1),
-						 errhint("An upsert needs the key in each record; check key_columns and column_map.")));
-	return columns;
-}
-
-/* INSERT the converted columns of a page: one array per column. */
-static void
-insert_page(EtlLoader *loader, Bitmapset *columns, Datum **values, bool **nulls, int nrec)
-{
-	LoaderPlan *plan;
-	Datum	   *args = palloc(sizeof(Datum) * loader->ncols);
-	int			nargs = 0;
-	int			c = -1;
-	int			dims[1] = {nrec};
-	int			lbs[1] = {1};
-
-	SPI_connect();
-	plan = plan_for_columns(loader, columns);
-	while ((c = bms_next_member(columns, c)) >= 0)
-	{
-		LoaderColumn *col = &loader->cols[c];
-
-		if (OidIsValid(col->array_typid))
-			args[nargs++] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
-															   col->typid, col->typlen,
-															   col->typbyval, col->typalign));
-		else
-			args[nargs++] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
-															   TEXTOID, -1, false, TYPALIGN_INT));
-	}
-
-	if (SPI_execute_plan(plan->plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "etl_exec: INSERT into %s failed", loader->target);
-	SPI_finish();
+	check_page_columns(loader, present, page_index);
+	back_from_run_role(&sw);
 }
 
 /*
@@ -1434,30 +1365,12 @@ int
 etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index,
 					 bool dry_run)
 {
-	int			ncols = loader->ncols;
-	Datum	  **values = palloc(sizeof(Datum *) * ncols);
-	bool	  **nulls = palloc(sizeof(bool *) * ncols);
-	bool	   *present = palloc0(sizeof(bool) * ncols);
-	JsonbValue *slots;
-	Bitmapset  *columns;
-	RoleSwitch	sw;
-
 	if (nrec == 0)
 		return 0;
-	if (loader->use_copy && !dry_run && !rls_enabled(loader))
-		return load_page_copy(loader, records, nrec, page_index);
-	slots = palloc0(sizeof(JsonbValue) * nrec * ncols); /* jbvNull is 0 */
-	collect_records(loader, records, nrec, page_index, slots, present);
-
-	/* input functions (domain checks) are user code too */
-	etl_cap_lock_waits();
-	act_as_run_role(loader, &sw);
-	check_constraints_in_page();
-	convert_page(loader, slots, nrec, present, page_index, values, nulls);
-	columns = page_columns(loader, present, page_index);
-	if (!dry_run)
-		insert_page(loader, columns, values, nulls, nrec);
-	back_from_run_role(&sw);
+	if (dry_run)
+		check_page_values(loader, records, nrec, page_index);
+	else
+		load_page_copy(loader, records, nrec, page_index);
 	return nrec;
 }
 
@@ -1533,13 +1446,11 @@ etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec)
 
 /*
  * The page reader's spec for this job, or NULL when its pages must be
- * parsed as jsonb (a shape it does not handle, upsert, row-level security).
+ * parsed as jsonb (a shape it does not handle).
  */
 const EtlScanSpec *
 etl_loader_scan_spec(EtlLoader *loader)
 {
-	if (loader->scan == NULL || rls_enabled(loader))
-		return NULL;
 	return loader->scan;
 }
 
@@ -1557,13 +1468,7 @@ etl_loader_note_scan(EtlLoader *loader, bool scanned_ok)
 void
 etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, int32 page_index)
 {
-	bool		any = false;
-
 	if (result->nrec == 0)
 		return;
-	for (int c = 0; c < loader->ncols; c++)
-		any |= result->present[c];
-	if (!any)
-		no_column_matches(loader, page_index);
 	copy_rows(loader, result->copy_text, result->copy_len, result->present, page_index);
 }

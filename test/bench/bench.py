@@ -221,9 +221,11 @@ def latest_run(db, job_id):
     return db.one("SELECT max(run_id) FROM dw_etl_runs WHERE job_id = %s", (job_id,))
 
 
-def stage_etl(db, label, job_id, table, expected, primary_key=False, sample=True):
-    """One etl_exec run, wall time from the call to its return (wait := true)."""
-    fresh_table(db, table, primary_key)
+def stage_etl(db, label, job_id, table, expected, primary_key=False, sample=True, fresh=True):
+    """One etl_exec run, wall time from the call to its return (wait := true);
+    into a fresh table, or (fresh=False) the table as the last stage left it."""
+    if fresh:
+        fresh_table(db, table, primary_key)
     quiesce(db)
     sampler = RssSampler() if sample else None
     if sampler:
@@ -500,7 +502,7 @@ def main():
     # warm the page cache and check the server once, untimed
     stage_fetch(args, meta, url1)
 
-    results = {k: [] for k in ("fetch", "copy", "append", "cp0", "upsert")}
+    results = {k: [] for k in ("fetch", "copy", "append", "cp0", "upsert", "upsert2")}
     for r in range(args.repeat):
         log("round %d of %d" % (r + 1, args.repeat))
         f = stage_fetch(args, meta, url1)
@@ -527,6 +529,11 @@ def main():
                                            primary_key=True))
         if r == 0:
             compare_with_copy(db, "etl_exec upsert", "bench_upsert")
+        # the same job again: every key is there, every row updates
+        results["upsert2"].append(stage_etl(db, "etl_exec upsert again", j_upsert, "bench_upsert", n,
+                                            primary_key=True, fresh=False))
+        if r == 0:
+            compare_with_copy(db, "etl_exec upsert again", "bench_upsert")
     # per-page checkpoints against the default interval, with an API that
     # answers each page in latency_ms: paired rounds, alternating order
     for r in range(args.latency_rounds):
@@ -591,7 +598,7 @@ def main():
 
     t_fetch, t_copy = best("fetch"), best("copy")
     t_lat, t_lat_cp0 = best("lat"), best("lat_cp0")
-    t_app, t_cp0, t_ups = best("append"), best("cp0"), best("upsert")
+    t_app, t_cp0, t_ups, t_ups2 = best("append"), best("cp0"), best("upsert"), best("upsert2")
     mb = meta["bytes"] / 1e6
     rows = [
         ["1. fetch limit: curl, all pages, 1 keep-alive connection", "%.2f" % t_fetch, fmt_int(n / t_fetch),
@@ -602,6 +609,8 @@ def main():
          "%.0f" % (mb / t_cp0)],
         ["4b. etl_exec, upsert on patientid (primary key)", "%.2f" % t_ups, fmt_int(n / t_ups),
          "%.0f" % (mb / t_ups)],
+        ["4c. etl_exec, the same upsert again: every key there", "%.2f" % t_ups2, fmt_int(n / t_ups2),
+         "%.0f" % (mb / t_ups2)],
     ]
     if py["seconds"]:
         rows.append(["5. Python executor: requests + psycopg2 execute_values", "%.2f" % py["seconds"],
@@ -637,6 +646,9 @@ def main():
         ["per-page checkpoint cost, zero latency, worker's commit time / rest", commit_share("cp0"),
          "reported, no target"],
         ["upsert overhead, throughput", "%+.1f %%" % ((1 - t_app / t_ups) * 100), ""],
+        ["etl_exec upsert / append, time (4b / 3)", "%.2f x" % (t_ups / t_app), "target <= 1.5 x"],
+        ["etl_exec upsert of existing keys / append, time (4c / 3)", "%.2f x" % (t_ups2 / t_app),
+         "reported, no target"],
         ["worker peak RssAnon, %s records" % fmt_int(n),
          "%.1f MB" % (peak1 / 1024) if peak1 else "n/a", "target < 64 MB"],
         ["worker peak RssAnon, %s records, checkpoint every page" % fmt_int(n),
@@ -665,6 +677,7 @@ def main():
         print()
         for key, name in (("fetch", "fetch"), ("copy", "COPY"), ("append", "etl_exec append"),
                           ("cp0", "etl_exec per-page"), ("upsert", "etl_exec upsert"),
+                          ("upsert2", "upsert again"),
                           ("lat", "latency, 60 s"), ("lat_cp0", "latency, per page")):
             print("%-18s%s" % (name, spread(key)))
     for w in warnings:

@@ -4,7 +4,8 @@
 #
 # The etl_exec benchmark, in one run on one data set and one cluster: the
 # fetch limit (curl over one keep-alive connection), the load limit (COPY),
-# etl_exec end to end (append; checkpoint every page; upsert), the Python
+# etl_exec end to end (append; checkpoint every page; upsert of new keys,
+# then of the same keys again), the Python
 # executor it replaces, the worker's peak memory at N and 3N records, and
 # the time from etl_resume_run to the first new row.  Prints a summary table.
 # Then the latency scenario (latency_bench.py): pages of 100 records from an

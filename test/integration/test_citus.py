@@ -13,6 +13,7 @@ import psycopg2
 import pytest
 
 from conftest import Db
+import mock_api
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLUSTER = os.path.join(HERE, "..", "citus_cluster.sh")
@@ -133,6 +134,40 @@ def test_upsert_on_the_distribution_key_twice(cdb):
     assert cdb.run_row(run_id)["status"] == "succeeded"
     cdb.assert_patients_exact("c_upsert", 5000)      # values updated, no duplicates
     cdb.assert_in_shards("c_upsert", 5000)
+
+
+def test_upsert_keeps_the_last_record_of_a_key_in_the_shards(cdb):
+    """visits = i % 17 repeats within pages and across them: each page's
+    merge (planned by Citus) keeps a key's last record; run twice."""
+    cdb.q("DROP TABLE IF EXISTS c_visits")
+    cdb.q("CREATE TABLE c_visits (visits int PRIMARY KEY, patientid int, name text)")
+    cdb.q("SELECT create_distributed_table('c_visits', 'visits')")
+    job = cdb.job("c_visits", "/odata/Patients?n=100", "c_visits", page_size=40, pagination_options=TOTAL,
+                  load_mode="upsert", key_columns="{visits}")
+    last = {}
+    for i in range(1, 101):
+        last[mock_api.record(i)["Visits"]] = (i, mock_api.record(i)["Name"])
+    for _ in range(2):
+        row = cdb.run_row(cdb.one("SELECT etl_execute_job(%s, wait := true)", (job,)))
+        assert (row["status"], row["records_loaded"]) == ("succeeded", 100)
+        assert {v: (p, n) for v, p, n in cdb.q("SELECT visits, patientid, name FROM c_visits")} == last
+        cdb.assert_in_shards("c_visits", 17)
+
+
+def test_upsert_timeouts_then_resume_is_exact(cdb):
+    cdb.distributed("c_up_timeout")
+    # 40 pages at >= 150 ms each: a 1 s timeout hits at least once even with
+    # several requests in flight
+    job = cdb.job("c_up_timeout", "/odata/Patients?n=4000&delay_ms=150", "c_up_timeout", page_size=100,
+                  pagination_options=TOTAL, load_mode="upsert", key_columns="{patientid}")
+    for _ in range(2):          # new keys, then every key there (and stale)
+        run_id = cdb.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
+        statuses = cdb.resume_until_done(run_id, timeout=1)
+        assert statuses.count("timed_out") >= 1, statuses
+        assert cdb.run_row(run_id)["records_loaded"] == 4000
+        cdb.assert_patients_exact("c_up_timeout", 4000)
+        cdb.assert_in_shards("c_up_timeout", 4000)
+        cdb.q("UPDATE c_up_timeout SET name = 'stale', visits = -1 WHERE patientid % 3 = 0")
 
 
 def test_replace_keeps_the_table_distributed_and_colocated(cdb):
