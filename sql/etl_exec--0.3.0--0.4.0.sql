@@ -949,7 +949,7 @@ BEGIN
     IF c IS NOT NULL THEN
         RETURN QUERY SELECT (c ->> 'skip')::bigint, (c ->> 'page_index')::int, (c ->> 'total_records')::bigint,
                             (c ->> 'saved_at')::timestamptz, c ->> 'next_url', c ->> 'cursor',
-                            coalesce((c ->> 'partition_index')::int, 0), (ctx ->> 'partitions_total')::int;
+                            (c ->> 'partition_index')::int, (ctx ->> 'partitions_total')::int;
     END IF;
 END
 $$;

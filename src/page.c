@@ -946,12 +946,12 @@ reader_suits(const EtlJob *job)
 		!(job->pagination == ETL_PAGINATION_CURSOR && job->cursor_in_body && !job->next_header);
 }
 
-/* A response a response rule ignored: say so (the run ends after it). */
+/* A response a response rule ignored: say so (the run, or its partition, ends there). */
 static void
 note_ignored(EtlPager *pager, const EtlCheckpoint *cp, const Page *page, EtlPageDone *done)
 {
 	ereport(LOG,
-			(errmsg("etl_exec: HTTP %ld from %s for page %d of job %d ignored by response rule %d; the run ends after the pages before it",
+			(errmsg("etl_exec: HTTP %ld from %s for page %d of job %d ignored by response rule %d; the run (or its partition) ends after the pages before it",
 					page->resp.status, etl_url_redact(page->url), cp->page_index + 1,
 					pager->job->job_id, page->resp.rule)));
 	done->ignored_status = page->resp.status;

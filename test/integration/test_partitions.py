@@ -195,6 +195,18 @@ def test_a_failing_partition_keeps_every_partition_before_it(db):
     assert db.one("SELECT partition_index FROM etl_get_checkpoint(%s)", (run_id,)) == 5
 
 
+def test_a_gone_parent_is_skipped_by_a_response_rule(db):
+    customers(db, 10)
+    job = fan_out_job(db, "ptskip", "pt_skip", 10, extra="&gone=3,6", concurrency=4,
+                      response_rules=json.dumps([{"status": 404, "action": "ignore"}]))
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert row["status"] == "succeeded", row["error_message"]
+    assert row["run_context"]["ignored_responses"] == 2
+    assert db.one("SELECT count(*) FROM pt_skip") == 80
+    assert db.one("SELECT count(*) FROM pt_skip WHERE patientid BETWEEN 21 AND 30 OR patientid BETWEEN 51 AND 60") == 0
+
+
 def test_progress_shows_partitions_done_of_all(db):
     customers(db, 40)
     job = fan_out_job(db, "ptprog", "pt_prog", 10, extra="&delay_ms=100", concurrency=1,

@@ -176,9 +176,11 @@ def test_hosts_privileges(db):
 
 
 def test_progress_view_ends_with_the_rate_limit_columns(db):
+    # new columns go at the end: the rate limit's after 0.3.0's, the partitions' after them
     cols = [r[0] for r in db.q("SELECT attname FROM pg_attribute WHERE attrelid = 'etl_run_progress'::regclass "
                                "AND attnum > 0 ORDER BY attnum")]
-    assert cols[-3:] == ["queue_position", "waiting_for_rate_limit", "rate_limited_until"]
+    assert cols[-5:] == ["queue_position", "waiting_for_rate_limit", "rate_limited_until",
+                         "partitions_done", "partitions_total"]
 
 
 # ---------- runs against a rate-limited API ----------
