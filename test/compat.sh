@@ -143,7 +143,7 @@ mount_all() {
 in_chroot() {
     # the harness's port settings pass through when set (see test/env.sh)
     local v pass=()
-    for v in PGPORT MOCK_API_PORT ETL_BENCH_PGPORT ETL_BENCH_MOCK_API_PORT ETL_BENCH_NGINX_PORT; do
+    for v in PGPORT MOCK_API_PORT ETL_BENCH_PGPORT ETL_BENCH_MOCK_API_PORT ETL_BENCH_NGINX_PORT ETL_SUITE; do
         [ -n "${!v:-}" ] && pass+=("$v=${!v}")
     done
     chroot "$CHROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
