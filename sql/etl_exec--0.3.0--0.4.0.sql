@@ -455,14 +455,18 @@ BEGIN
 END
 $$;
 
--- a checkpoint counts records of one format: a resume after the format
--- changed is refused (json jobs keep the fingerprint they had)
+-- a checkpoint counts records of one format, and pages of one request: a
+-- resume after the format, the method or the body changed is refused (GET
+-- json jobs keep the fingerprint they had)
 CREATE OR REPLACE FUNCTION _etl_paging_of(p_job_id int) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('url', j.url, 'pagination', j.pagination,
                               'page_size', j.page_size, 'records_path', j.records_path::text)
            || CASE WHEN j.format <> 'json'
                    THEN jsonb_build_object('format', j.format, 'csv_options', j.csv_options)
+                   ELSE '{}' END
+           || CASE WHEN j.method <> 'GET' OR j.body IS NOT NULL
+                   THEN jsonb_build_object('method', j.method, 'body', j.body)
                    ELSE '{}' END
     FROM @extschema@.dw_etl_jobs j WHERE j.job_id = p_job_id
 $$;

@@ -252,6 +252,21 @@ def test_timeouts_and_resumes_are_exact(db, style):
     assert db.run_row(run_id)["records_loaded"] == n
 
 
+def test_a_changed_body_refuses_the_resume(db):
+    db.patients_table("rq_bodychg")
+    j = search_job(db, "rqbodychg", "rq_bodychg", url="/search/Patients?n=3000&delay_ms=120",
+                   concurrency=1, checkpoint_interval_seconds=0)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (j,))
+    assert db.wait(run_id) == "timed_out"
+    body = db.one("SELECT body FROM dw_etl_jobs WHERE job_id = %s", (j,))
+    db.q("UPDATE dw_etl_jobs SET body = body || %s::jsonb WHERE job_id = %s", ('{"query": "other"}', j))
+    with pytest.raises(psycopg2.Error, match="body"):
+        db.q("SELECT etl_resume_run(%s)", (run_id,))
+    db.q("UPDATE dw_etl_jobs SET body = %s WHERE job_id = %s", (json.dumps(body), j))
+    db.q("SELECT etl_resume_run(%s, wait := true)", (run_id,))
+    db.assert_patients_exact("rq_bodychg", 3000)
+
+
 # ------------------------------------------------------------ response rules
 
 @pytest.mark.parametrize("concurrency", [1, 8])
