@@ -23,10 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,50 +31,10 @@ import bench  # noqa: E402
 from bench import Db, compare_with_copy, fail, fmt_int, log, stage_copy, stage_etl, table  # noqa: E402
 
 
-class SlowApi(ThreadingHTTPServer):
-    """The pre-rendered pages (skip-N.json), each answered after a fixed
-    delay, to any number of requests at once; 127.0.0.1 only, an ephemeral
-    port."""
-    daemon_threads = True
+class SlowApi(bench.SlowPages):
+    """bench.py's slow server (the pre-rendered pages, each answered after a
+    fixed delay; 127.0.0.1, an ephemeral port), for many requests at once."""
     request_queue_size = 256
-
-    def __init__(self, data_dir, delay_ms):
-        self.data_dir = data_dir
-        self.delay = delay_ms / 1000.0
-        super().__init__(("127.0.0.1", 0), SlowHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d/m1/Patients" % self.server_address[1]
-
-
-class SlowHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # headers and body go out in two writes: without this, Nagle's algorithm
-    # and the client's delayed ACK add ~40 ms to every response
-    disable_nagle_algorithm = True
-
-    def log_message(self, fmt, *args):
-        pass
-
-    def do_GET(self):
-        u = urlsplit(self.path)
-        skip = parse_qs(u.query).get("skip", [""])[0]
-        path = os.path.join(self.server.data_dir, "m1", "skip-%s.json" % skip)
-        time.sleep(self.server.delay)
-        if u.path != "/m1/Patients" or not skip.isdigit() or not os.path.exists(path):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        with open(path, "rb") as f:
-            body = f.read()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 def stage_curl(args, meta, url, parallel):
