@@ -593,7 +593,8 @@ $$;
 
 -- etl_run_progress: a run waiting for a host's rate limit says which host,
 -- and until when (the worker's pg_stat_activity text: "... [rate limit:
--- HOST until EPOCH_MS]").  New columns go at the end.
+-- HOST until EPOCH_MS]"); a run with partitions, how many are done (the
+-- checkpoint's partition) of all.  New columns go at the end.
 DROP VIEW etl_run_progress;
 DROP FUNCTION etl_live_runs();
 
@@ -645,7 +646,9 @@ SELECT r.run_id,
        r.worker_pid,
        NULL::bigint AS queue_position,
        l.waiting_for_rate_limit,
-       l.rate_limited_until
+       l.rate_limited_until,
+       (r.run_context #>> '{checkpoint,partition_index}')::int AS partitions_done,
+       (r.run_context ->> 'partitions_total')::int AS partitions_total
 FROM @extschema@.etl_live_runs() l
 JOIN @extschema@.dw_etl_runs r ON r.run_id = l.run_id
 JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id
@@ -658,12 +661,12 @@ SELECT r.run_id, r.job_id, j.name, r.status, r.started_by, r.records_loaded, r.p
        clock_timestamp() - (r.run_context #>> '{checkpoint,saved_at}')::timestamptz,
        NULL::timestamptz, coalesce((r.run_context ->> 'retries')::int, 0), r.resume_count, NULL::int,
        row_number() OVER (ORDER BY r.run_id),
-       NULL::text, NULL::timestamptz
+       NULL::text, NULL::timestamptz,
+       (r.run_context #>> '{checkpoint,partition_index}')::int, (r.run_context ->> 'partitions_total')::int
 FROM @extschema@.dw_etl_runs r
 JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id
 WHERE r.status = 'queued';
-
-COMMENT ON VIEW etl_run_progress IS 'etl_exec: running runs with records, pages, expected total, percent, rows/s, elapsed, ETA and checkpoint age, and the host whose rate limit a run waits for, until when; queued runs with their queue_position';
+COMMENT ON VIEW etl_run_progress IS 'etl_exec: running runs with records, pages, expected total, percent, rows/s, elapsed, ETA and checkpoint age, the host whose rate limit a run waits for and until when, and partitions done of all; queued runs with their queue_position';
 
 REVOKE ALL ON FUNCTION etl_live_runs(), etl_host_budgets(), _etl_validate_host(), _etl_rate_headers(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION etl_live_runs(), etl_host_budgets() TO etl_operator;
@@ -959,56 +962,6 @@ END
 $$;
 REVOKE ALL ON FUNCTION etl_get_checkpoint(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION etl_get_checkpoint(bigint) TO etl_operator;
-
-
--- etl_run_progress: partitions done (the checkpoint's partition) and in all
-CREATE OR REPLACE VIEW etl_run_progress AS
-SELECT r.run_id,
-       r.job_id,
-       j.name AS job_name,
-       r.status,
-       r.started_by,
-       greatest(coalesce(l.records, 0), r.records_loaded) AS records_loaded,
-       greatest(coalesce(l.pages, 0), r.pages_fetched) AS pages_fetched,
-       coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint) AS expected_total,
-       round(100.0 * greatest(coalesce(l.records, 0), r.records_loaded)
-             / nullif(coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint), 0), 1) AS percent_done,
-       l.rows_per_second,
-       clock_timestamp() - r.started_at AS elapsed,
-       clock_timestamp() - r.segment_started_at AS segment_elapsed,
-       CASE WHEN l.rows_per_second > 0 AND coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint) IS NOT NULL
-            THEN make_interval(secs => greatest(0, coalesce(l.expected_total, (r.run_context ->> 'expected_total')::bigint)
-                                                   - greatest(coalesce(l.records, 0), r.records_loaded))
-                                              / l.rows_per_second)
-       END AS eta,
-       clock_timestamp() - (r.run_context #>> '{checkpoint,saved_at}')::timestamptz AS checkpoint_age,
-       (r.segment_started_at + make_interval(secs => r.timeout_seconds)) AS deadline,
-       coalesce(l.retries, (r.run_context ->> 'retries')::int, 0) AS retries,
-       r.resume_count,
-       r.worker_pid,
-       NULL::bigint AS queue_position,
-       l.waiting_for_rate_limit,
-       l.rate_limited_until,
-       (r.run_context #>> '{checkpoint,partition_index}')::int AS partitions_done,
-       (r.run_context ->> 'partitions_total')::int AS partitions_total
-FROM @extschema@.etl_live_runs() l
-JOIN @extschema@.dw_etl_runs r ON r.run_id = l.run_id
-JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id
-UNION ALL
--- queued runs: waiting for a worker slot, oldest first
-SELECT r.run_id, r.job_id, j.name, r.status, r.started_by, r.records_loaded, r.pages_fetched,
-       (r.run_context ->> 'expected_total')::bigint,
-       round(100.0 * r.records_loaded / nullif((r.run_context ->> 'expected_total')::bigint, 0), 1),
-       NULL::numeric, clock_timestamp() - r.started_at, NULL::interval, NULL::interval,
-       clock_timestamp() - (r.run_context #>> '{checkpoint,saved_at}')::timestamptz,
-       NULL::timestamptz, coalesce((r.run_context ->> 'retries')::int, 0), r.resume_count, NULL::int,
-       row_number() OVER (ORDER BY r.run_id),
-       NULL::text, NULL::timestamptz,
-       (r.run_context #>> '{checkpoint,partition_index}')::int, (r.run_context ->> 'partitions_total')::int
-FROM @extschema@.dw_etl_runs r
-JOIN @extschema@.dw_etl_jobs j ON j.job_id = r.job_id
-WHERE r.status = 'queued';
-COMMENT ON VIEW etl_run_progress IS 'etl_exec: running runs with records, pages, expected total, percent, rows/s, elapsed, ETA and checkpoint age, the host whose rate limit a run waits for and until when, and partitions done of all; queued runs with their queue_position';
 
 ------------------------------------------------------------------------------
 -- Upsert at COPY speed
