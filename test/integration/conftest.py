@@ -140,6 +140,18 @@ class Db:
         assert [r[0] for r in rows] == list(range(1, n + 1))
 
 
+def run_in_session(db, sql, args=(), settings=()):
+    """Run a statement in a session with some SET commands first."""
+    conn = connect(db.dbname)
+    cur = conn.cursor()
+    for s in settings:
+        cur.execute(s)
+    cur.execute(sql, args)
+    result = cur.fetchone()[0]
+    conn.close()
+    return result
+
+
 def fresh_database(name):
     """An empty database of that name (dropped first if it exists)."""
     admin = connect()

@@ -9,7 +9,7 @@ import urllib.request
 import psycopg2
 import pytest
 
-from conftest import MOCK_API, connect
+from conftest import MOCK_API, connect, run_in_session
 
 TOTAL = {"total_path": '$."@odata.count"'}
 
@@ -21,18 +21,6 @@ def stats():
 
 def reset():
     urllib.request.urlopen(MOCK_API + "/__reset").read()
-
-
-def run_in_session(db, sql, args=(), settings=()):
-    """Run a statement in a session with some SET commands first."""
-    conn = connect(db.dbname)
-    cur = conn.cursor()
-    for s in settings:
-        cur.execute(s)
-    cur.execute(sql, args)
-    result = cur.fetchone()[0]
-    conn.close()
-    return result
 
 
 def test_5xx_then_success_is_retried(db):

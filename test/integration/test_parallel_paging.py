@@ -11,7 +11,7 @@ import urllib.request
 import psycopg2
 import pytest
 
-from conftest import MOCK_API, connect
+from conftest import MOCK_API, run_in_session
 
 TOTAL = {"total_path": '$."@odata.count"'}
 PAGED = {"page_param": "page", "limit_param": "per_page", "total_path": "$.total"}
@@ -294,17 +294,6 @@ def test_32_in_flight_is_exact(db):
 
 
 # ---- found in review: each failed before its fix
-
-def run_in_session(db, sql, args=(), settings=()):
-    conn = connect(db.dbname)
-    cur = conn.cursor()
-    for s in settings:
-        cur.execute(s)
-    cur.execute(sql, args)
-    result = cur.fetchone()[0]
-    conn.close()
-    return result
-
 
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_allowed_hosts_applies_to_the_first_url_at_any_concurrency(db, concurrency):
