@@ -504,6 +504,7 @@ typedef struct EtlJob
 extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
 extern void etl_job_for_partition(const EtlJob *job, Jsonb *run_parameters,
 								  Jsonb *partition_parameters, EtlJob *out);
+extern Jsonb *etl_partition_parameters(Jsonb *run_parameters, Jsonb *partition_parameters);
 extern void etl_job_use_partition(EtlJob *job, Jsonb *run_parameters,
 								  Jsonb *partition_parameters);
 
@@ -631,6 +632,7 @@ extern void etl_loader_end(EtlLoader *loader);
 extern void etl_loader_finish(EtlLoader *loader);
 extern void etl_loader_flush(EtlLoader *loader);
 extern bool etl_loader_commits_remotely(EtlLoader *loader);
+extern void etl_loader_use_parameters(EtlLoader *loader, Jsonb *parameters);
 extern const EtlScanSpec *etl_loader_scan_spec(EtlLoader *loader);
 extern void etl_loader_note_scan(EtlLoader *loader, bool scanned_ok);
 extern void etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, int32 page_index);

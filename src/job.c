@@ -455,6 +455,15 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 		job->url = render_url(job, job->url, parameters);
 }
 
+/* The parameters of a partition: the run's, with the partition's over them. */
+Jsonb *
+etl_partition_parameters(Jsonb *run_parameters, Jsonb *partition_parameters)
+{
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+											  JsonbPGetDatum(run_parameters),
+											  JsonbPGetDatum(partition_parameters)));
+}
+
 /*
  * The job as it asks for one partition of the run: a copy whose URL (and
  * POST body) are its templates filled from the run's parameters with the
@@ -464,9 +473,7 @@ void
 etl_job_for_partition(const EtlJob *job, Jsonb *run_parameters, Jsonb *partition_parameters,
 					  EtlJob *out)
 {
-	Jsonb	   *merged = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
-															JsonbPGetDatum(run_parameters),
-															JsonbPGetDatum(partition_parameters)));
+	Jsonb	   *merged = etl_partition_parameters(run_parameters, partition_parameters);
 
 	*out = *job;
 	out->url = render_url(job, job->url_template, merged);

@@ -42,7 +42,10 @@ struct EtlKeyResolver
 	int			nhash;
 };
 
-/* A resolver for the given column names; NULL when memory runs out. */
+/*
+ * A resolver for the given column names (a NULL name: a column no key
+ * names); NULL when memory runs out.
+ */
 EtlKeyResolver *
 etl_key_resolver_create(int ncols, char *const *names)
 {
@@ -60,6 +63,11 @@ etl_key_resolver_create(int ncols, char *const *names)
 	}
 	for (int c = 0; c < ncols; c++)
 	{
+		if (names[c] == NULL)
+		{
+			r->lens[c] = -1;	/* no key is that long */
+			continue;
+		}
 		if ((r->names[c] = strdup(names[c])) == NULL)
 		{
 			etl_key_resolver_free(r);

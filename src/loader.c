@@ -41,7 +41,11 @@
  * Without a column_map a target column takes the record key of the same
  * name, compared case-insensitively (key_resolver.c); columns that no
  * record of a page mentions are left out of that page's INSERT, so their
- * defaults apply.
+ * defaults apply.  A column_map value "{param:NAME}" gives its column the
+ * run's (or the page's partition's) parameter NAME in every record: the
+ * value is rendered once per partition and added to each row of the COPY
+ * text (append_parameters).  Such entries do not turn mapping by name off;
+ * jsonpath entries do.
  *
  *-------------------------------------------------------------------------
  */
@@ -93,7 +97,10 @@ typedef struct LoaderColumn
 	FmgrInfo	infunc;
 	Oid			ioparam;
 	EtlPath    *map_path;		/* from column_map, or NULL */
-	bool		mapped;			/* named in column_map */
+	bool		mapped;			/* named in column_map with a jsonpath */
+	char	   *param_name;		/* column_map "{param:NAME}": NAME, or NULL */
+	char	   *param_value;	/* that parameter's value now (NULL: null) */
+	char	   *param_text;		/* ... as COPY text */
 	bool		is_key;
 } LoaderColumn;
 
@@ -105,7 +112,9 @@ struct EtlLoader
 	char	   *target;			/* quoted, schema-qualified */
 	int			ncols;
 	LoaderColumn *cols;
-	bool		use_map;
+	bool		use_map;		/* column_map has jsonpaths: columns by path */
+	int			nparams;		/* columns that take a parameter */
+	MemoryContext param_cxt;	/* their values: the current partition's */
 	bool		upsert;
 	Oid			insert_relid;	/* where pages load: target or staging */
 	EtlScanSpec *scan;			/* for page_scan.c, or NULL: jsonb only */
@@ -329,8 +338,9 @@ new_key_resolver(EtlLoader *loader)
 	EtlKeyResolver *keys;
 	MemoryContextCallback *cb;
 
+	/* a column that takes a parameter takes no record key */
 	for (int c = 0; c < loader->ncols; c++)
-		names[c] = loader->cols[c].name;
+		names[c] = loader->cols[c].param_name ? NULL : loader->cols[c].name;
 	keys = etl_key_resolver_create(loader->ncols, names);
 	if (keys == NULL)
 		elog(ERROR, "etl_exec: out of memory");
@@ -432,7 +442,22 @@ column_named(EtlLoader *loader, const char *name)
 	return found;
 }
 
-/* The job's column_map: each column it names, with its path compiled. */
+/*
+ * The parameter a column_map value "{param:NAME}" names (NAME), or NULL
+ * for a jsonpath.
+ */
+static char *
+column_map_parameter(const char *value, int len)
+{
+	if (len > 8 && strncmp(value, "{param:", 7) == 0 && value[len - 1] == '}')
+		return pnstrdup(value + 7, len - 8);
+	return NULL;
+}
+
+/*
+ * The job's column_map: each column it names, with its path compiled or
+ * the parameter it takes.
+ */
 static void
 read_column_map(EtlLoader *loader, const EtlJob *job)
 {
@@ -441,7 +466,6 @@ read_column_map(EtlLoader *loader, const EtlJob *job)
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
 
-	loader->use_map = true;
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		if (tok == WJB_KEY)
@@ -449,17 +473,27 @@ read_column_map(EtlLoader *loader, const EtlJob *job)
 		else if (tok == WJB_VALUE && key)
 		{
 			int			found = column_named(loader, key);
+			LoaderColumn *col;
 
 			if (found < 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_UNDEFINED_COLUMN),
 						 errmsg("column_map of job %d names column \"%s\", which target table %s does not have (or cannot be written)",
 								job->job_id, key, loader->target)));
-			loader->cols[found].mapped = true;
-			loader->cols[found].map_path =
-				etl_path_compile(pnstrdup(v.val.string.val, v.val.string.len));
+			col = &loader->cols[found];
+			col->param_name = column_map_parameter(v.val.string.val, v.val.string.len);
+			if (col->param_name)
+			{
+				loader->nparams++;
+				continue;
+			}
+			col->mapped = loader->use_map = true;
+			col->map_path = etl_path_compile(pnstrdup(v.val.string.val, v.val.string.len));
 		}
 	}
+	if (loader->nparams > 0)
+		loader->param_cxt = AllocSetContextCreate(loader->cxt, "etl_exec column parameters",
+												  ALLOCSET_SMALL_SIZES);
 }
 
 /* The job's key_columns, each a column of the target. */
@@ -751,6 +785,22 @@ convert_value(EtlLoader *loader, int c, JsonbValue *v, ConvertPosition *pos)
 	pfree(text);
 }
 
+/* Convert the value of a column's parameter, as convert_value does a record's. */
+static void
+convert_parameter(EtlLoader *loader, int c, ConvertPosition *pos)
+{
+	LoaderColumn *col = &loader->cols[c];
+
+	if (col->param_text == NULL)
+		elog(ERROR, "etl_exec: no parameters given for column \"%s\"", col->name);
+	if (col->param_value == NULL || col->is_jsonb)
+		return;
+	pos->column = col->name;
+	pos->value = col->param_value;
+	(void) InputFunctionCall(&col->infunc, col->param_value, col->ioparam, col->typmod);
+	pos->column = NULL;
+}
+
 /*
  * Each record's values by column: slots[r * ncols + c] (jbvNull where a
  * record lacks the column), and which columns the page mentions.
@@ -930,6 +980,51 @@ append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
 }
 
 /*
+ * The parameters the pages to come were asked with (the run's, with their
+ * partition's over them): the values of the columns column_map gives a
+ * parameter, as COPY text, for every row of those pages.  A parameter the
+ * run does not have is an error, before any row takes a NULL for it.
+ */
+void
+etl_loader_use_parameters(EtlLoader *loader, Jsonb *parameters)
+{
+	MemoryContext old;
+
+	if (loader == NULL || loader->nparams == 0)
+		return;
+	MemoryContextReset(loader->param_cxt);
+	old = MemoryContextSwitchTo(loader->param_cxt);
+	for (int c = 0; c < loader->ncols; c++)
+	{
+		LoaderColumn *col = &loader->cols[c];
+		JsonbValue	buf;
+		JsonbValue *v = NULL;
+		StringInfoData text;
+
+		if (col->param_name == NULL)
+			continue;
+		if (parameters != NULL && JB_ROOT_IS_OBJECT(parameters))
+			v = getKeyJsonValueFromContainer(&parameters->root, col->param_name,
+											 strlen(col->param_name), &buf);
+		if (v == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("column_map of job %d gives column \"%s\" the parameter \"%s\", which the run does not have",
+							loader->job->job_id, col->name, col->param_name),
+					 errhint("Pass \"%s\" in the run's parameters, or name a column of the job's partitions.",
+							 col->param_name)));
+		col->param_value = column_text(col, v);
+		initStringInfo(&text);
+		if (col->param_value == NULL)
+			appendStringInfoString(&text, "\\N");
+		else
+			etl_append_copy_text(&text, col->param_value, strlen(col->param_value));
+		col->param_text = text.data;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * Before a commit: rows still waiting in the page table go into the
  * target, in the transaction that commits the checkpoint covering them.
  */
@@ -1009,20 +1104,27 @@ check_target_privileges(EtlLoader *loader, const bool *present)
 	table_close(rel, NoLock);
 }
 
-/* The columns present, by name: the columns a page's COPY text carries. */
+/*
+ * The columns present, by name: the columns a page's COPY text carries --
+ * in column order, and those that take a parameter last (see
+ * append_parameters).
+ */
 static List *
 copy_columns(EtlLoader *loader, const bool *present)
 {
 	List	   *attnames = NIL;
 
 	for (int c = 0; c < loader->ncols; c++)
-		if (present[c])
+		if (present[c] && loader->cols[c].param_name == NULL)
+			attnames = lappend(attnames, makeString(loader->cols[c].name));
+	for (int c = 0; c < loader->ncols; c++)
+		if (present[c] && loader->cols[c].param_name != NULL)
 			attnames = lappend(attnames, makeString(loader->cols[c].name));
 	return attnames;
 }
 
 /*
- * Begin reading a page's COPY text (the present columns, in column order)
+ * Begin reading a page's COPY text (the present columns: copy_columns)
  * for the table rel (opened with lockmode), as COPY FROM does.
  */
 static CopyFromState
@@ -1234,8 +1336,60 @@ try_copy_first(EtlLoader *loader, bool rls)
 }
 
 /*
- * Load a page rendered as COPY text (the columns present, in column
- * order), as the run's role, after checking that role's privileges on
+ * The columns that take a parameter, added to each row of a page's COPY
+ * text (after the record's columns, where copy_columns puts them), and to
+ * the columns present.  The text is the page's, one row a line.
+ */
+static void
+append_parameters(EtlLoader *loader, const char **text, int *len, const bool **present)
+{
+	bool	   *with = palloc(sizeof(bool) * loader->ncols);
+	bool		any_record_column = false;
+	StringInfoData params;
+	StringInfoData out;
+	const char *p = *text;
+	const char *end = *text + *len;
+
+	initStringInfo(&params);
+	for (int c = 0; c < loader->ncols; c++)
+	{
+		LoaderColumn *col = &loader->cols[c];
+
+		with[c] = (*present)[c] || col->param_name != NULL;
+		if (col->param_name == NULL)
+		{
+			any_record_column |= (*present)[c];
+			continue;
+		}
+		if (col->param_text == NULL)
+			elog(ERROR, "etl_exec: no parameters given for column \"%s\"", col->name);
+		if (params.len > 0)
+			appendStringInfoChar(&params, '\t');
+		appendStringInfoString(&params, col->param_text);
+	}
+
+	initStringInfo(&out);
+	enlargeStringInfo(&out, *len + params.len + 2);
+	while (p < end)
+	{
+		const char *nl = memchr(p, '\n', end - p);
+		int			n = nl ? nl - p : end - p;
+
+		appendBinaryStringInfo(&out, p, n);
+		if (any_record_column)
+			appendStringInfoChar(&out, '\t');
+		appendBinaryStringInfo(&out, params.data, params.len);
+		appendStringInfoChar(&out, '\n');
+		p += n + 1;
+	}
+	*text = out.data;
+	*len = out.len;
+	*present = with;
+}
+
+/*
+ * Load a page rendered as COPY text (the columns present: copy_columns),
+ * as the run's role, after checking that role's privileges on
  * those columns, as the statement that writes them would.
  *
  * A page for a plain table (or a replace run's staging table) goes
@@ -1255,6 +1409,8 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	RoleSwitch	sw;
 
 	Assert(loader->pages != NULL || !loader->upsert);	/* (dry runs write nothing) */
+	if (loader->nparams > 0)
+		append_parameters(loader, &text, &len, &present);
 	check_page_columns(loader, present, page_index);
 	if (loader->pages != NULL && (write_now || loader->kind.kind != ETL_TARGET_PLAIN))
 		relid = etl_page_table_open(loader->pages); /* as the worker */
@@ -1350,6 +1506,13 @@ check_page_values(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_i
 			pos.record = r;
 			convert_value(loader, c, &slots[r * ncols + c], &pos);
 		}
+	for (int c = 0; c < ncols; c++)
+		if (loader->cols[c].param_name)
+		{
+			present[c] = true;
+			pos.record = 0;
+			convert_parameter(loader, c, &pos);
+		}
 	error_context_stack = errcb.previous;
 	check_page_columns(loader, present, page_index);
 	back_from_run_role(&sw);
@@ -1389,6 +1552,16 @@ etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec)
 	initStringInfo(&buf);
 	initStringInfo(&unmapped);
 	appendStringInfoString(&buf, "\"columns\": {");
+	for (int c = 0; c < loader->ncols; c++)
+		if (loader->cols[c].param_name)
+		{
+			if (!first)
+				appendStringInfoChar(&buf, ',');
+			escape_json(&buf, loader->cols[c].name);
+			appendStringInfoChar(&buf, ':');
+			escape_json(&buf, psprintf("{param:%s}", loader->cols[c].param_name));
+			first = false;
+		}
 	if (loader->use_map)
 	{
 		for (int c = 0; c < loader->ncols; c++)

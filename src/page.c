@@ -149,6 +149,8 @@ etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_
 	pager->partition_loaded = -1;
 	pager->partition_cxt = AllocSetContextCreate(run_cxt, "etl_exec partition", ALLOCSET_SMALL_SIZES);
 	etl_job_http_auth(job, &pager->auth);
+	if (partitions_total < 0)
+		etl_loader_use_parameters(loader, run_parameters);	/* (a partition's: use_partition) */
 	return pager;
 }
 
@@ -883,13 +885,17 @@ static void
 use_partition(EtlPager *pager, int32 index)
 {
 	MemoryContext old;
+	Jsonb	   *parameters;
 
 	MemoryContextReset(pager->partition_cxt);
 	old = MemoryContextSwitchTo(pager->partition_cxt);
-	etl_job_use_partition(pager->job, pager->run_parameters,
-						  etl_read_partition(pager->run_id, index));
+	pager->partition_loaded = index;	/* (errors name it) */
+	parameters = etl_read_partition(pager->run_id, index);
+	etl_job_use_partition(pager->job, pager->run_parameters, parameters);
+	/* the columns column_map gives a parameter take the partition's */
+	etl_loader_use_parameters(pager->loader,
+							  etl_partition_parameters(pager->run_parameters, parameters));
 	MemoryContextSwitchTo(old);
-	pager->partition_loaded = index;
 	pager->known_total = -1;
 	pager->nseen_links = 0;
 }

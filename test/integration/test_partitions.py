@@ -11,6 +11,7 @@ import urllib.request
 import psycopg2
 import pytest
 
+import mock_api
 from conftest import MOCK_API
 
 TOTAL = {"total_path": '$."@odata.count"'}
@@ -256,3 +257,127 @@ def test_a_query_that_fails_at_run_start_says_so(db):
         db.q("SELECT etl_execute_job(%s)", (job,))
     assert 'relation "pt_nowhere" does not exist' in str(e.value)
     assert db.one("SELECT count(*) FROM dw_etl_runs WHERE job_id = %s", (job,)) == 0
+
+
+# ---------- column_map "{param:NAME}": a parameter written into a column ----------
+
+def orders_table(db, table, extra=""):
+    db.patients_table(table)
+    db.q(f"ALTER TABLE {table} ADD COLUMN customer_id int{extra}")
+
+
+def assert_customers(db, table, n_rows, per_parent):
+    """Every row carries the customer whose orders it came from."""
+    assert db.one(f"SELECT count(*) FROM {table}") == n_rows
+    assert db.one(f"SELECT count(*) FROM {table} WHERE customer_id = (patientid - 1) / {per_parent} + 1") == n_rows
+
+
+def test_a_child_row_takes_its_parent_s_key_from_a_parameter(db):
+    customers(db, 30)
+    orders_table(db, "pt_param")
+    job = fan_out_job(db, "ptparam", "pt_param", 20, concurrency=4,
+                      column_map={"customer_id": "{param:customer_id}"})
+    orders_table(db, "pt_param")
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert row["status"] == "succeeded", row["error_message"]
+    assert_customers(db, "pt_param", 600, 20)
+    # the other columns still map by name, every value intact
+    db.q("ALTER TABLE pt_param DROP COLUMN customer_id")
+    db.assert_patients_exact("pt_param", 600)
+
+
+def test_parameter_columns_stay_right_through_timeouts_and_resumes(db):
+    customers(db, 60)
+    job = fan_out_job(db, "ptparamto", "pt_param_to", 20, extra="&delay_ms=40", concurrency=4,
+                      checkpoint_interval_seconds=0, column_map={"customer_id": "{param:customer_id}"})
+    orders_table(db, "pt_param_to")
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 1)", (job,))
+    statuses = db.resume_until_done(run_id, timeout=1)
+    assert "timed_out" in statuses, statuses
+    assert_customers(db, "pt_param_to", 1200, 20)
+    assert db.one("SELECT count(DISTINCT patientid) FROM pt_param_to") == 1200
+
+
+def test_parameters_beside_jsonpaths_and_as_an_upsert_key(db):
+    customers(db, 12)
+    job = fan_out_job(db, "ptparamup", "pt_param_up", 10, concurrency=4, load_mode="upsert",
+                      key_columns="{customer_id,patientid}",
+                      column_map={"patientid": "$.PatientId", "name": "$.Name",
+                                  "customer_id": "{param:customer_id}"})
+    db.q("DROP TABLE pt_param_up")
+    db.q("""CREATE TABLE pt_param_up (customer_id int NOT NULL, patientid int NOT NULL, name text, visits int,
+                                      PRIMARY KEY (customer_id, patientid))""")
+    for _ in range(2):                              # the second run updates every row, inserts none
+        run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+        assert db.run_row(run_id)["status"] == "succeeded", db.run_row(run_id)["error_message"]
+    assert_customers(db, "pt_param_up", 120, 10)
+    rows = db.q("SELECT patientid, name, visits FROM pt_param_up ORDER BY patientid")
+    assert rows == [(i, mock_api.record(i)["Name"], None) for i in range(1, 121)]
+
+
+def test_parameters_through_the_jsonb_path_and_csv_pages(db):
+    customers(db, 5)
+    # a json (not jsonb) column sends pages through the jsonb path
+    job = fan_out_job(db, "ptparamjs", "pt_param_js", 10, column_map={"customer_id": "{param:customer_id}"})
+    orders_table(db, "pt_param_js", ", ADD COLUMN raw json")
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["status"] == "succeeded", db.run_row(run_id)["error_message"]
+    assert_customers(db, "pt_param_js", 50, 10)
+    job = db.job("ptparamcsv", "/odata/Patients?n=30&format=csv&region={region}", "pt_param_csv",
+                 page_size=10, format="csv",
+                 partitions=json.dumps({"values": {"region": ["eu", "us"]}}),
+                 column_map=json.dumps({"patientid": "$.PatientId", "region": "{param:region}"}))
+    db.q("DROP TABLE IF EXISTS pt_param_csv")
+    db.q("CREATE TABLE pt_param_csv (region text, patientid int)")
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["status"] == "succeeded", db.run_row(run_id)["error_message"]
+    assert db.q("SELECT region, count(*), min(patientid), max(patientid) FROM pt_param_csv GROUP BY 1 ORDER BY 1") == \
+        [("eu", 30, 1, 30), ("us", 30, 1, 30)]
+
+
+def test_a_run_parameter_fills_a_column_and_types_are_kept(db):
+    db.q("DROP TABLE IF EXISTS pt_param_run")
+    db.q("CREATE TABLE pt_param_run (patientid int, site text, batch int, tags jsonb, note text)")
+    job = db.job("ptparamrun", "/odata/Patients?n=25&site={site}", "pt_param_run", page_size=10,
+                 column_map={"patientid": "$.PatientId", "site": "{param:site}", "batch": "{param:batch}",
+                             "tags": "{param:tags}", "note": "{param:note}"})
+    run_id = db.one("""SELECT etl_execute_job(%s, wait := true,
+                           parameters := '{"site": "north\\tside", "batch": 7, "tags": {"a": [1, 2]}, "note": null}')""",
+                    (job,))
+    assert db.run_row(run_id)["status"] == "succeeded", db.run_row(run_id)["error_message"]
+    assert db.q("SELECT site, batch, tags, note, count(*) FROM pt_param_run GROUP BY 1, 2, 3, 4") == \
+        [("north\tside", 7, {"a": [1, 2]}, None, 25)]
+    # a dry run says which column takes which parameter, and checks the value fits
+    dry = db.one("SELECT etl_execute_job(%s, dry_run := true, wait := true, parameters := %s)",
+                 (job, json.dumps({"site": "s", "batch": 7, "tags": [], "note": "n"})))
+    report = db.run_row(dry)["run_context"]["dry_run"]
+    assert report["columns"]["batch"] == "{param:batch}"
+    with pytest.raises(psycopg2.Error, match='invalid input syntax for type integer: "seven"') as e:
+        db.one("SELECT etl_execute_job(%s, dry_run := true, wait := true, parameters := %s)",
+               (job, json.dumps({"site": "s", "batch": "seven", "tags": [], "note": "n"})))
+    assert 'column "batch", value "seven"' in e.value.diag.message_detail
+
+
+def test_a_parameter_the_run_does_not_have_fails_before_any_row(db):
+    customers(db, 3)
+    job = fan_out_job(db, "ptparammiss", "pt_param_miss", 10,
+                      column_map={"customer_id": "{param:customer}"})
+    orders_table(db, "pt_param_miss")
+    with pytest.raises(psycopg2.Error, match="failed: column_map of job %d gives column \"customer_id\" "
+                                             "the parameter \"customer\", which the run does not have" % job) as e:
+        db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert "partition 1 of 3 of the run" in e.value.diag.message_detail
+    assert db.one("SELECT status FROM dw_etl_runs WHERE job_id = %s", (job,)) == "failed"
+    assert db.one("SELECT count(*) FROM pt_param_miss") == 0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{param:}", 'column_map entry "customer_id" is not a valid parameter reference: {param:}'),
+    ("{param:customer_id", 'column_map entry "customer_id" is not a valid parameter reference: {param:customer_id'),
+    ("{params:customer_id}", 'column_map entry "customer_id" is not a valid jsonpath: {params:customer_id}'),
+])
+def test_parameter_references_are_validated_when_written(db, value, message):
+    orders_table(db, "pt_param_bad")
+    with pytest.raises(psycopg2.Error, match=message.replace("{", r"\{").replace("}", r"\}")):
+        db.job("ptparambad", "/odata/Patients", "pt_param_bad", column_map={"customer_id": value})
