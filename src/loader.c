@@ -1424,7 +1424,10 @@ write_or_reject(EtlLoader *loader, PageLines *page)
 	if (failure == NULL)
 		return;
 	/* COPY text escapes newlines in values: a line is a record */
-	starts = palloc(sizeof(int) * (page->len + 1));
+	for (int i = 0; i < page->len; i++)
+		n += page->text[i] == '\n';
+	starts = palloc(sizeof(int) * (n + 2));
+	n = 0;
 	starts[0] = 0;
 	for (int i = 0; i < page->len; i++)
 		if (page->text[i] == '\n')
