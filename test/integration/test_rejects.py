@@ -351,3 +351,15 @@ def test_pruning_a_run_deletes_its_rejects(db):
     assert db.one("SELECT etl_prune_runs(interval '1 day')") == 1
     assert db.one("SELECT count(*) FROM dw_etl_rejects WHERE run_id = %s", (old,)) == 0
     assert db.one("SELECT count(*) FROM dw_etl_rejects WHERE run_id = %s", (new,)) == 2
+
+
+def test_a_run_with_partitions_says_whose_page_a_reject_is(db):
+    db.q("DROP TABLE IF EXISTS rj_parts")
+    db.q("CREATE TABLE rj_parts (patientid int, birthdate date)")
+    job = db.job("rjparts", "/odata/Patients?n={n}&bad_records=1", "rj_parts", page_size=100,
+                 on_bad_record="reject", partitions=json.dumps({"values": {"n": [200, 300]}}))
+    row = run(db, job)
+    assert (row["status"], row["records_loaded"], row["run_context"]["rejected"]) == ("succeeded", 496, 4)
+    # (partition_index, page_index, record_index, column_name): pages count per partition
+    assert sorted((r[7], r[0], r[1], r[3]) for r in rejects(db, row["run_id"])) == \
+        [(0, 0, 6, "birthdate"), (0, 1, 49, "birthdate"), (1, 0, 6, "birthdate"), (1, 1, 49, "birthdate")]
