@@ -17,6 +17,7 @@ OBJS = \
 	src/job.o \
 	src/loader.o \
 	src/page_table.o \
+	src/rejects.o \
 	src/run_store.o \
 	src/host_budget.o \
 	src/rate_headers.o \

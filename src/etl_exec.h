@@ -15,6 +15,7 @@
  *	                     pagination.c, job.c
  *	                     loader.c            (into the target table)
  *	                     page_table.c        (the loader's way round COPY)
+ *	                     rejects.c           (records a run rejects)
  *	  the run store      run_store.c         (dw_etl_runs)
  *	  leaves             host_budget.c (rate_headers.c), run_clock.c, run_lock.c, ext_schema.c,
  *	                     target_kind.c, json_path.c, key_resolver.c,
@@ -82,6 +83,8 @@ typedef struct EtlCheckpoint
 										 * short without being the last) */
 	int32		partition_index;	/* the partition being paged; -1: the run
 									 * has none */
+	int64		rejected;		/* records rejected so far (on_bad_record
+								 * reject: run_context.rejected) */
 } EtlCheckpoint;
 
 /* ================ leaves ================ */
@@ -499,6 +502,9 @@ typedef struct EtlJob
 	char	   *next_header;	/* next link or cursor from this header, or NULL */
 	char	   *has_more_path;
 	EtlPath    *has_more;		/* compiled has_more_path, or NULL */
+	/* bad records (0.5.0) */
+	bool		reject_bad_records; /* on_bad_record = 'reject' */
+	int			max_rejected;	/* -1: no limit */
 } EtlJob;
 
 extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
@@ -622,6 +628,21 @@ extern bool etl_page_table_pending(EtlPageTable *pt);
 extern void etl_page_table_flush(EtlPageTable *pt);
 extern void etl_page_table_drop(EtlPageTable *pt);
 
+/* in rejects.c: records a run rejects (on_bad_record = 'reject') */
+typedef struct EtlRejectedRecord
+{
+	int			record_index;	/* in its page, 0-based */
+	char	   *column_name;	/* the column whose value was refused, or NULL */
+	char	   *error;			/* the error's message */
+	int			sqlerrcode;
+} EtlRejectedRecord;
+
+extern bool etl_error_rejects_record(int sqlerrcode);
+extern EtlRejectedRecord *etl_rejected_record(const ErrorData *edata, int record_index);
+extern void etl_store_rejects(int64 run_id, int32 job_id, int32 partition_index,
+							  int32 page_index, List *rejects, JsonbValue *records, int nrec);
+extern char *etl_describe_rejects(List *rejects);
+
 /* in loader.c */
 typedef struct EtlLoader EtlLoader;
 
@@ -639,6 +660,10 @@ extern void etl_loader_copy_scanned(EtlLoader *loader, EtlScanResult *result, in
 extern int	etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec,
 								 int32 page_index, bool dry_run);
 extern char *etl_loader_describe_mapping(EtlLoader *loader, JsonbValue *records, int nrec);
+extern void etl_loader_begin_page(EtlLoader *loader, const EtlCheckpoint *cp,
+								  const char *body, size_t len, const char *url);
+extern int	etl_loader_page_rejected(EtlLoader *loader);
+extern char *etl_loader_describe_rejects(EtlLoader *loader);
 
 /* ================ one page ================ */
 

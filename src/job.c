@@ -383,6 +383,8 @@ key_column_list(MemoryContext cxt, const char *json)
 	return result;
 }
 
+static void read_bad_record_policy(EtlJob *job);
+
 /*
  * Read the job definition the worker runs (current memory context), with
  * its first URL rendered from the run's parameters (which already include
@@ -441,6 +443,7 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 
 	read_csv_options(&job->csv, v ? etl_jsonb_from_cstring(cxt, v) : NULL);
 	read_request_shape(job, parameters, method, body, content_type, rules);
+	read_bad_record_policy(job);
 
 	read_paging_options(job, opts);
 	job->records = etl_path_compile(job->records_path);
@@ -462,6 +465,27 @@ etl_partition_parameters(Jsonb *run_parameters, Jsonb *partition_parameters)
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
 											  JsonbPGetDatum(run_parameters),
 											  JsonbPGetDatum(partition_parameters)));
+}
+
+/*
+ * What the job does with a record that a column's type input or a
+ * constraint refuses (0.5.0): on_bad_record, max_rejected.
+ */
+static void
+read_bad_record_policy(EtlJob *job)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	const char *args[1];
+
+	SPI_connect();
+	args[0] = psprintf("%d", job->job_id);
+	if (etl_spi_run(psprintf("SELECT on_bad_record = 'reject', coalesce(max_rejected, -1) "
+							 "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs")),
+					1, args, SPI_OK_SELECT) == 0)
+		elog(ERROR, "etl_exec job %d does not exist", job->job_id);
+	job->reject_bad_records = strcmp(etl_spi_value(cxt, 1), "t") == 0;
+	job->max_rejected = pg_strtoint32(etl_spi_value(cxt, 2));
+	SPI_finish();
 }
 
 /*

@@ -38,6 +38,10 @@
  * Dry runs convert each value in C with the column type's input function
  * and write nothing.
  *
+ * With on_bad_record = 'reject', a record that a column's type input or a
+ * constraint refuses is rejected (dw_etl_rejects) and the rest of its page
+ * loads: see "rejected records" below.
+ *
  * Without a column_map a target column takes the record key of the same
  * name, compared case-insensitively (key_resolver.c); columns that no
  * record of a page mentions are left out of that page's INSERT, so their
@@ -104,6 +108,20 @@ typedef struct LoaderColumn
 	bool		is_key;
 } LoaderColumn;
 
+/* on_bad_record = 'reject': the page being loaded (see write_or_reject) */
+typedef struct PageRejects
+{
+	int64		run_rejected;	/* the run's rejects before this page */
+	int32		partition_index;
+	const char *body;			/* the page's body, for its records' JSON */
+	size_t		len;
+	const char *url;
+	JsonbValue *records;		/* the page's records, once parsed */
+	int			nrec;
+	List	   *rejects;		/* EtlRejectedRecord * of this page */
+	bool		redoing;		/* the page is being redone by halves */
+} PageRejects;
+
 struct EtlLoader
 {
 	MemoryContext cxt;
@@ -129,6 +147,8 @@ struct EtlLoader
 	bool		merged;			/* a page has merged: the statement is valid */
 	int			copy_backoff;	/* pages to merge after a COPY that failed */
 	int			copy_skip;		/* of those, still to go */
+	int64		run_id;
+	PageRejects *rej;			/* NULL: a bad record fails the run */
 };
 
 /* where a conversion is, for the error context */
@@ -630,6 +650,9 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	loader->job = job;
 	loader->role_oid = role_oid;
 	loader->upsert = strcmp(job->load_mode, "upsert") == 0;
+	loader->run_id = run_id;
+	if (job->reject_bad_records)
+		loader->rej = palloc0(sizeof(PageRejects));
 
 	rv = makeRangeVarFromNameList(etl_qualified_name_list(job->target_table));
 	relid = RangeVarGetRelid(rv, AccessShareLock, true);
@@ -1335,6 +1358,276 @@ try_copy_first(EtlLoader *loader, bool rls)
 	return true;
 }
 
+/* ---------- rejected records ---------- */
+
+/*
+ * How a page's rows go into their table (copy_rows): COPY into the target
+ * (or staging table), a statement through the page table (upsert, RLS),
+ * or COPY into the page table, to be moved later (a table another
+ * extension takes over).
+ */
+typedef enum PageWay
+{
+	PAGE_COPY,
+	PAGE_STATEMENT,
+	PAGE_GATHER
+} PageWay;
+
+/* Some of a page's lines (or all), and how they go in. */
+typedef struct PageLines
+{
+	PageWay		way;
+	Oid			relid;
+	bool		rls;
+	const char *text;			/* COPY text: one line per record */
+	int			len;
+	const bool *present;
+	int32		page_index;
+	uint64		copied;			/* out: the rows COPY took */
+} PageLines;
+
+/* Write lines (a PageLines *) the page's way. */
+static void
+write_lines(EtlLoader *loader, void *arg)
+{
+	PageLines  *p = (PageLines *) arg;
+
+	if (p->way != PAGE_STATEMENT)
+		p->copied = copy_into(loader, p->relid, p->text, p->len, p->present, p->page_index);
+	else if (!(loader->upsert && !(loader->rej && loader->rej->redoing) &&
+			   try_copy_first(loader, p->rls) &&
+			   insert_new_rows(loader, p->text, p->len, p->present, p->page_index)))
+	{
+		int			nrows;
+		Datum		rows = read_rows(loader, p->relid, p->text, p->len, p->present,
+									 p->page_index, &nrows);
+
+		etl_page_table_write_rows(loader->pages, rows, nrows, p->present, p->page_index);
+		loader->merged |= loader->upsert;
+	}
+}
+
+/*
+ * With on_bad_record = 'reject' a page goes the same way as without, in
+ * one subtransaction more: a clean page costs that and nothing else.  A
+ * page that fails with a record's own error (a value its column refuses,
+ * a constraint: rejects.c) is rolled back and redone by halves, each in a
+ * subtransaction of its own, down to the single records that fail: those
+ * are rejected, with their own exact error, and everything else loads
+ * (in page order).  k bad records among a page's n cost about 2k log2(n)
+ * subtransactions.  Any other error fails the page as before.
+ *
+ * The rejects are written to dw_etl_rejects, with the records as the API
+ * sent them, in the page's transaction, as the worker: they commit with
+ * the page and its checkpoint or not at all, so a resume -- which redoes
+ * an uncommitted page from scratch -- never rejects a record twice.
+ */
+typedef void (*SubxactFn) (EtlLoader *loader, void *arg);
+
+/*
+ * Run fn in a subtransaction of its own: NULL when it went through, else
+ * its error, rolled back -- a record's own (rejects.c); any other error
+ * (a cancel, a lock timeout, a privilege, ...) is raised again.
+ */
+static ErrorData *
+try_in_subtransaction(EtlLoader *loader, SubxactFn fn, void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile failure = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(loader, arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (!etl_error_rejects_record(edata->sqlerrcode))
+			ReThrowError(edata);
+		failure = edata;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return failure;
+}
+
+/*
+ * Reject record `record` (0-based) of the page for failure -- unless that
+ * takes the run past the job's max_rejected: then the run fails, and the
+ * page with it (its checkpoint stays the one before).
+ */
+static void
+reject_record(EtlLoader *loader, int32 page_index, int record, ErrorData *failure)
+{
+	PageRejects *rej = loader->rej;
+	int64		before = rej->run_rejected + list_length(rej->rejects);
+
+	if (loader->job->max_rejected >= 0 && before >= loader->job->max_rejected)
+		ereport(ERROR,
+				(errcode(failure->sqlerrcode),
+				 errmsg("etl_exec run " INT64_FORMAT " has rejected " INT64_FORMAT " records, as many as job %d's max_rejected (%d) allows, and record %d of page %d is refused too",
+						loader->run_id, before, loader->job->job_id, loader->job->max_rejected,
+						record + 1, page_index + 1),
+				 errdetail("The record was refused with: %s", failure->message),
+				 errhint("Raise the job's max_rejected (NULL: no limit), or fix the source or the target table; then resume the run.")));
+	rej->rejects = lappend(rej->rejects, etl_rejected_record(failure, record));
+}
+
+/*
+ * Redo lines [from, to) of a page (line starts in starts[]), whose failure
+ * is known when given: by halves, down to the records that fail.  Returns
+ * the rows COPY took.
+ */
+static uint64
+redo_lines(EtlLoader *loader, const PageLines *page, const int *starts, int from, int to,
+		   ErrorData *failure)
+{
+	int			mid;
+
+	if (failure == NULL)
+	{
+		PageLines	part = *page;
+
+		part.text = page->text + starts[from];
+		part.len = starts[to] - starts[from];
+		if ((failure = try_in_subtransaction(loader, write_lines, &part)) == NULL)
+			return part.copied;
+	}
+	if (to - from == 1)
+	{
+		reject_record(loader, page->page_index, from, failure);
+		return 0;
+	}
+	mid = from + (to - from) / 2;
+	return redo_lines(loader, page, starts, from, mid, NULL) +
+		redo_lines(loader, page, starts, mid, to, NULL);
+}
+
+/* Write a page, rejecting the records that fail (above). */
+static void
+write_or_reject(EtlLoader *loader, PageLines *page)
+{
+	ErrorData  *failure = try_in_subtransaction(loader, write_lines, page);
+	int		   *starts;
+	int			n = 0;
+
+	if (failure == NULL)
+		return;
+	/* COPY text escapes newlines in values: a line is a record */
+	for (int i = 0; i < page->len; i++)
+		n += page->text[i] == '\n';
+	starts = palloc(sizeof(int) * (n + 2));
+	n = 0;
+	starts[0] = 0;
+	for (int i = 0; i < page->len; i++)
+		if (page->text[i] == '\n')
+			starts[++n] = i + 1;
+	if (starts[n] < page->len)
+		starts[++n] = page->len;
+	loader->rej->redoing = true;
+	page->copied = redo_lines(loader, page, starts, 0, n, failure);
+	loader->rej->redoing = false;
+}
+
+/*
+ * The records of the page being loaded, as the API sent them: parsed from
+ * its body (the one-pass reader keeps only COPY text) when the loader did
+ * not get them parsed.
+ */
+static JsonbValue *
+page_records(EtlLoader *loader, int32 page_index, int *nrec)
+{
+	PageRejects *rej = loader->rej;
+	const EtlJob *job = loader->job;
+	Jsonb	   *body;
+	JsonbValue	doc;
+
+	if (rej->records != NULL)
+	{
+		*nrec = rej->nrec;
+		return rej->records;
+	}
+	if (rej->body == NULL)
+		elog(ERROR, "etl_exec: the body of page %d is not at hand for its rejected records",
+			 page_index + 1);
+	if (job->format != ETL_FORMAT_JSON)
+		*nrec = etl_page_records(job, rej->body, rej->len, page_index,
+								 etl_url_redact(rej->url), &rej->records);
+	else
+	{
+		body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(rej->body)));
+		etl_jsonb_as_value(body, &doc);
+		*nrec = etl_path_query(job->records, &doc, &rej->records);
+	}
+	rej->nrec = *nrec;
+	return rej->records;
+}
+
+/* The page's rejects into dw_etl_rejects (as the worker, in the page's transaction). */
+static void
+store_page_rejects(EtlLoader *loader, int32 page_index)
+{
+	JsonbValue *records;
+	int			nrec;
+
+	if (loader->rej->rejects == NIL)
+		return;
+	records = page_records(loader, page_index, &nrec);
+	etl_store_rejects(loader->run_id, loader->job->job_id, loader->rej->partition_index,
+					  page_index, loader->rej->rejects, records, nrec);
+}
+
+/*
+ * A page is about to load (or a dry run to check it): what rejecting its
+ * records takes -- the run's rejects so far (max_rejected), its partition,
+ * its body (parsed for its records only if some are rejected).  The body
+ * must stay as it is until the page is loaded.
+ */
+void
+etl_loader_begin_page(EtlLoader *loader, const EtlCheckpoint *cp, const char *body, size_t len,
+					  const char *url)
+{
+	PageRejects *rej = loader->rej;
+
+	if (rej == NULL)
+		return;
+	rej->run_rejected = cp->rejected;
+	rej->partition_index = cp->partition_index;
+	rej->body = body;
+	rej->len = len;
+	rej->url = url;
+	rej->records = NULL;
+	rej->nrec = 0;
+	rej->rejects = NIL;
+	rej->redoing = false;
+}
+
+/* How many records of the page just loaded (or checked) were rejected. */
+int
+etl_loader_page_rejected(EtlLoader *loader)
+{
+	return loader->rej ? list_length(loader->rej->rejects) : 0;
+}
+
+/* A dry run's rejects as JSON members (rejects.c), or NULL without on_bad_record = 'reject'. */
+char *
+etl_loader_describe_rejects(EtlLoader *loader)
+{
+	return loader->rej ? etl_describe_rejects(loader->rej->rejects) : NULL;
+}
+
 /*
  * The columns that take a parameter, added to each row of a page's COPY
  * text (after the record's columns, where copy_columns puts them), and to
@@ -1407,6 +1700,7 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	bool		write_now = loader->upsert || rls;
 	Oid			relid = loader->insert_relid;
 	RoleSwitch	sw;
+	PageLines	lines;
 
 	Assert(loader->pages != NULL || !loader->upsert);	/* (dry runs write nothing) */
 	if (loader->nparams > 0)
@@ -1419,28 +1713,25 @@ copy_rows(EtlLoader *loader, const char *text, int len, const bool *present, int
 	act_as_run_role(loader, &sw);
 	check_constraints_in_page();
 	check_target_privileges(loader, present);
-	if (relid == loader->insert_relid)
-		(void) copy_into(loader, relid, text, len, present, page_index);
-	else if (write_now)
-	{
-		if (!(loader->upsert && try_copy_first(loader, rls) &&
-			  insert_new_rows(loader, text, len, present, page_index)))
-		{
-			int			nrows;
-			Datum		rows = read_rows(loader, relid, text, len, present, page_index, &nrows);
-
-			etl_page_table_write_rows(loader->pages, rows, nrows, present, page_index);
-			loader->merged |= loader->upsert;
-		}
-	}
-	else
-	{
+	lines.way = relid == loader->insert_relid ? PAGE_COPY : write_now ? PAGE_STATEMENT : PAGE_GATHER;
+	lines.relid = relid;
+	lines.rls = rls;
+	lines.text = text;
+	lines.len = len;
+	lines.present = present;
+	lines.page_index = page_index;
+	lines.copied = 0;
+	if (lines.way == PAGE_GATHER)
 		etl_page_table_before_copy(loader->pages, present);
-		etl_page_table_after_copy(loader->pages,
-								  copy_into(loader, relid, text, len, present, page_index),
-								  len, page_index);
-	}
+	if (loader->rej)
+		write_or_reject(loader, &lines);
+	else
+		write_lines(loader, &lines);
+	if (lines.way == PAGE_GATHER)
+		etl_page_table_after_copy(loader->pages, lines.copied, len, page_index);
 	back_from_run_role(&sw);
+	if (loader->rej)
+		store_page_rejects(loader, page_index);
 }
 
 /*
@@ -1456,6 +1747,11 @@ load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_inde
 	StringInfoData text;
 
 	collect_records(loader, records, nrec, page_index, slots, present);
+	if (loader->rej)
+	{
+		loader->rej->records = records;
+		loader->rej->nrec = nrec;
+	}
 	initStringInfo(&text);
 	for (int r = 0; r < nrec; r++)
 	{
@@ -1476,11 +1772,38 @@ load_page_copy(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_inde
 	return nrec;
 }
 
+/* A dry run's records [from, to), with their values by column. */
+typedef struct PageValues
+{
+	JsonbValue *slots;
+	const bool *present;
+	int			from;
+	int			to;
+	ConvertPosition *pos;
+} PageValues;
+
+/* Convert the values of records (a PageValues *), column by column. */
+static void
+convert_records(EtlLoader *loader, void *arg)
+{
+	PageValues *v = (PageValues *) arg;
+	int			ncols = loader->ncols;
+
+	for (int c = 0; c < ncols; c++)
+		for (int r = v->from; v->present[c] && r < v->to; r++)
+		{
+			v->pos->record = r;
+			convert_value(loader, c, &v->slots[r * ncols + c], v->pos);
+		}
+}
+
 /*
  * A dry run's page: convert its values with the column types' input
  * functions (as the run's role: domain checks are user code), so that a
  * value that does not fit fails with its page, record, column and value,
- * and write nothing.
+ * and write nothing.  With on_bad_record = 'reject' such records are
+ * counted as rejected instead (for the dry run's report), record by
+ * record once the page fails.
  */
 static void
 check_page_values(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index)
@@ -1491,6 +1814,7 @@ check_page_values(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_i
 	ConvertPosition pos = {0};
 	ErrorContextCallback errcb;
 	RoleSwitch	sw;
+	PageValues	values = {slots, present, 0, nrec, &pos};
 
 	collect_records(loader, records, nrec, page_index, slots, present);
 	etl_cap_lock_waits();
@@ -1500,11 +1824,19 @@ check_page_values(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_i
 	errcb.arg = &pos;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
-	for (int c = 0; c < ncols; c++)
-		for (int r = 0; present[c] && r < nrec; r++)
+	if (loader->rej == NULL)
+		convert_records(loader, &values);
+	else if (try_in_subtransaction(loader, convert_records, &values) != NULL)
+		for (int r = 0; r < nrec; r++)
 		{
-			pos.record = r;
-			convert_value(loader, c, &slots[r * ncols + c], &pos);
+			ErrorData  *failure;
+
+			values.from = r;
+			values.to = r + 1;
+			if ((failure = try_in_subtransaction(loader, convert_records, &values)) != NULL)
+				loader->rej->rejects = lappend(loader->rej->rejects,
+											   etl_rejected_record(failure, r));
+			pos.column = NULL;
 		}
 	for (int c = 0; c < ncols; c++)
 		if (loader->cols[c].param_name)

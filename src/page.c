@@ -928,13 +928,18 @@ load_parsed(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 	{
 		MemoryContext old = MemoryContextSwitchTo(pager->run_cxt);
 		StringInfoData report;
+		char	   *rejects = etl_loader_describe_rejects(pager->loader);
 
 		initStringInfo(&report);
 		appendStringInfo(&report, "{\"records\": %d, \"url\": ", page->facts.record_count);
 		escape_json(&report, etl_url_redact(page->url));
-		appendStringInfo(&report, ", %s}",
+		appendStringInfo(&report, ", %s",
 						 etl_loader_describe_mapping(pager->loader, page->records,
 													 page->facts.record_count));
+		/* with on_bad_record = 'reject': the records it would reject */
+		if (rejects)
+			appendStringInfo(&report, ", %s", rejects);
+		appendStringInfoChar(&report, '}');
 		pager->dry_run_report = report.data;
 		MemoryContextSwitchTo(old);
 	}
@@ -992,6 +997,8 @@ process_page(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 	if (page.resp.ignored)
 		note_ignored(pager, cp, &page, done);
 	read_page(pager, cp, &page);
+	/* (the body stays until the page is loaded: rejects need its records) */
+	etl_loader_begin_page(pager->loader, cp, page.resp.body, page.resp.body_len, page.url);
 
 	/*
 	 * A parsed page loads at once.  A page the reader read loads after the
@@ -1009,6 +1016,14 @@ process_page(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 			fetch_ahead(pager, spec, &done->next);
 		etl_loader_copy_scanned(pager->loader, page.scanned, cp->page_index);
 		etl_scan_result_free(page.scanned);
+	}
+	/* records rejected (on_bad_record = 'reject') are not loaded: counted apart */
+	if (!pager->dry_run)
+	{
+		int			rejected = etl_loader_page_rejected(pager->loader);
+
+		done->next.total_records -= rejected;
+		done->next.rejected += rejected;
 	}
 	if (slot)
 		slot->page_index = -1;	/* free for the page after the window */

@@ -451,7 +451,8 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 				   "  run_context #>> '{checkpoint,sequential_from_page}', "
 				   "  coalesce(run_context ->> 'expected_total', '-1'), "
 				   "  coalesce(run_context ->> 'partitions_total', '-1'), "
-				   "  run_context #>> '{checkpoint,partition_index}' "
+				   "  run_context #>> '{checkpoint,partition_index}', "
+				   "  coalesce(run_context ->> 'rejected', '0') "
 				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
@@ -489,6 +490,8 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 	row->checkpoint.partition_index = row->partitions_total < 0 ? -1 : 0;
 	if (row->has_checkpoint && row->partitions_total >= 0 && (v = etl_spi_value(cxt, 23)) != NULL)
 		row->checkpoint.partition_index = pg_strtoint32(v);
+	/* (records rejected are committed with the checkpoint, so go with it) */
+	row->checkpoint.rejected = pg_strtoint64(etl_spi_value(cxt, 24));
 	SPI_finish();
 
 	read_run_settings(settings, &row->settings);
@@ -532,7 +535,7 @@ push_text(JsonbParseState **state, const char *key, const char *value)
 
 /*
  * What a checkpoint write merges into run_context:
- * {"checkpoint": {...}, "retries": n[, "expected_total": n]}.
+ * {"checkpoint": {...}, "retries": n[, "expected_total": n][, "rejected": n]}.
  */
 static Jsonb *
 checkpoint_patch(const EtlCheckpoint *cp, int retries, int64 expected_total)
@@ -559,6 +562,9 @@ checkpoint_patch(const EtlCheckpoint *cp, int retries, int64 expected_total)
 	push_int(&state, "retries", retries);
 	if (expected_total >= 0)
 		push_int(&state, "expected_total", expected_total);
+	/* records the run rejected (dw_etl_rejects), over all its segments */
+	if (cp->rejected > 0)
+		push_int(&state, "rejected", cp->rejected);
 	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
 

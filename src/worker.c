@@ -227,6 +227,7 @@ adopt_checkpoint(RunState *st, const EtlCheckpoint *next)
 	st->cp.cursor = cursor;
 	st->cp.sequential_from_page = next->sequential_from_page;
 	st->cp.partition_index = next->partition_index;
+	st->cp.rejected = next->rejected;
 	MemoryContextSwitchTo(old);
 }
 

@@ -152,6 +152,18 @@ DATA ENDPOINTS (GET only; POST/other -> 405; unknown path -> 404 {"error":..})
      badvalue_at=K     the page at offset K: the third record's BirthDate is
                        "not-a-date" (both formats).
 
+   bad_records=1 (every data endpoint, every format): seven records of the
+   data set carry a value a typical target refuses (on_bad_record tests),
+   the rest are as always:
+       record     7  "BirthDate": "n/a"             (not a date)
+       record   150  "BirthDate": "2021-02-30"      (no such day)
+       record  2500  "Name": "Patient 2500" + 300 "x" (too long for varchar(200))
+       record  5001  "Score": -1                    (fails CHECK (score >= 0))
+       record  9999  "Visits": "many"               (not an integer)
+       record 14000  "PatientId": null              (fails NOT NULL)
+       record 19876  "Visits": 99999999999          (out of range for integer)
+   (BAD_RECORDS below; n=20000 holds all seven, 19,993 good records.)
+
    short_at=K&short_by=M (/odata, /array): the page at offset K holds M
    records fewer than asked, though it is not the last (a server that
    returns fewer rows than asked mid-stream); the next offset is K + T - M.
@@ -393,8 +405,31 @@ MAX_N = 10_000_000
 DEFAULT_PAGE = 100
 
 
+# bad_records=1: record number -> the bad value it carries (see DATA SET)
+BAD_RECORDS = {
+    7: ("BirthDate", "n/a"),
+    150: ("BirthDate", "2021-02-30"),
+    2500: ("Name", "Patient 2500" + "x" * 300),
+    5001: ("Score", -1),
+    9999: ("Visits", "many"),
+    14000: ("PatientId", None),
+    19876: ("Visits", 99999999999),
+}
+
+# the switches of the request this thread answers that record() obeys
+_REQUEST = threading.local()
+
+
 def record(i):
     """Return record number i (1-based) of the deterministic data set."""
+    rec = _record(i)
+    if getattr(_REQUEST, "bad_records", False) and i in BAD_RECORDS:
+        key, value = BAD_RECORDS[i]
+        rec[key] = value
+    return rec
+
+
+def _record(i):
     return {
         "PatientId": i,
         "Name": "Patient " + str(i) + VARIETY[(i - 1) % len(VARIETY)],
@@ -1298,6 +1333,7 @@ class Handler(BaseHTTPRequestHandler):
         self.counted_in_flight = True
         self.rate_bucket = b
         self.last_status = None
+        _REQUEST.bad_records = q.flag("bad_records")
         try:
             refused = self._rate_check(q, b, event[0])
             if not refused:

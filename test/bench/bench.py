@@ -493,6 +493,12 @@ def main():
     j_upsert = job("bench_upsert", url1, "bench_upsert", mode="upsert", keys=["patientid"])
     j_resume = job("bench_resume", url1, "bench_resume", interval=0)
     j_m3 = job("bench_3x", url3, "bench_m3")
+    # on_bad_record = 'reject': clean data (paired with append), and a target
+    # whose CHECK refuses 10 records spread over the run
+    j_reject = job("bench_reject", url1, "bench_etl")
+    j_bad = job("bench_bad", url1, "bench_bad")
+    db.q("UPDATE dw_etl_jobs SET on_bad_record = 'reject' WHERE job_id IN (%s, %s)", (j_reject, j_bad))
+    bad_every = max(n // 10, 1)
     slow = SlowPages(args.data, args.latency_ms)
     j_lat = job("bench_lat", slow.url, "bench_etl")
     j_lat_cp0 = job("bench_lat_cp0", slow.url, "bench_etl", interval=0)
@@ -502,7 +508,7 @@ def main():
     # warm the page cache and check the server once, untimed
     stage_fetch(args, meta, url1)
 
-    results = {k: [] for k in ("fetch", "copy", "append", "cp0", "upsert", "upsert2")}
+    results = {k: [] for k in ("fetch", "copy", "append", "cp0", "upsert", "upsert2", "reject", "bad")}
     for r in range(args.repeat):
         log("round %d of %d" % (r + 1, args.repeat))
         f = stage_fetch(args, meta, url1)
@@ -518,13 +524,24 @@ def main():
         results["copy"].append(c)
         # append and per-page alternate which goes first, so neither gains
         # from running after the other
+        # (and reject goes right before or after append, for their paired ratio)
         if r % 2:
             results["cp0"].append(stage_etl(db, "etl_exec per-page cp", j_cp0, "bench_etl", n))
+            results["reject"].append(stage_etl(db, "etl_exec reject, clean", j_reject, "bench_etl", n))
         results["append"].append(stage_etl(db, "etl_exec append", j_append, "bench_etl", n))
         if r == 0:
             compare_with_copy(db, "etl_exec append", "bench_etl")
         if not r % 2:
+            results["reject"].append(stage_etl(db, "etl_exec reject, clean", j_reject, "bench_etl", n))
             results["cp0"].append(stage_etl(db, "etl_exec per-page cp", j_cp0, "bench_etl", n))
+        fresh_table(db, "bench_bad")
+        db.q("ALTER TABLE bench_bad ADD CHECK (patientid %% %s <> 0)" % bad_every)
+        res = stage_etl(db, "etl_exec reject, 10 bad", j_bad, "bench_bad", n - n // bad_every, fresh=False)
+        rejected = db.one("SELECT count(*) FROM dw_etl_rejects WHERE run_id = %s", (res["run_id"],))
+        if rejected != n // bad_every:
+            fail("etl_exec reject, 10 bad: run %s rejected %s records, expected %d" %
+                 (res["run_id"], rejected, n // bad_every))
+        results["bad"].append(res)
         results["upsert"].append(stage_etl(db, "etl_exec upsert", j_upsert, "bench_upsert", n,
                                            primary_key=True))
         if r == 0:
@@ -543,7 +560,7 @@ def main():
         for key, jid, label in (pair if r % 2 == 0 else pair[::-1]):
             results.setdefault(key, []).append(stage_etl(db, label, jid, "bench_etl", n))
     slow.shutdown()
-    db.q("DROP TABLE IF EXISTS bench_etl, bench_upsert")
+    db.q("DROP TABLE IF EXISTS bench_etl, bench_upsert, bench_bad")
 
     py = stage_python(db, args, meta, url1)
     if py["seconds"]:
@@ -599,6 +616,7 @@ def main():
     t_fetch, t_copy = best("fetch"), best("copy")
     t_lat, t_lat_cp0 = best("lat"), best("lat_cp0")
     t_app, t_cp0, t_ups, t_ups2 = best("append"), best("cp0"), best("upsert"), best("upsert2")
+    t_rej, t_bad = best("reject"), best("bad")
     mb = meta["bytes"] / 1e6
     rows = [
         ["1. fetch limit: curl, all pages, 1 keep-alive connection", "%.2f" % t_fetch, fmt_int(n / t_fetch),
@@ -611,6 +629,10 @@ def main():
          "%.0f" % (mb / t_ups)],
         ["4c. etl_exec, the same upsert again: every key there", "%.2f" % t_ups2, fmt_int(n / t_ups2),
          "%.0f" % (mb / t_ups2)],
+        ["4d. etl_exec, append, on_bad_record = 'reject', clean data", "%.2f" % t_rej, fmt_int(n / t_rej),
+         "%.0f" % (mb / t_rej)],
+        ["4e. etl_exec, append, on_bad_record = 'reject', %d records rejected" % (n // bad_every),
+         "%.2f" % t_bad, fmt_int(n / t_bad), "%.0f" % (mb / t_bad)],
     ]
     if py["seconds"]:
         rows.append(["5. Python executor: requests + psycopg2 execute_values", "%.2f" % py["seconds"],
@@ -649,6 +671,10 @@ def main():
         ["etl_exec upsert / append, time (4b / 3)", "%.2f x" % (t_ups / t_app), "target <= 1.5 x"],
         ["etl_exec upsert of existing keys / append, time (4c / 3)", "%.2f x" % (t_ups2 / t_app),
          "reported, no target"],
+        ["on_bad_record = 'reject' on clean data, cost (4d vs 3, median of rounds, paired)",
+         paired_cost("append", "reject"), "no slowdown (within noise)"],
+        ["%d records rejected / clean append, time (4e / 3)" % (n // bad_every), "%.2f x" % (t_bad / t_app),
+         "reported, no target"],
         ["worker peak RssAnon, %s records" % fmt_int(n),
          "%.1f MB" % (peak1 / 1024) if peak1 else "n/a", "target < 64 MB"],
         ["worker peak RssAnon, %s records, checkpoint every page" % fmt_int(n),
@@ -677,7 +703,8 @@ def main():
         print()
         for key, name in (("fetch", "fetch"), ("copy", "COPY"), ("append", "etl_exec append"),
                           ("cp0", "etl_exec per-page"), ("upsert", "etl_exec upsert"),
-                          ("upsert2", "upsert again"),
+                          ("upsert2", "upsert again"), ("reject", "reject, clean"),
+                          ("bad", "reject, 10 bad"),
                           ("lat", "latency, 60 s"), ("lat_cp0", "latency, per page")):
             print("%-18s%s" % (name, spread(key)))
     for w in warnings:
