@@ -383,6 +383,28 @@ key_column_list(MemoryContext cxt, const char *json)
 	return result;
 }
 
+/* The job's schema drift setting (0.5.0): on_new_keys. */
+static void
+read_schema_options(EtlJob *job)
+{
+	const char *args[1];
+	char	   *v;
+
+	SPI_connect();
+	args[0] = psprintf("%d", job->job_id);
+	if (etl_spi_run(psprintf("SELECT on_new_keys FROM %s WHERE job_id = $1::int",
+							 etl_qualified("dw_etl_jobs")), 1, args, SPI_OK_SELECT) == 0)
+		elog(ERROR, "etl_exec job %d does not exist", job->job_id);
+	v = etl_spi_value(CurrentMemoryContext, 1);
+	SPI_finish();
+	if (strcmp(v, "add_columns") == 0)
+		job->on_new_keys = ETL_NEW_KEYS_ADD_COLUMNS;
+	else if (strcmp(v, "fail") == 0)
+		job->on_new_keys = ETL_NEW_KEYS_FAIL;
+	else
+		job->on_new_keys = ETL_NEW_KEYS_IGNORE;
+}
+
 /*
  * Read the job definition the worker runs (current memory context), with
  * its first URL rendered from the run's parameters (which already include
@@ -443,6 +465,7 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	read_request_shape(job, parameters, method, body, content_type, rules);
 
 	read_paging_options(job, opts);
+	read_schema_options(job);
 	job->records = etl_path_compile(job->records_path);
 	job->next = job->next_path ? etl_path_compile(job->next_path) : NULL;
 	job->total = job->total_path ? etl_path_compile(job->total_path) : NULL;
