@@ -25,6 +25,7 @@ OBJS = \
 	src/run_lock.o \
 	src/ext_schema.o \
 	src/target_kind.o \
+	src/type_infer.o \
 	src/json_path.o \
 	src/key_resolver.o \
 	src/copy_text.o \

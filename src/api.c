@@ -163,3 +163,26 @@ etl_select_as_caller(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(value));
 }
+
+/*
+ * _etl_execute_as_caller(sql text) RETURNS void
+ *
+ * One statement run as the caller, with the caller's search_path: the
+ * CREATE TABLE of etl_create_table, whose table is the caller's, made
+ * with the caller's rights, never the implementation's.
+ */
+PG_FUNCTION_INFO_V1(etl_execute_as_caller);
+Datum
+etl_execute_as_caller(PG_FUNCTION_ARGS)
+{
+	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	EtlCallerContext cc;
+
+	etl_enter_caller_context(&cc);
+	SPI_connect();
+	if (SPI_execute(sql, false, 0) < 0)
+		elog(ERROR, "etl_exec: could not run %s", sql);
+	SPI_finish();
+	etl_leave_caller_context(&cc);
+	PG_RETURN_VOID();
+}

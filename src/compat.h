@@ -17,6 +17,8 @@
 #include "parser/parse_relation.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/acl.h"
+#include "catalog/pg_class.h"
 #include "utils/regproc.h"
 
 #if PG_VERSION_NUM >= 170000
@@ -35,6 +37,13 @@
 #define etl_local_backend_status(i) pgstat_get_local_beentry_by_index(i)
 #else
 #define etl_local_backend_status(i) pgstat_fetch_stat_local_beentry(i)
+#endif
+
+/* whether a role owns a relation (16 made the check generic) */
+#if PG_VERSION_NUM >= 160000
+#define etl_owns_relation(relid, role) object_ownercheck(RelationRelationId, (relid), (role))
+#else
+#define etl_owns_relation(relid, role) pg_class_ownercheck((relid), (role))
 #endif
 
 /*

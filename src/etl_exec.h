@@ -18,7 +18,7 @@
  *	                     rejects.c           (records a run rejects)
  *	  the run store      run_store.c         (dw_etl_runs)
  *	  leaves             host_budget.c (rate_headers.c), run_clock.c, run_lock.c, ext_schema.c,
- *	                     target_kind.c, json_path.c, key_resolver.c,
+ *	                     target_kind.c, type_infer.c, json_path.c, key_resolver.c,
  *	                     copy_text.c, csv_scan.c, url.c, redact.c, settings.c
  *
  * Every call between files points down this list (test/check_module_graph.sh
@@ -248,6 +248,18 @@ extern Jsonb *etl_jsonb_from_cstring(MemoryContext cxt, const char *s);
 extern int	etl_jsonb_int(Jsonb *jb, const char *key, int dflt);
 extern char *etl_jsonb_str(Jsonb *jb, const char *key);
 
+/* in type_infer.c: a column type from the JSON values a key was seen with */
+typedef struct EtlInference EtlInference;
+
+extern EtlInference *etl_infer_create(MemoryContext parent, bool track_unique);
+extern void etl_infer_value(EtlInference *inf, const char *key, int len, const JsonbValue *v);
+extern void etl_infer_records(EtlInference *inf, JsonbValue *records, int nrec,
+							  int32 page_index);
+extern int	etl_infer_nkeys(const EtlInference *inf);
+extern const char *etl_infer_key(const EtlInference *inf, int i);
+extern const char *etl_infer_type(const EtlInference *inf, int i);
+extern char *etl_infer_report(const EtlInference *inf);
+
 /* in key_resolver.c (malloc only: the page reader's thread uses it) */
 typedef struct EtlKeyResolver EtlKeyResolver;
 
@@ -343,6 +355,7 @@ typedef struct EtlScanResult
 	char	   *total_text;
 	char	   *next_text;
 	bool		container_seen; /* records_path led somewhere */
+	bool		new_keys;		/* a record key no column takes (mapping by name) */
 } EtlScanResult;
 
 extern bool etl_scan_page(const EtlScanSpec *spec, const char *body, size_t len,
@@ -461,6 +474,14 @@ typedef enum EtlPaginationStyle
 	ETL_PAGINATION_CURSOR
 } EtlPaginationStyle;
 
+/* What a run does with a record key no column takes (dw_etl_jobs.on_new_keys). */
+typedef enum EtlNewKeys
+{
+	ETL_NEW_KEYS_IGNORE = 0,
+	ETL_NEW_KEYS_ADD_COLUMNS,	/* a new column, its type from the page's values */
+	ETL_NEW_KEYS_FAIL
+} EtlNewKeys;
+
 /* A job definition as the worker uses it. */
 typedef struct EtlJob
 {
@@ -502,7 +523,8 @@ typedef struct EtlJob
 	char	   *next_header;	/* next link or cursor from this header, or NULL */
 	char	   *has_more_path;
 	EtlPath    *has_more;		/* compiled has_more_path, or NULL */
-	/* bad records (0.5.0) */
+	/* records that do not fit the table (0.5.0) */
+	EtlNewKeys	on_new_keys;
 	bool		reject_bad_records; /* on_bad_record = 'reject' */
 	int			max_rejected;	/* -1: no limit */
 } EtlJob;
@@ -573,6 +595,7 @@ typedef struct EtlRunRow
 	EtlCheckpoint checkpoint;
 	Jsonb	   *parameters;
 	EtlRunSettings settings;
+	int32		sample_pages;	/* a sample run (etl_infer_table): its pages; else 0 */
 } EtlRunRow;
 
 extern int64 etl_create_run(int32 job_id, Oid role_oid, int32 timeout_seconds, bool dry_run,
@@ -590,6 +613,9 @@ extern void etl_save_checkpoint(int64 run_id, const EtlCheckpoint *cp,
 								int64 pages_fetched, int64 expected_total,
 								int retries);
 extern void etl_record_staging(int64 run_id, const char *staging);
+extern void etl_record_sample(int64 run_id, int32 sample_pages);
+extern void etl_record_added_column(int64 run_id, const char *column, const char *type,
+									int32 page_index);
 extern Jsonb *etl_read_partition(int64 run_id, int32 index);
 extern void etl_record_resume_after(int64 run_id, TimestampTz resume_after);
 extern void etl_record_ignored_response(int64 run_id, long status);
@@ -664,6 +690,7 @@ extern void etl_loader_begin_page(EtlLoader *loader, const EtlCheckpoint *cp,
 								  const char *body, size_t len, const char *url);
 extern int	etl_loader_page_rejected(EtlLoader *loader);
 extern char *etl_loader_describe_rejects(EtlLoader *loader);
+extern bool etl_loader_watches_new_keys(EtlLoader *loader);
 
 /* ================ one page ================ */
 
@@ -686,6 +713,7 @@ extern EtlPager *etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run,
 								  int32 partitions_total, MemoryContext run_cxt);
 extern EtlStopReason etl_pager_process(EtlPager *pager, const EtlCheckpoint *cp,
 									   EtlPageDone *done);
+extern void etl_pager_sample(EtlPager *pager);
 extern int	etl_pager_retries(EtlPager *pager);
 extern const char *etl_pager_dry_run_report(EtlPager *pager);
 extern ErrorData *etl_pager_deferred_error(EtlPager *pager);
@@ -722,6 +750,7 @@ typedef struct EtlLaunchShared
 	int64		run_id;			/* given for resume, set by worker for new */
 	int32		timeout_seconds;
 	bool		dry_run;
+	int32		sample_pages;	/* > 0: a sample run (dry, no target) */
 	char		target[300];	/* new runs: target resolved by the caller */
 	EtlLaunchState state;
 	int			sqlerrcode;

@@ -383,7 +383,35 @@ key_column_list(MemoryContext cxt, const char *json)
 	return result;
 }
 
-static void read_bad_record_policy(EtlJob *job);
+/*
+ * What the job does with records that do not fit its table (0.5.0): keys
+ * no column takes (on_new_keys) and records a column's type input or a
+ * constraint refuses (on_bad_record, max_rejected).
+ */
+static void
+read_record_policies(EtlJob *job)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	const char *args[1];
+	char	   *new_keys;
+
+	SPI_connect();
+	args[0] = psprintf("%d", job->job_id);
+	if (etl_spi_run(psprintf("SELECT on_new_keys, on_bad_record = 'reject', coalesce(max_rejected, -1) "
+							 "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs")),
+					1, args, SPI_OK_SELECT) == 0)
+		elog(ERROR, "etl_exec job %d does not exist", job->job_id);
+	new_keys = etl_spi_value(cxt, 1);
+	job->reject_bad_records = strcmp(etl_spi_value(cxt, 2), "t") == 0;
+	job->max_rejected = pg_strtoint32(etl_spi_value(cxt, 3));
+	SPI_finish();
+	if (strcmp(new_keys, "add_columns") == 0)
+		job->on_new_keys = ETL_NEW_KEYS_ADD_COLUMNS;
+	else if (strcmp(new_keys, "fail") == 0)
+		job->on_new_keys = ETL_NEW_KEYS_FAIL;
+	else
+		job->on_new_keys = ETL_NEW_KEYS_IGNORE;
+}
 
 /*
  * Read the job definition the worker runs (current memory context), with
@@ -443,7 +471,7 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 
 	read_csv_options(&job->csv, v ? etl_jsonb_from_cstring(cxt, v) : NULL);
 	read_request_shape(job, parameters, method, body, content_type, rules);
-	read_bad_record_policy(job);
+	read_record_policies(job);
 
 	read_paging_options(job, opts);
 	job->records = etl_path_compile(job->records_path);
@@ -465,27 +493,6 @@ etl_partition_parameters(Jsonb *run_parameters, Jsonb *partition_parameters)
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
 											  JsonbPGetDatum(run_parameters),
 											  JsonbPGetDatum(partition_parameters)));
-}
-
-/*
- * What the job does with a record that a column's type input or a
- * constraint refuses (0.5.0): on_bad_record, max_rejected.
- */
-static void
-read_bad_record_policy(EtlJob *job)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	const char *args[1];
-
-	SPI_connect();
-	args[0] = psprintf("%d", job->job_id);
-	if (etl_spi_run(psprintf("SELECT on_bad_record = 'reject', coalesce(max_rejected, -1) "
-							 "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs")),
-					1, args, SPI_OK_SELECT) == 0)
-		elog(ERROR, "etl_exec job %d does not exist", job->job_id);
-	job->reject_bad_records = strcmp(etl_spi_value(cxt, 1), "t") == 0;
-	job->max_rejected = pg_strtoint32(etl_spi_value(cxt, 2));
-	SPI_finish();
 }
 
 /*

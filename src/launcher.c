@@ -102,9 +102,10 @@ derive_launch(EtlLaunchShared *shared)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("etl_exec job %d does not exist", job_id)));
-	target = etl_resolve_target(target_table);
+	/* a sample run loads nothing: its job's table need not exist */
+	target = shared->sample_pages > 0 ? NULL : etl_resolve_target(target_table);
 	/* a resume loads the table its run froze; the worker reads it */
-	if (target == NULL && shared->mode == ETL_LAUNCH_NEW)
+	if (target == NULL && shared->mode == ETL_LAUNCH_NEW && shared->sample_pages == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("target table \"%s\" of etl_exec job %d does not exist", target_table, job_id),
@@ -144,6 +145,7 @@ launch_segment(const EtlLaunchShared *launch, const char *settings_json,
 	shared->run_id = launch->run_id;
 	shared->timeout_seconds = launch->timeout_seconds;
 	shared->dry_run = launch->dry_run;
+	shared->sample_pages = launch->sample_pages;
 	memcpy(shared->target, launch->target, sizeof(shared->target));
 	shared->state = ETL_LAUNCH_PENDING;
 	shared->settings_len = settings_len;
@@ -330,6 +332,38 @@ etl_start_worker(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(launch_run(&launch,
 							   jsonb_arg_to_cstring(PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5)),
 							   partitions_json));
+}
+
+/*
+ * _etl_start_sample(job_id, timeout_seconds, parameters, partitions,
+ *					 sample_pages) RETURNS bigint
+ *
+ * Starts a sample run for etl_infer_table: a new dry run of job_id that
+ * reads up to sample_pages pages (of its first partitions, if it has
+ * any) through the same request machinery as any run, loads nothing, needs
+ * no target table, and reports its keys' statistics (type_infer.c) in
+ * run_context.dry_run.  Waits, as _etl_start_worker does, only until the
+ * worker has committed the run row.
+ */
+PG_FUNCTION_INFO_V1(etl_start_sample);
+Datum
+etl_start_sample(PG_FUNCTION_ARGS)
+{
+	EtlLaunchShared launch;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(4) || PG_GETARG_INT32(4) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("_etl_start_sample: job_id, timeout_seconds and a positive sample_pages are needed")));
+	memset(&launch, 0, sizeof(launch));
+	launch.mode = ETL_LAUNCH_NEW;
+	launch.job_id = PG_GETARG_INT32(0);
+	launch.timeout_seconds = PG_GETARG_INT32(1);
+	launch.dry_run = true;
+	launch.sample_pages = PG_GETARG_INT32(4);
+	PG_RETURN_INT64(launch_run(&launch,
+							   jsonb_arg_to_cstring(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2)),
+							   PG_ARGISNULL(3) ? NULL : jsonb_arg_to_cstring(PG_GETARG_JSONB_P(3))));
 }
 
 /* The run's status as committed now (NULL: no such run). */

@@ -133,6 +133,7 @@ struct EtlLoader
 	bool		use_map;		/* column_map has jsonpaths: columns by path */
 	int			nparams;		/* columns that take a parameter */
 	MemoryContext param_cxt;	/* their values: the current partition's */
+	Jsonb	   *parameters;		/* ... and the parameters they came from */
 	bool		upsert;
 	Oid			insert_relid;	/* where pages load: target or staging */
 	EtlScanSpec *scan;			/* for page_scan.c, or NULL: jsonb only */
@@ -149,6 +150,8 @@ struct EtlLoader
 	int			copy_skip;		/* of those, still to go */
 	int64		run_id;
 	PageRejects *rej;			/* NULL: a bad record fails the run */
+	/* on_new_keys = add_columns: what adding a column must refresh */
+	Oid			target_relid;	/* the job's target (not a staging table) */
 };
 
 /* where a conversion is, for the error context */
@@ -511,7 +514,7 @@ read_column_map(EtlLoader *loader, const EtlJob *job)
 			col->map_path = etl_path_compile(pnstrdup(v.val.string.val, v.val.string.len));
 		}
 	}
-	if (loader->nparams > 0)
+	if (loader->nparams > 0 && loader->param_cxt == NULL)
 		loader->param_cxt = AllocSetContextCreate(loader->cxt, "etl_exec column parameters",
 												  ALLOCSET_SMALL_SIZES);
 }
@@ -671,6 +674,7 @@ etl_loader_create(const EtlJob *job, Oid role_oid, MemoryContext parent,
 	loader->keys = new_key_resolver(loader);
 
 	loader->insert_relid = relid;
+	loader->target_relid = relid;
 	etl_target_kind(relid, &loader->kind);
 	check_target_kind(loader, job);
 	loader->new_rows_by_copy = copy_may_insert_new_rows(loader, rel);
@@ -1017,6 +1021,8 @@ etl_loader_use_parameters(EtlLoader *loader, Jsonb *parameters)
 		return;
 	MemoryContextReset(loader->param_cxt);
 	old = MemoryContextSwitchTo(loader->param_cxt);
+	/* (kept for refresh_columns) */
+	loader->parameters = parameters ? DatumGetJsonbPCopy(JsonbPGetDatum(parameters)) : NULL;
 	for (int c = 0; c < loader->ncols; c++)
 	{
 		LoaderColumn *col = &loader->cols[c];
@@ -1599,10 +1605,10 @@ void
 etl_loader_begin_page(EtlLoader *loader, const EtlCheckpoint *cp, const char *body, size_t len,
 					  const char *url)
 {
-	PageRejects *rej = loader->rej;
+	PageRejects *rej = loader ? loader->rej : NULL;
 
 	if (rej == NULL)
-		return;
+		return;					/* (a sample run has no loader) */
 	rej->run_rejected = cp->rejected;
 	rej->partition_index = cp->partition_index;
 	rej->body = body;
@@ -1850,6 +1856,251 @@ check_page_values(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_i
 	back_from_run_role(&sw);
 }
 
+/* ---------- keys no column takes: on_new_keys ---------- */
+
+/*
+ * Whether the job does something about record keys no column takes: it
+ * maps keys by name, and its on_new_keys is not ignore.  The page reader
+ * only says that a page has such keys; the jsonb path (below) decides.
+ */
+bool
+etl_loader_watches_new_keys(EtlLoader *loader)
+{
+	return loader != NULL && !loader->use_map && loader->job->on_new_keys != ETL_NEW_KEYS_IGNORE;
+}
+
+/* whether the target has a column (writable or not) a key names, case aside */
+static bool
+target_has_column(TupleDesc desc, const char *key)
+{
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped &&
+			pg_strcasecmp(NameStr(TupleDescAttr(desc, i)->attname), key) == 0)
+			return true;
+	return false;
+}
+
+static int
+compare_strings(const ListCell *a, const ListCell *b)
+{
+	return strcmp((const char *) lfirst(a), (const char *) lfirst(b));
+}
+
+/* The keys of a page's records that no column of the target has, sorted. */
+static List *
+new_keys_of_page(EtlLoader *loader, JsonbValue *records, int nrec)
+{
+	List	   *keys = NIL;
+	Relation	rel = relation_open(loader->target_relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int r = 0; r < nrec; r++)
+	{
+		JsonbIterator *it;
+		JsonbValue	kv;
+		JsonbIteratorToken tok;
+		int			position = 0;
+
+		if (records[r].type != jbvBinary || !JsonContainerIsObject(records[r].val.binary.data))
+			continue;			/* (collect_records says what is wrong) */
+		it = JsonbIteratorInit(records[r].val.binary.data);
+		while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
+		{
+			char	   *key;
+			ListCell   *lc;
+			bool		known = false;
+
+			if (tok != WJB_KEY ||
+				key_column(loader, position++, kv.val.string.val, kv.val.string.len) >= 0)
+				continue;
+			key = pnstrdup(kv.val.string.val, kv.val.string.len);
+			foreach(lc, keys)
+				known |= strcmp((char *) lfirst(lc), key) == 0;
+			if (!known && !target_has_column(desc, key))
+				keys = lappend(keys, key);
+		}
+	}
+	relation_close(rel, AccessShareLock);
+	list_sort(keys, compare_strings);
+	return keys;
+}
+
+static char *
+key_list_text(List *keys)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	foreach(lc, keys)
+		appendStringInfo(&buf, "%s\"%s\"", buf.len ? ", " : "", (char *) lfirst(lc));
+	return buf.data;
+}
+
+/* The type for each new key, from its values on this page (type_infer.c). */
+static EtlInference *
+infer_new_keys(List *keys, JsonbValue *records, int nrec)
+{
+	EtlInference *inf = etl_infer_create(CurrentMemoryContext, false);
+	ListCell   *lc;
+
+	/* first the keys in order, so that key i of the inference is key i */
+	foreach(lc, keys)
+	{
+		JsonbValue	null = {.type = jbvNull};
+
+		etl_infer_value(inf, (char *) lfirst(lc), strlen((char *) lfirst(lc)), &null);
+	}
+	for (int r = 0; r < nrec; r++)
+	{
+		JsonbIterator *it;
+		JsonbValue	kv;
+		JsonbIteratorToken tok;
+		char	   *key = NULL;
+
+		if (records[r].type != jbvBinary || !JsonContainerIsObject(records[r].val.binary.data))
+			continue;
+		it = JsonbIteratorInit(records[r].val.binary.data);
+		while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+				key = pnstrdup(kv.val.string.val, kv.val.string.len);
+			else if (tok == WJB_VALUE)
+			{
+				ListCell   *lc2;
+
+				foreach(lc2, keys)
+					if (strcmp((char *) lfirst(lc2), key) == 0)
+						etl_infer_value(inf, key, strlen(key), &kv);
+			}
+		}
+	}
+	return inf;
+}
+
+/*
+ * The target's columns changed (a column added): read them again, with
+ * everything made from them -- key resolver, the page reader's spec, the
+ * page table (its pending rows written first).
+ */
+static void
+refresh_columns(EtlLoader *loader)
+{
+	MemoryContext old = MemoryContextSwitchTo(loader->cxt);
+	Relation	rel = relation_open(loader->target_relid, AccessShareLock);
+
+	loader->ncols = 0;
+	read_columns(loader, rel);
+	if (loader->job->column_map)
+	{
+		/* ({param:NAME} entries only: on_new_keys needs mapping by name) */
+		Jsonb	   *parameters = loader->parameters ?
+			DatumGetJsonbPCopy(JsonbPGetDatum(loader->parameters)) : NULL;
+
+		loader->nparams = 0;
+		read_column_map(loader, loader->job);
+		etl_loader_use_parameters(loader, parameters);
+	}
+	mark_key_columns(loader, loader->job);
+	loader->keys = new_key_resolver(loader);
+	loader->new_rows_by_copy = copy_may_insert_new_rows(loader, rel);
+	relation_close(rel, NoLock);
+	/* (the old spec stays: a page scanned with it is read again as jsonb) */
+	if (loader->scan)
+		loader->scan = build_scan_spec(loader, loader->job);
+	if (loader->pages)
+	{
+		etl_page_table_drop(loader->pages);
+		set_up_page_table(loader, loader->run_id);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A column for each new key, of the type its values on this page call for,
+ * added by the run's role (which must own the table) in the page's
+ * transaction, and recorded in run_context.added_columns.
+ */
+static void
+add_key_columns(EtlLoader *loader, List *keys, JsonbValue *records, int nrec, int32 page_index)
+{
+	EtlInference *inf = infer_new_keys(keys, records, nrec);
+	const char *table = loader->final_target ? loader->final_target : loader->target;
+	RoleSwitch	sw;
+
+	for (int i = 0; i < etl_infer_nkeys(inf); i++)
+	{
+		const char *key = etl_infer_key(inf, i);
+
+		if (!etl_owns_relation(loader->target_relid, loader->role_oid))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("cannot add a column for new key \"%s\" to %s: role \"%s\" does not own the table",
+							key, table, GetUserNameFromId(loader->role_oid, false)),
+					 errdetail("Page %d carries the key, and the job's on_new_keys is add_columns; only a table's owner may add columns to it.",
+							   page_index + 1),
+					 errhint("Let the table's owner run the job, add the column yourself, or set the job's on_new_keys to ignore or fail.")));
+		if (strlen(key) >= NAMEDATALEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_NAME_TOO_LONG),
+					 errmsg("cannot add a column for new key \"%s\" to %s: the key is longer than a column name can be",
+							key, table),
+					 errhint("Add a column for it yourself and map it with the job's column_map.")));
+	}
+	if (loader->pages)
+		etl_page_table_flush(loader->pages);	/* rows of the columns before */
+	etl_cap_lock_waits();
+	SPI_connect();
+	act_as_run_role(loader, &sw);
+	for (int i = 0; i < etl_infer_nkeys(inf); i++)
+	{
+		const char *column = quote_identifier(etl_infer_key(inf, i));
+
+		if (SPI_execute(psprintf("ALTER TABLE %s ADD COLUMN %s %s", table, column,
+								 etl_infer_type(inf, i)), false, 0) != SPI_OK_UTILITY ||
+			(loader->staging &&
+			 SPI_execute(psprintf("ALTER TABLE %s ADD COLUMN %s %s", loader->staging, column,
+								  etl_infer_type(inf, i)), false, 0) != SPI_OK_UTILITY))
+			elog(ERROR, "etl_exec: could not add column %s to %s", column, table);
+	}
+	back_from_run_role(&sw);
+	SPI_finish();
+	for (int i = 0; i < etl_infer_nkeys(inf); i++)
+	{
+		ereport(LOG,
+				(errmsg("etl_exec run " INT64_FORMAT ": added column \"%s\" %s to %s for a new key on page %d",
+						loader->run_id, etl_infer_key(inf, i), etl_infer_type(inf, i), table,
+						page_index + 1)));
+		etl_record_added_column(loader->run_id, etl_infer_key(inf, i), etl_infer_type(inf, i),
+								page_index);
+	}
+	refresh_columns(loader);
+}
+
+/*
+ * Keys of the page no column takes, when the job watches for them: fail
+ * the run naming them, or add their columns before the page loads.
+ */
+static void
+follow_new_keys(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_index)
+{
+	List	   *keys;
+
+	if (!etl_loader_watches_new_keys(loader))
+		return;
+	keys = new_keys_of_page(loader, records, nrec);
+	if (keys == NIL)
+		return;
+	if (loader->job->on_new_keys == ETL_NEW_KEYS_FAIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("page %d has record keys that no column of %s takes: %s",
+						page_index + 1, loader->target, key_list_text(keys)),
+				 errdetail("The job's on_new_keys is fail; the pages before this one are loaded and checkpointed."),
+				 errhint("Add the columns to the table (or set the job's on_new_keys to add_columns or ignore), then resume the run.")));
+	add_key_columns(loader, keys, records, nrec, page_index);
+}
+
 /*
  * Load one page's records (a jsonb array).  With dry_run the values are
  * converted (so bad values are found) but nothing is written.  Returns the
@@ -1865,7 +2116,10 @@ etl_loader_load_page(EtlLoader *loader, JsonbValue *records, int nrec, int32 pag
 	if (dry_run)
 		check_page_values(loader, records, nrec, page_index);
 	else
+	{
+		follow_new_keys(loader, records, nrec, page_index);
 		load_page_copy(loader, records, nrec, page_index);
+	}
 	return nrec;
 }
 

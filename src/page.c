@@ -103,12 +103,14 @@ struct EtlPager
 	WindowSlot *window;			/* NULL until first used */
 	int64		known_total;	/* the total the API last reported; -1: none */
 	EtlScanSpec *format_spec;	/* ndjson, csv: the loader's spec, with the format */
+	const EtlScanSpec *format_spec_of;	/* the loader's spec it copies */
 	/* partitions: the run's parameter sets, paged one after another */
 	int64		run_id;
 	Jsonb	   *run_parameters;
 	int32		partitions_total;	/* -1: none */
 	int32		partition_loaded;	/* whose URL the job has now; -1: none */
 	MemoryContext partition_cxt;
+	EtlInference *sample;		/* a sample run's key statistics, or NULL */
 };
 
 /* The page being processed, from fetch to load. */
@@ -152,6 +154,18 @@ etl_pager_create(EtlJob *job, EtlLoader *loader, bool dry_run, bool from_stored_
 	if (partitions_total < 0)
 		etl_loader_use_parameters(loader, run_parameters);	/* (a partition's: use_partition) */
 	return pager;
+}
+
+/*
+ * Make the pager's run a sample run (etl_infer_table): a dry run with no
+ * loader, whose pages feed key statistics (type_infer.c) -- its report --
+ * and which goes on into the next partition after one's last page.
+ */
+void
+etl_pager_sample(EtlPager *pager)
+{
+	Assert(pager->dry_run && pager->loader == NULL);
+	pager->sample = etl_infer_create(pager->run_cxt, true);
 }
 
 int
@@ -399,9 +413,12 @@ reader_spec(EtlPager *pager)
 
 	if (spec == NULL || pager->job->format == ETL_FORMAT_JSON)
 		return spec;
-	if (pager->format_spec == NULL)
+	/* (a column added for a new key gives the loader a new spec) */
+	if (pager->format_spec == NULL || pager->format_spec_of != spec)
 	{
-		pager->format_spec = MemoryContextAlloc(pager->run_cxt, sizeof(EtlScanSpec));
+		if (pager->format_spec == NULL)
+			pager->format_spec = MemoryContextAlloc(pager->run_cxt, sizeof(EtlScanSpec));
+		pager->format_spec_of = spec;
 		*pager->format_spec = *spec;
 		pager->format_spec->format = pager->job->format;
 		pager->format_spec->csv = &pager->job->csv;
@@ -425,6 +442,20 @@ read_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 	page->facts.record_count = scanned->nrec;
 	page->facts.total_text = scanned->total_text ? pstrdup(scanned->total_text) : NULL;
 	page->facts.next_text = scanned->next_text ? pstrdup(scanned->next_text) : NULL;
+}
+
+/*
+ * A page the reader read carries a key no column takes, and the job does
+ * something about such keys (on_new_keys): the jsonb path loads it, and
+ * decides (loader.c).  Pages without new keys never come here.
+ */
+static void
+read_again_as_jsonb(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
+{
+	etl_scan_result_free(page->scanned);
+	page->scanned = NULL;
+	memset(&page->facts, 0, sizeof(page->facts));
+	parse_page(pager, cp, page);
 }
 
 /* ---------- advance ---------- */
@@ -922,6 +953,19 @@ next_partition(const EtlCheckpoint *cp, EtlCheckpoint *next, EtlPageOutcome *out
 static void
 load_parsed(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 {
+	if (pager->sample)
+	{
+		MemoryContext old;
+
+		etl_infer_records(pager->sample, page->records, page->facts.record_count,
+						  cp->page_index);
+		old = MemoryContextSwitchTo(pager->run_cxt);
+		if (pager->dry_run_report)
+			pfree(pager->dry_run_report);
+		pager->dry_run_report = etl_infer_report(pager->sample);
+		MemoryContextSwitchTo(old);
+		return;
+	}
 	etl_loader_load_page(pager->loader, page->records, page->facts.record_count,
 						 cp->page_index, pager->dry_run);
 	if (pager->dry_run)
@@ -997,6 +1041,8 @@ process_page(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 	if (page.resp.ignored)
 		note_ignored(pager, cp, &page, done);
 	read_page(pager, cp, &page);
+	if (page.scanned && page.scanned->new_keys && etl_loader_watches_new_keys(pager->loader))
+		read_again_as_jsonb(pager, cp, &page);
 	/* (the body stays until the page is loaded: rejects need its records) */
 	etl_loader_begin_page(pager->loader, cp, page.resp.body, page.resp.body_len, page.url);
 
@@ -1028,7 +1074,7 @@ process_page(EtlPager *pager, const EtlCheckpoint *cp, EtlPageDone *done)
 	if (slot)
 		slot->page_index = -1;	/* free for the page after the window */
 
-	if (outcome.last_page && pager->partitions_total >= 0 && !pager->dry_run &&
+	if (outcome.last_page && pager->partitions_total >= 0 && (!pager->dry_run || pager->sample) &&
 		cp->partition_index + 1 < pager->partitions_total)
 		next_partition(cp, &done->next, &outcome);
 	if (outcome.last_page && !pager->dry_run)

@@ -141,12 +141,21 @@ typedef struct CsvHeader
 static void
 find_json_columns(const EtlJob *job, CsvHeader *headers, int nheaders)
 {
-	Relation	rel = relation_openrv(makeRangeVarFromNameList(etl_qualified_name_list(job->target_table)),
-									  AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(rel);
-	char	  **names = palloc(sizeof(char *) * Max(desc->natts, 1));
-	bool	   *is_json = palloc(sizeof(bool) * Max(desc->natts, 1));
+	Oid			relid = RangeVarGetRelid(makeRangeVarFromNameList(etl_qualified_name_list(job->target_table)),
+										 AccessShareLock, true);
+	Relation	rel;
+	TupleDesc	desc;
+	char	  **names;
+	bool	   *is_json;
 	int			ncols = 0;
+
+	/* a sample run's table need not exist: then every field is a string */
+	if (!OidIsValid(relid))
+		return;
+	rel = relation_open(relid, NoLock);
+	desc = RelationGetDescr(rel);
+	names = palloc(sizeof(char *) * Max(desc->natts, 1));
+	is_json = palloc(sizeof(bool) * Max(desc->natts, 1));
 
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -345,7 +354,7 @@ csv_records(const EtlJob *job, const char *body, size_t len, int32 page_index, c
 	EtlCsvReader *r = palloc(sizeof(EtlCsvReader));
 	LinePosition pos = {page_index, 0, url, body, body + len};
 	ErrorContextCallback errcb;
-	int			n;
+	volatile int n = 0;
 
 	etl_csv_reader_init(r, &job->csv, body, len);
 	errcb.callback = line_error_context;

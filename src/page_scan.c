@@ -725,8 +725,12 @@ scan_named_record(Scanner *s, Slot *row)
 			if (!capture_column(s, row, column))
 				return false;
 		}
-		else if (!scan_value(s, NULL, 0, NULL))
-			return false;
+		else
+		{
+			s->result->new_keys = true; /* (on_new_keys: the jsonb path decides) */
+			if (!scan_value(s, NULL, 0, NULL))
+				return false;
+		}
 		if ((more = next_item(s, '}')) < 0)
 			return false;
 		if (more == 0)
@@ -1140,6 +1144,15 @@ scan_csv(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResult *r
 	}
 	if (!csv_columns(spec, &r, header_of, result->present))
 		goto done;
+	if (!spec->use_map)
+	{
+		/* a header no column takes (on_new_keys: the jsonb path decides) */
+		int			taken = 0;
+
+		for (int c = 0; c < spec->ncols; c++)
+			taken += header_of[c] >= 0;
+		result->new_keys = taken < r.nfields;
+	}
 	nheaders = r.nfields;
 	buf_reserve(&out, (int) Min(len + len / 8 + 1024, (size_t) INT_MAX / 4));
 	while ((rc = etl_csv_next(&r)) > 0)

@@ -82,6 +82,8 @@ check_job_startable(int32 job_id, int64 own_run_id, bool dry_run, const char *fr
 
 	if (frozen_target)
 		target = pstrdup(frozen_target);
+	else if (dry_run && own_run_id == 0)
+		return;					/* a sample run (etl_infer_table): no target */
 	args[0] = target;
 	if (etl_spi_run("SELECT pg_catalog.to_regclass($1)::oid", 1, args, SPI_OK_SELECT) != 1 ||
 		(target_oid = etl_spi_value(CurrentMemoryContext, 1)) == NULL)
@@ -452,7 +454,8 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 				   "  coalesce(run_context ->> 'expected_total', '-1'), "
 				   "  coalesce(run_context ->> 'partitions_total', '-1'), "
 				   "  run_context #>> '{checkpoint,partition_index}', "
-				   "  coalesce(run_context ->> 'rejected', '0') "
+				   "  coalesce(run_context ->> 'rejected', '0'), "
+				   "  coalesce(run_context ->> 'sample_pages', '0') "
 				   "FROM %s WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec run " INT64_FORMAT " does not exist", run_id);
@@ -492,6 +495,7 @@ etl_read_run(int64 run_id, EtlRunRow *row)
 		row->checkpoint.partition_index = pg_strtoint32(v);
 	/* (records rejected are committed with the checkpoint, so go with it) */
 	row->checkpoint.rejected = pg_strtoint64(etl_spi_value(cxt, 24));
+	row->sample_pages = pg_strtoint32(etl_spi_value(cxt, 25));
 	SPI_finish();
 
 	read_run_settings(settings, &row->settings);
@@ -636,6 +640,49 @@ etl_record_staging(int64 run_id, const char *staging)
 					 "jsonb_build_object('staging', jsonb_build_object('table', $2::text)) "
 					 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
 			2, args, SPI_OK_UPDATE);
+	SPI_finish();
+}
+
+/*
+ * A sample run (etl_infer_table) of a new dry run: how many pages it
+ * samples, in the run's context (it has no target; its report is the
+ * keys' statistics, type_infer.c).
+ */
+void
+etl_record_sample(int64 run_id, int32 sample_pages)
+{
+	const char *args[2];
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	args[1] = psprintf("%d", sample_pages);
+	etl_spi_run(psprintf("UPDATE %s SET run_context = run_context || "
+						 "jsonb_build_object('sample_pages', $2::int) "
+						 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
+				2, args, SPI_OK_UPDATE);
+	SPI_finish();
+}
+
+/*
+ * A column the run added for a new record key (on_new_keys = add_columns),
+ * in the transaction of the page that first carried it:
+ * run_context.added_columns gets {"column", "type", "page"}.
+ */
+void
+etl_record_added_column(int64 run_id, const char *column, const char *type, int32 page_index)
+{
+	const char *args[4];
+
+	SPI_connect();
+	args[0] = int64_str(run_id);
+	args[1] = column;
+	args[2] = type;
+	args[3] = psprintf("%d", page_index + 1);
+	etl_spi_run(psprintf("UPDATE %s SET run_context = run_context || jsonb_build_object('added_columns', "
+						 "  coalesce(run_context -> 'added_columns', '[]'::jsonb) || jsonb_build_array("
+						 "    jsonb_build_object('column', $2::text, 'type', $3::text, 'page', $4::int))) "
+						 "WHERE run_id = $1::bigint", etl_qualified("dw_etl_runs")),
+				4, args, SPI_OK_UPDATE);
 	SPI_finish();
 }
 

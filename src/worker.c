@@ -334,8 +334,11 @@ start_run(RunState *st)
 		if (st->row.target)
 			st->job.target_table = st->row.target;
 		apply_job_overrides(st);
-		st->loader = etl_loader_create(&st->job, st->row.role_oid, st->run_cxt, st->run_id,
-									   st->row.dry_run, st->row.staging_table, st->cp.page_index > 0);
+		/* a sample run loads nothing: no loader, no target */
+		if (st->row.sample_pages == 0)
+			st->loader = etl_loader_create(&st->job, st->row.role_oid, st->run_cxt, st->run_id,
+										   st->row.dry_run, st->row.staging_table,
+										   st->cp.page_index > 0);
 
 		/*
 		 * Rows that other servers commit after us (Citus: COMMIT PREPARED
@@ -350,7 +353,7 @@ start_run(RunState *st)
 		 * the shards a connection is not copying to yet).  A setting of
 		 * this session only, which the run's role could set itself.
 		 */
-		if (etl_loader_commits_remotely(st->loader))
+		if (st->loader && etl_loader_commits_remotely(st->loader))
 		{
 			SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 			SetConfigOption("citus.max_adaptive_executor_pool_size", "1", PGC_USERSET, PGC_S_SESSION);
@@ -363,6 +366,8 @@ start_run(RunState *st)
 									 st->row.retries, st->settings.concurrency,
 									 st->expected_total, st->run_id, st->row.parameters,
 									 st->row.partitions_total, st->run_cxt);
+		if (st->row.sample_pages > 0)
+			etl_pager_sample(st->pager);
 		setup_done = true;
 	}
 	PG_CATCH();
@@ -460,7 +465,9 @@ page_loop(RunState *st)
 		}
 		etl_report_activity(st->run_id, &st->cp, st->pages_fetched, recent_rate(st),
 							st->expected_total, etl_pager_retries(st->pager));
-		if (done.last_page || st->row.dry_run)
+		/* a dry run reads one page; a sample run its sample */
+		if (done.last_page ||
+			(st->row.dry_run && st->pages_fetched >= Max(st->row.sample_pages, 1)))
 		{
 			st->stop = ETL_STOP_DONE;
 			break;
@@ -681,8 +688,10 @@ create_or_claim_run(EtlLaunchShared *shared, const EtlLaunchShared *request,
 			case ETL_LAUNCH_NEW:
 				*reported = etl_create_run(request->job_id, request->role_oid,
 										   request->timeout_seconds, request->dry_run,
-										   request->target, settings_json, parameters_json,
+										   target, settings_json, parameters_json,
 										   partitions_json, !have_slot);
+				if (request->sample_pages > 0)
+					etl_record_sample(*reported, request->sample_pages);
 				run_id = have_slot ? *reported : 0;
 				break;
 			case ETL_LAUNCH_RESUME:

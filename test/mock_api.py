@@ -206,6 +206,28 @@ the wrong JSON type -> 400 {"error": ...}); GET/other -> 405.
        PatientId (1..n), else 400 {"error": {"type": "invalid_request_error",
        "message": "No such customer: ..."}}.
 
+13. /tricky/Things?$skip=S&$top=T   (defaults 0 / 5; n default 10)
+       -> {"value": [tricky(S+1) .. tricky(min(S+T, n))]}: values that
+       make type inference work (test_schema.py).  tricky(i):
+         {"id": i, "amount": i if i <= 5 else i + 0.5,
+          "big": i if i <= 5 else 10**20 + i,
+          "at": "2024-01-DDT10:00:00Z" (DD = i), "local": "2024-01-DDT10:00:00",
+          "mixedAt": with "+02:00" for odd i, without a zone for even i,
+          "day": "2024-02-DD", "uid": UUID 00000000-0000-4000-8000-<i, 12 hex>,
+          "nothing": null, "sometimes": null for odd i else "s<i>",
+          "nested": {"a": i, "b": [i]}, "ints": [i, i + 1],
+          "words": ["w<i>", null], "mixedArr": [i, "x"], "emptyArr": [],
+          "Name": "N<i>", "name": "n<i>", "Patient ID": "P-<i>",
+          "birthDate": "1990-01-DD", "flag": i % 2 == 0,
+          "numOrStr": i for odd i else "<i>", "group": i % 2}
+
+14. /drift/Patients?$skip=S&$top=T   (OData-style, as /odata/Patients)
+       -> {"value": [records]}, where every record from new_key_at=K on
+       (0-based record offset, default 0) also carries the keys new_keys=A,B
+       (comma-separated, default "Extra"), each with the value 10 * i; with
+       format=ndjson|csv the page in that format (csv: the new keys' columns
+       after CSV_FIELDS, empty before K).
+
    Every data request's method, Content-Type and parsed JSON body show in
    /__stats headers_seen ("method", "Content-Type", "body").
 
@@ -769,6 +791,64 @@ def ep_array(h, q, n):
     return offset, (lambda: (records(offset, limit, n), [])), True
 
 
+def tricky(i):
+    """Record i of /tricky/Things: values that make type inference work."""
+    dd = "%02d" % (1 + (i - 1) % 28)
+    return {
+        "id": i,
+        "amount": i if i <= 5 else i + 0.5,
+        "big": i if i <= 5 else 10 ** 20 + i,
+        "at": "2024-01-%sT10:00:00Z" % dd,
+        "local": "2024-01-%sT10:00:00" % dd,
+        "mixedAt": "2024-01-%sT10:00:00%s" % (dd, "+02:00" if i % 2 else ""),
+        "day": "2024-02-%s" % dd,
+        "uid": "00000000-0000-4000-8000-%012x" % i,
+        "nothing": None,
+        "sometimes": None if i % 2 else "s%d" % i,
+        "nested": {"a": i, "b": [i]},
+        "ints": [i, i + 1],
+        "words": ["w%d" % i, None],
+        "mixedArr": [i, "x"],
+        "emptyArr": [],
+        "Name": "N%d" % i,
+        "name": "n%d" % i,
+        "Patient ID": "P-%d" % i,
+        "birthDate": "1990-01-%s" % dd,
+        "flag": i % 2 == 0,
+        "numOrStr": i if i % 2 else str(i),
+        "group": i % 2,
+    }
+
+
+def ep_tricky(h, q, n):
+    skip = q.int("$skip", 0)
+    top = q.int("$top", 5)
+    n = q.int("n", 10)
+    return skip, (lambda: ({"value": [tricky(i) for i in range(skip + 1, min(skip + top, n) + 1)]},
+                           [])), False
+
+
+def drift_keys(q):
+    """The keys /drift/Patients adds, and the offset they start at."""
+    return (q.get("new_keys") or "Extra").split(","), q.int("new_key_at", 0)
+
+
+def drift_records(q, offset, count, n):
+    keys, at = drift_keys(q)
+    recs = records(offset, count, n)
+    for k, r in enumerate(recs):
+        if offset + k >= at:
+            for key in keys:
+                r[key] = 10 * r["PatientId"]
+    return recs
+
+
+def ep_drift(h, q, n):
+    skip = q.int("$skip", 0)
+    top = q.int("$top", DEFAULT_PAGE)
+    return skip, (lambda: ({"value": drift_records(q, skip, top, n)}, [])), False
+
+
 def ep_customers(h, q, n):
     """/parents/Customers: n customers, OData-style offset paging."""
     skip = q.int("$skip", 0)
@@ -947,6 +1027,8 @@ DATA_ENDPOINTS = {
     "/array/Patients": ep_array,
     "/hcursor/Patients": ep_hcursor,
     "/stripe/customers": ep_stripe,
+    "/tricky/Things": ep_tricky,
+    "/drift/Patients": ep_drift,
 }
 
 BAD_JSON_BODY = b'{"value": [ {"PatientId": 1,'
@@ -986,9 +1068,12 @@ def render_records(fmt, recs, q, offset):
     w = csv.writer(out, delimiter=q.get("csv_delimiter") or ",", lineterminator="\r\n")
     null = q.get("csv_null") or ""
     header = q.get("csv_header")
-    w.writerow(header.split(",") if header else CSV_FIELDS)
+    # /drift/Patients: the new keys' columns, from the first record that has them
+    fields = CSV_FIELDS + [k for k in drift_keys(q)[0] if any(k in r for r in recs)] \
+        if q.has("new_keys") or q.has("new_key_at") else CSV_FIELDS
+    w.writerow(header.split(",") if header else fields)
     for k, r in enumerate(recs):
-        row = [_csv_text(r.get(f), null) for f in CSV_FIELDS]
+        row = [_csv_text(r.get(f), null) for f in fields]
         if bad_line and k == 1:
             row.append("extra")
         w.writerow(row)
@@ -1561,7 +1646,8 @@ class Handler(BaseHTTPRequestHandler):
                 target["padding"] = "x" * max(0, oversize_bytes - base)
             body = json.dumps(obj, ensure_ascii=False).encode()
             fmt = q.get("format")
-            if fmt in ("ndjson", "csv") and path in ("/odata/Patients", "/array/Patients", "/linked/Patients"):
+            if fmt in ("ndjson", "csv") and path in ("/odata/Patients", "/array/Patients", "/linked/Patients",
+                                                     "/drift/Patients"):
                 try:
                     body, content_type = render_records(fmt, obj["value"] if isinstance(obj, dict) else obj,
                                                         q, offset)
