@@ -381,3 +381,19 @@ def test_parameter_references_are_validated_when_written(db, value, message):
     orders_table(db, "pt_param_bad")
     with pytest.raises(psycopg2.Error, match=message.replace("{", r"\{").replace("}", r"\}")):
         db.job("ptparambad", "/odata/Patients", "pt_param_bad", column_map={"customer_id": value})
+
+
+def test_parameter_columns_stay_when_a_new_key_adds_a_column(db):
+    db.patients_table("pt_param_drift")
+    db.q("ALTER TABLE pt_param_drift DROP CONSTRAINT pt_param_drift_pkey, ADD COLUMN tags jsonb, "
+         "ADD COLUMN codes jsonb, ADD COLUMN region text")
+    job = db.job("ptparamdrift", "/drift/Patients?n=100&new_key_at=60&new_keys=Extra&region={region}",
+                 "pt_param_drift", page_size=25, on_new_keys="add_columns",
+                 partitions=json.dumps({"values": {"region": ["eu", "us"]}}),
+                 column_map={"region": "{param:region}"})
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert row["status"] == "succeeded", row["error_message"]
+    assert row["run_context"]["added_columns"] == [{"column": "Extra", "type": "bigint", "page": 3}]
+    assert db.q('SELECT region, count(*), count("Extra"), count(*) FILTER (WHERE "Extra" = 10 * patientid) '
+                'FROM pt_param_drift GROUP BY 1 ORDER BY 1') == [("eu", 100, 40, 40), ("us", 100, 40, 40)]
