@@ -254,9 +254,14 @@ BEGIN
     END IF;
     params := j.parameters || coalesce(p_parameters, '{}');
     -- {max:column} and the like read the target: only when there is one
-    IF @extschema@._etl_resolve_target(j.target_table) IS NOT NULL THEN
-        params := params || @extschema@._etl_history_parameters(j, coalesce(p_parameters, '{}'));
-    END IF;
+    -- (and the caller may see it: a sample needs no target)
+    BEGIN
+        IF @extschema@._etl_resolve_target(j.target_table) IS NOT NULL THEN
+            params := params || @extschema@._etl_history_parameters(j, coalesce(p_parameters, '{}'));
+        END IF;
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;
+    END;
     parts := @extschema@._etl_freeze_partitions(j, params);
     IF parts IS NULL OR jsonb_array_length(parts) > 0 THEN
         PERFORM @extschema@._etl_check_url_parameters(j.url, params || coalesce(parts -> 0, '{}'));
@@ -283,14 +288,23 @@ BEGIN
           INTO msg_detail
           FROM unnest(lines[2:]) WITH ORDINALITY AS t(l, n) WHERE l NOT LIKE 'HINT: %';
         SELECT substr(l, 7) INTO msg_hint FROM unnest(lines[2:]) AS t(l) WHERE l LIKE 'HINT: %' LIMIT 1;
+        msg_hint := coalesce(msg_hint, format('The sample run is dry run %s in dw_etl_runs.', rid));
+        IF msg_detail IS NULL THEN
+            RAISE EXCEPTION 'could not sample job % (sample run % %): %', j.job_id, rid, run ->> 'status', lines[1]
+                USING ERRCODE = coalesce(run ->> 'sqlstate',
+                                         CASE run ->> 'status' WHEN 'failed' THEN 'ET001' WHEN 'timed_out' THEN 'ET002'
+                                                               WHEN 'cancelled' THEN 'ET003' ELSE 'ET004' END),
+                      HINT = msg_hint;
+        END IF;
         RAISE EXCEPTION 'could not sample job % (sample run % %): %', j.job_id, rid, run ->> 'status', lines[1]
             USING ERRCODE = coalesce(run ->> 'sqlstate',
                                      CASE run ->> 'status' WHEN 'failed' THEN 'ET001' WHEN 'timed_out' THEN 'ET002'
                                                            WHEN 'cancelled' THEN 'ET003' ELSE 'ET004' END),
-                  DETAIL = coalesce(msg_detail, ''),
-                  HINT = coalesce(msg_hint, format('The sample run is dry run %s in dw_etl_runs.', rid));
+                  DETAIL = msg_detail, HINT = msg_hint;
     END IF;
-    RETURN run -> 'run_context' -> 'dry_run';
+    -- (with the parameters its first partition asked with: for {param:NAME} columns)
+    RETURN (run -> 'run_context' -> 'dry_run')
+           || jsonb_build_object('parameters', params || coalesce(parts -> 0, '{}'));
 END
 $$;
 
@@ -303,7 +317,14 @@ LANGUAGE plpgsql AS $$
 DECLARE
     sample jsonb := @extschema@._etl_sample(j, p_parameters, p_sample_pages);
     k record;
-    taken text[] := '{}';
+    -- (system column names are taken: xmin -> xmin_2)
+    taken text[] := '{tableoid,cmax,xmax,cmin,xmin,ctid}';
+    -- a job that watches for new keys maps them by name: columns named as the keys
+    as_keys boolean := j.on_new_keys <> 'ignore';
+    param record;
+    param_value jsonb;
+    param_cols text[] := '{}';
+    notes text := '';
     name text;
     base text;
     n int;
@@ -330,23 +351,63 @@ BEGIN
      ORDER BY lower(e ->> 'key') = 'id' DESC, @extschema@._etl_column_name(e ->> 'key') ~ '(^|_)id$' DESC,
               e ->> 'type' <> 'text' DESC, i
      LIMIT 1;
+    -- columns the job's column_map gives a parameter ({param:NAME}) come
+    -- first, of the type of the value the sample asked with; jsonpath entries
+    -- are the job's own mapping, which a table made from the keys replaces
+    IF j.column_map IS NOT NULL THEN
+        FOR param IN SELECT e.key AS col, substring(e.value #>> '{}' FROM '^\{param:([^{}]+)\}$') AS name
+                     FROM jsonb_each(j.column_map) e ORDER BY e.key LOOP
+            IF param.name IS NULL THEN
+                notes := E'-- the job''s column_map has jsonpaths: this table follows the record keys instead\n';
+                CONTINUE;
+            END IF;
+            param_value := sample -> 'parameters' -> param.name;
+            cols := cols || format('    %s %s', quote_ident(param.col),
+                                   CASE jsonb_typeof(param_value)
+                                       WHEN 'number' THEN CASE WHEN param_value::text ~ '^-?[0-9]{1,18}$' THEN 'bigint' ELSE 'numeric' END
+                                       WHEN 'boolean' THEN 'boolean'
+                                       WHEN 'object' THEN 'jsonb' WHEN 'array' THEN 'jsonb'
+                                       ELSE 'text' END);
+            taken := taken || param.col;
+            param_cols := param_cols || param.col;
+            map := map || jsonb_build_object(param.col, '{param:' || param.name || '}');
+        END LOOP;
+    END IF;
     -- the columns: the key first, then in the order the sample has the keys
     FOR k IN SELECT e ->> 'key' AS key, e ->> 'type' AS typ
              FROM jsonb_array_elements(sample -> 'keys') WITH ORDINALITY AS t(e, i)
              ORDER BY e ->> 'key' IS NOT DISTINCT FROM key_name DESC, i
     LOOP
-        base := @extschema@._etl_column_name(k.key);
-        name := base;
-        n := 1;
-        WHILE name = ANY (taken) LOOP
-            n := n + 1;
-            name := left(base, 63 - octet_length('_' || n)) || '_' || n;
-        END LOOP;
+        IF as_keys THEN
+            IF k.key = '' OR octet_length(k.key) > 63 OR k.key = ANY (taken) THEN
+                RAISE EXCEPTION 'key "%" of job % cannot be a column of its own name, which on_new_keys % needs',
+                                k.key, j.job_id, j.on_new_keys
+                    USING ERRCODE = 'invalid_name',
+                          DETAIL = 'A job that watches for new keys maps every key to the column of its name; this key is empty, longer than 63 bytes, a system column''s name or a parameter column''s.',
+                          HINT = 'Set the job''s on_new_keys to ignore (the table then gets snake_case names and a column_map), or create the table yourself.';
+            END IF;
+            name := k.key;
+        ELSE
+            base := @extschema@._etl_column_name(k.key);
+            name := base;
+            n := 1;
+            WHILE name = ANY (taken) LOOP
+                n := n + 1;
+                name := base;
+                -- (63 bytes at most, in whole characters)
+                WHILE octet_length(name || '_' || n) > 63 LOOP
+                    name := left(name, -1);
+                END LOOP;
+                name := name || '_' || n;
+            END LOOP;
+        END IF;
         taken := taken || name;
         cols := cols || format('    %s %s', quote_ident(name), k.typ);
         -- $."key": any key, quoted as json_path.c reads it
         map := map || jsonb_build_object(name, '$."' || replace(replace(k.key, '\', '\\'), '"', '\"') || '"');
-        renamed := renamed OR lower(name) <> lower(k.key);
+        -- (the loader maps a key to the column of its name, ASCII case aside)
+        renamed := renamed OR translate(name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')
+                              <> translate(k.key, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz');
         IF k.key = key_name THEN
             key_column := name;
         END IF;
@@ -355,8 +416,8 @@ BEGIN
       FROM unnest(parse_ident(j.target_table)) WITH ORDINALITY AS t(x, i);
     create_statement := format(E'CREATE TABLE %s (\n%s\n)', target, array_to_string(cols, E',\n'));
     column_map := CASE WHEN renamed THEN map END;
-    ddl := format(E'-- job %s: %s records on %s sampled pages\n%s;\n', j.job_id,
-                  sample ->> 'records', sample ->> 'pages', create_statement);
+    ddl := format(E'-- job %s: %s records on %s sampled pages\n%s%s;\n', j.job_id,
+                  sample ->> 'records', sample ->> 'pages', notes, create_statement);
     IF key_column IS NOT NULL THEN
         ddl := ddl || format(E'-- key: %s is unique and never null in the sample (an upsert''s key_columns: ''{%s}'', with a unique index on it)\n',
                              quote_ident(key_column), quote_ident(key_column));
@@ -413,9 +474,23 @@ BEGIN
             USING ERRCODE = 'duplicate_table',
                   HINT = format('etl_create_table creates the table; SELECT etl_infer_table(%s) shows what it would create.', j.job_id);
     END IF;
+    IF EXISTS (SELECT 1 FROM jsonb_each(j.column_map) e WHERE e.value #>> '{}' !~ '^\{param:[^{}]+\}$') THEN
+        RAISE EXCEPTION 'etl_exec job % has a column_map with jsonpaths, which a table made from the record keys would not fit', j.job_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'etl_create_table names the columns after the record keys and sets the column_map that takes each key to its column.',
+                  HINT = format('Set the job''s column_map to NULL first ({param:NAME} entries may stay), or create the table yourself; SELECT etl_infer_table(%s) shows the table the keys call for.', j.job_id);
+    END IF;
     r := @extschema@._etl_infer(j, _etl_create_table.parameters, _etl_create_table.sample_pages);
+    -- the job's column_map changes only for a role that may change it
+    IF r.column_map IS NOT NULL AND r.column_map IS DISTINCT FROM j.column_map
+       AND NOT has_column_privilege(@extschema@._etl_caller(), '@extschema@.dw_etl_jobs', 'column_map', 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied to set the column_map of etl_exec job %, which the table etl_create_table would create needs', j.job_id
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Its column names differ from the record keys, so the job needs a column_map to load it; nothing was created.',
+                  HINT = format('Let a role that may UPDATE dw_etl_jobs run it, or run the statements SELECT etl_infer_table(%s) shows as such a role.', j.job_id);
+    END IF;
     PERFORM @extschema@._etl_execute_as_caller(r.create_statement);
-    IF r.column_map IS NOT NULL THEN
+    IF r.column_map IS NOT NULL AND r.column_map IS DISTINCT FROM j.column_map THEN
         UPDATE @extschema@.dw_etl_jobs x SET column_map = r.column_map WHERE x.job_id = j.job_id;
     END IF;
     RETURN r.ddl;

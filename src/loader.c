@@ -59,6 +59,7 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/heap.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
@@ -2046,6 +2047,13 @@ add_key_columns(EtlLoader *loader, List *keys, JsonbValue *records, int nrec, in
 					 errmsg("cannot add a column for new key \"%s\" to %s: the key is longer than a column name can be",
 							key, table),
 					 errhint("Add a column for it yourself and map it with the job's column_map.")));
+		if (key[0] == '\0' || SystemAttributeByName(key) != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_NAME),
+					 errmsg("cannot add a column for new key \"%s\" to %s: %s",
+							key, table, key[0] ? "it is the name of a system column" : "a column name cannot be empty"),
+					 errdetail("Page %d carries the key, and the job's on_new_keys is add_columns.", page_index + 1),
+					 errhint("Set the job's on_new_keys to ignore, and take the key with a column of another name through the job's column_map.")));
 	}
 	if (loader->pages)
 		etl_page_table_flush(loader->pages);	/* rows of the columns before */

@@ -179,6 +179,9 @@ stop_message(RunState *st, int64 segment_ms)
 		default:
 			return NULL;
 	}
+	if (st->row.dry_run)		/* (a dry run loads nothing and is not resumed) */
+		return psprintf("etl_exec dry run " INT64_FORMAT " %s. Start a new one to go on.",
+						st->run_id, what);
 	return psprintf("etl_exec run " INT64_FORMAT " %s; " INT64_FORMAT " records on %d pages are loaded "
 					"and checkpointed (this segment ran " INT64_FORMAT " ms). "
 					"Resume it with: SELECT etl_resume_run(" INT64_FORMAT ");",

@@ -5,6 +5,7 @@ asks the API; drift adds a column for a key no column takes, or fails the
 run naming it, in both the page reader's path and the jsonb path.
 """
 import hashlib
+from decimal import Decimal
 import json
 
 import psycopg2
@@ -258,3 +259,98 @@ def test_add_columns_by_a_role_that_does_not_own_the_table_fails_naming_the_key(
         "DETAIL: Page 2 carries the key, and the job's on_new_keys is add_columns; only a table's owner may add "
         "columns to it."), row["error_message"]
     db.assert_patients_exact("drift_notmine", 50)
+
+
+# ---------- names the loader must find, and who may change a job ----------
+
+def test_non_ascii_case_and_system_names_get_a_column_map_that_loads(db):
+    """The loader matches names ASCII case aside, so "Äpfel" -> äpfel is a
+    rename; xmin is a system column's name, so it becomes xmin_2."""
+    db.q("DROP TABLE IF EXISTS sch_names")
+    job = db.job("sch_names", "/fixture/schema_names", "sch_names", page_size=10)
+    ddl = db.one("SELECT etl_create_table(%s)", (job,))
+    assert "xmin_2 numeric" in ddl and '"äpfel" bigint' in ddl and '"größe" bigint' in ddl
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.q("SELECT id, äpfel, xmin_2, größe FROM sch_names ORDER BY id") == \
+        [(1, 5, Decimal("0.5"), 7), (2, 6, Decimal("1.5"), 8)]
+
+
+def test_suffixed_names_stay_within_63_bytes_of_whole_characters(db):
+    db.q("DROP TABLE IF EXISTS sch_long")
+    job = db.job("sch_long", "/fixture/schema_long_names", "sch_long", page_size=10)
+    db.one("SELECT etl_create_table(%s)", (job,))
+    names = [r[0] for r in db.q("SELECT attname FROM pg_attribute WHERE attrelid = 'sch_long'::regclass "
+                                "AND attnum > 0 ORDER BY attnum")]
+    assert names == ["id", "ä" * 31, "ä" * 30 + "_2"]
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.one("SELECT count(*) FROM sch_long WHERE %s + %s IN (3, 7)" % (
+        '"' + "ä" * 31 + '"', '"' + "ä" * 30 + '_2"')) == 2
+
+
+def test_a_job_watching_new_keys_gets_columns_named_as_its_keys(db):
+    db.q("DROP TABLE IF EXISTS sch_as_keys")
+    job = db.job("sch_as_keys", "/odata/Patients?n=20", "sch_as_keys", page_size=10, on_new_keys="add_columns")
+    ddl = db.one("SELECT etl_create_table(%s)", (job,))
+    assert '"PatientId" bigint' in ddl and "UPDATE" not in ddl
+    assert db.one("SELECT column_map FROM dw_etl_jobs WHERE job_id = %s", (job,)) is None
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.one('SELECT count(DISTINCT "PatientId") FROM sch_as_keys') == 20
+    # a key no column of its own name can take is refused before anything is made
+    db.q("DROP TABLE IF EXISTS sch_sys")
+    job = db.job("sch_sys", "/fixture/schema_system_keys", "sch_sys", page_size=10, on_new_keys="fail")
+    with pytest.raises(psycopg2.Error, match='key "(xmax)?" of job %d cannot be a column of its own name' % job):
+        db.one("SELECT etl_create_table(%s)", (job,))
+    assert db.one("SELECT to_regclass('sch_sys')") is None
+
+
+def test_add_columns_refuses_system_and_empty_names_clearly(db):
+    db.q("DROP TABLE IF EXISTS sch_sys_add")
+    db.q("CREATE TABLE sch_sys_add (id bigint)")
+    job = db.job("sch_sys_add", "/fixture/schema_system_keys", "sch_sys_add", page_size=10,
+                 on_new_keys="add_columns")
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    assert db.wait(run_id) == "failed"
+    message = db.run_row(run_id)["error_message"]
+    assert message.startswith('cannot add a column for new key "" to public.sch_sys_add: a column name cannot be empty') \
+        or message.startswith('cannot add a column for new key "xmax" to public.sch_sys_add: it is the name of a system column'), message
+    assert db.one("SELECT count(*) FROM sch_sys_add") == 0
+
+
+def test_create_table_keeps_parameter_columns_and_refuses_jsonpath_maps(db):
+    db.q("DROP TABLE IF EXISTS sch_param")
+    job = db.job("sch_param", "/odata/Patients?n=20&site={site}", "sch_param", page_size=10,
+                 parameters={"site": 7}, column_map={"site_id": "{param:site}"})
+    ddl = db.one("SELECT etl_create_table(%s)", (job,))
+    assert ddl.index("    site_id bigint,") < ddl.index("    patient_id bigint")
+    assert db.one("SELECT column_map ->> 'site_id' FROM dw_etl_jobs WHERE job_id = %s", (job,)) == "{param:site}"
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.q("SELECT site_id, count(*) FROM sch_param GROUP BY 1") == [(7, 20)]
+    db.q("DROP TABLE IF EXISTS sch_paths")
+    job = db.job("sch_paths", "/odata/Patients?n=20", "sch_paths", page_size=10, column_map={"pid": "$.PatientId"})
+    with pytest.raises(psycopg2.Error, match="etl_exec job %d has a column_map with jsonpaths" % job):
+        db.one("SELECT etl_create_table(%s)", (job,))
+    assert db.one("SELECT to_regclass('sch_paths')") is None
+    assert "-- the job's column_map has jsonpaths: this table follows the record keys instead" in \
+        db.one("SELECT etl_infer_table(%s)", (job,))
+
+
+def test_an_operator_cannot_change_a_job_s_column_map_through_create_table(db):
+    db.q("DROP ROLE IF EXISTS sch_mallory")
+    db.q("CREATE ROLE sch_mallory IN ROLE etl_operator")
+    db.q("GRANT CREATE ON SCHEMA public TO sch_mallory")
+    db.q("DROP TABLE IF EXISTS sch_victim")
+    job = db.job("sch_victim", "/odata/Patients?n=20", "sch_victim", page_size=10)
+    db.q("SET ROLE sch_mallory")
+    try:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege,
+                           match="permission denied to set the column_map of etl_exec job %d" % job):
+            db.one("SELECT etl_create_table(%s)", (job,))
+    finally:
+        db.q("RESET ROLE")
+        db.q("REVOKE CREATE ON SCHEMA public FROM sch_mallory")
+    assert db.one("SELECT column_map FROM dw_etl_jobs WHERE job_id = %s", (job,)) is None
+    assert db.one("SELECT to_regclass('sch_victim')") is None
