@@ -538,7 +538,8 @@ extern void etl_job_use_partition(EtlJob *job, Jsonb *run_parameters,
 
 /* in page_records.c */
 extern int	etl_page_records(const EtlJob *job, const char *body, size_t len,
-							 int32 page_index, const char *url, JsonbValue **records);
+							 int32 page_index, const char *url, bool as_sent,
+							 JsonbValue **records);
 
 /* in secrets.c */
 extern void etl_job_http_auth(EtlJob *job, EtlHttpAuth *auth);

@@ -105,6 +105,7 @@ typedef struct LoaderColumn
 	bool		mapped;			/* named in column_map with a jsonpath */
 	char	   *param_name;		/* column_map "{param:NAME}": NAME, or NULL */
 	char	   *param_value;	/* that parameter's value now (NULL: null) */
+	bool		not_null;		/* the column is NOT NULL */
 	char	   *param_text;		/* ... as COPY text */
 	bool		is_key;
 } LoaderColumn;
@@ -449,6 +450,7 @@ read_columns(EtlLoader *loader, Relation rel)
 		get_type_category_preferred(att->atttypid, &category, &preferred);
 		col->is_array = category == TYPCATEGORY_ARRAY;
 		col->collation = att->attcollation;
+		col->not_null = att->attnotnull;
 		getTypeInputInfo(att->atttypid, &infunc, &col->ioparam);
 		fmgr_info_cxt(infunc, &col->infunc, loader->cxt);
 	}
@@ -813,20 +815,13 @@ convert_value(EtlLoader *loader, int c, JsonbValue *v, ConvertPosition *pos)
 	pfree(text);
 }
 
-/* Convert the value of a column's parameter, as convert_value does a record's. */
 static void
-convert_parameter(EtlLoader *loader, int c, ConvertPosition *pos)
+parameter_error_context(void *arg)
 {
-	LoaderColumn *col = &loader->cols[c];
+	LoaderColumn *col = (LoaderColumn *) arg;
 
-	if (col->param_text == NULL)
-		elog(ERROR, "etl_exec: no parameters given for column \"%s\"", col->name);
-	if (col->param_value == NULL || col->is_jsonb)
-		return;
-	pos->column = col->name;
-	pos->value = col->param_value;
-	(void) InputFunctionCall(&col->infunc, col->param_value, col->ioparam, col->typmod);
-	pos->column = NULL;
+	errcontext("column_map {param:%s} for column \"%s\", value \"%.200s\"",
+			   col->param_name, col->name, col->param_value);
 }
 
 /*
@@ -1008,6 +1003,36 @@ append_copy_value(StringInfo buf, LoaderColumn *col, JsonbValue *v)
 }
 
 /*
+ * A parameter's value must fit its column: a value the column refuses is
+ * the run's error (or its partition's), not each record's -- with
+ * on_bad_record = 'reject' it would reject every record -- so it fails
+ * before any row takes it.  Converted as the run's role (domain checks
+ * are user code), the result not kept.
+ */
+static void
+check_parameter_value(EtlLoader *loader, LoaderColumn *col, RoleSwitch *sw)
+{
+	ErrorContextCallback errcb;
+
+	if (col->param_value == NULL && col->not_null)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("column_map of job %d gives column \"%s\" the parameter \"%s\", which is null, and the column is NOT NULL",
+						loader->job->job_id, col->name, col->param_name),
+				 errhint("Give \"%s\" a value in the run's parameters (or its partitions).", col->param_name)));
+	if (col->param_value == NULL || col->is_jsonb)
+		return;
+	errcb.callback = parameter_error_context;
+	errcb.arg = col;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	act_as_run_role(loader, sw);
+	(void) InputFunctionCall(&col->infunc, col->param_value, col->ioparam, col->typmod);
+	back_from_run_role(sw);
+	error_context_stack = errcb.previous;
+}
+
+/*
  * The parameters the pages to come were asked with (the run's, with their
  * partition's over them): the values of the columns column_map gives a
  * parameter, as COPY text, for every row of those pages.  A parameter the
@@ -1017,6 +1042,7 @@ void
 etl_loader_use_parameters(EtlLoader *loader, Jsonb *parameters)
 {
 	MemoryContext old;
+	RoleSwitch	sw;
 
 	if (loader == NULL || loader->nparams == 0)
 		return;
@@ -1044,6 +1070,7 @@ etl_loader_use_parameters(EtlLoader *loader, Jsonb *parameters)
 					 errhint("Pass \"%s\" in the run's parameters, or name a column of the job's partitions.",
 							 col->param_name)));
 		col->param_value = column_text(col, v);
+		check_parameter_value(loader, col, &sw);
 		initStringInfo(&text);
 		if (col->param_value == NULL)
 			appendStringInfoString(&text, "\\N");
@@ -1571,7 +1598,7 @@ page_records(EtlLoader *loader, int32 page_index, int *nrec)
 			 page_index + 1);
 	if (job->format != ETL_FORMAT_JSON)
 		*nrec = etl_page_records(job, rej->body, rej->len, page_index,
-								 etl_url_redact(rej->url), &rej->records);
+								 etl_url_redact(rej->url), true, &rej->records);
 	else
 	{
 		body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(rej->body)));
@@ -1845,14 +1872,10 @@ check_page_values(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_i
 											   etl_rejected_record(failure, r));
 			pos.column = NULL;
 		}
-	for (int c = 0; c < ncols; c++)
-		if (loader->cols[c].param_name)
-		{
-			present[c] = true;
-			pos.record = 0;
-			convert_parameter(loader, c, &pos);
-		}
 	error_context_stack = errcb.previous;
+	/* (parameter values were checked when the loader took them) */
+	for (int c = 0; c < ncols; c++)
+		present[c] |= loader->cols[c].param_name != NULL;
 	check_page_columns(loader, present, page_index);
 	back_from_run_role(&sw);
 }
@@ -2055,8 +2078,7 @@ add_key_columns(EtlLoader *loader, List *keys, JsonbValue *records, int nrec, in
 					 errdetail("Page %d carries the key, and the job's on_new_keys is add_columns.", page_index + 1),
 					 errhint("Set the job's on_new_keys to ignore, and take the key with a column of another name through the job's column_map.")));
 	}
-	if (loader->pages)
-		etl_page_table_flush(loader->pages);	/* rows of the columns before */
+	etl_loader_flush(loader);	/* rows of the columns before (as the run's role) */
 	etl_cap_lock_waits();
 	SPI_connect();
 	act_as_run_role(loader, &sw);

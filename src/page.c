@@ -381,7 +381,7 @@ parse_page(EtlPager *pager, const EtlCheckpoint *cp, Page *page)
 		/* ndjson, csv: records alone, which name their lines when bad */
 		error_context_stack = errcb.previous;
 		page->facts.record_count = etl_page_records(job, page->resp.body, page->resp.body_len,
-													cp->page_index, errcb.arg, &page->records);
+													cp->page_index, errcb.arg, false, &page->records);
 		return;
 	}
 	body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(page->resp.body)));

@@ -307,7 +307,7 @@ csv_record(const EtlCsvReader *r, const CsvHeader *headers, int32 page_index, in
 /* The records after the header row, read by r. */
 static int
 csv_rows(const EtlJob *job, EtlCsvReader *r, int32 page_index, LinePosition *pos,
-		 JsonbValue **records)
+		 bool as_sent, JsonbValue **records)
 {
 	CsvHeader  *headers = NULL;
 	int			nheaders = 0;
@@ -329,7 +329,8 @@ csv_rows(const EtlJob *job, EtlCsvReader *r, int32 page_index, LinePosition *pos
 		{
 			headers = read_header(r, page_index);
 			nheaders = r->nfields;
-			find_json_columns(job, headers, nheaders);
+			if (!as_sent)
+				find_json_columns(job, headers, nheaders);
 			continue;
 		}
 		if (r->nfields != nheaders)
@@ -349,7 +350,7 @@ csv_rows(const EtlJob *job, EtlCsvReader *r, int32 page_index, LinePosition *pos
 /* The header row names the fields; each row after it is a record. */
 static int
 csv_records(const EtlJob *job, const char *body, size_t len, int32 page_index, const char *url,
-			JsonbValue **records)
+			bool as_sent, JsonbValue **records)
 {
 	EtlCsvReader *r = palloc(sizeof(EtlCsvReader));
 	LinePosition pos = {page_index, 0, url, body, body + len};
@@ -363,7 +364,7 @@ csv_records(const EtlJob *job, const char *body, size_t len, int32 page_index, c
 	error_context_stack = &errcb;
 	PG_TRY();
 	{
-		n = csv_rows(job, r, page_index, &pos, records);
+		n = csv_rows(job, r, page_index, &pos, as_sent, records);
 	}
 	PG_FINALLY();
 	{
@@ -377,13 +378,15 @@ csv_records(const EtlJob *job, const char *body, size_t len, int32 page_index, c
 /*
  * The records of an ndjson or csv page (in the current memory context),
  * for the loader's jsonb path; returns how many.  url names the request
- * in error messages.
+ * in error messages.  as_sent: a csv record's fields all as strings, none
+ * parsed as JSON for a json column (the record as the API sent it, for
+ * dw_etl_rejects: a field that is not JSON is kept, not an error).
  */
 int
 etl_page_records(const EtlJob *job, const char *body, size_t len, int32 page_index,
-				 const char *url, JsonbValue **records)
+				 const char *url, bool as_sent, JsonbValue **records)
 {
 	if (job->format == ETL_FORMAT_NDJSON)
 		return ndjson_records(body, len, page_index, url, records);
-	return csv_records(job, body, len, page_index, url, records);
+	return csv_records(job, body, len, page_index, url, as_sent, records);
 }

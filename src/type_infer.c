@@ -171,10 +171,12 @@ string_kind(const char *s, int len)
 	p += 6;
 	if (p < end && *p == ':')
 	{
-		if (end - p < 3 || !digits(p + 1, 2) || num2(p + 1) > 60)
+		/* (PostgreSQL takes a leap second :60 only without a fraction) */
+		if (end - p < 3 || !digits(p + 1, 2) || num2(p + 1) > 60 ||
+			(num2(p + 1) == 60 && end - p > 3 && p[3] == '.'))
 			return K_STR;
 		p += 3;
-		if (p < end && (*p == '.' || *p == ','))
+		if (p < end && *p == '.')	/* (not ',': PostgreSQL refuses it) */
 		{
 			p++;
 			if (p >= end || !isdigit((unsigned char) *p))

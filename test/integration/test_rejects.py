@@ -363,3 +363,37 @@ def test_a_run_with_partitions_says_whose_page_a_reject_is(db):
     # (partition_index, page_index, record_index, column_name): pages count per partition
     assert sorted((r[7], r[0], r[1], r[3]) for r in rejects(db, row["run_id"])) == \
         [(0, 0, 6, "birthdate"), (0, 1, 49, "birthdate"), (1, 0, 6, "birthdate"), (1, 1, 49, "birthdate")]
+
+
+def test_a_parameter_its_column_refuses_fails_the_run_not_each_record(db):
+    """A {param:NAME} value is the run's, not a record's: with reject on, a
+    value its column refuses (or a null for a NOT NULL column) still fails
+    the run, before any row -- it would otherwise reject every record."""
+    db.q("DROP TABLE IF EXISTS rj_param")
+    db.q("CREATE TABLE rj_param (patientid int, tenant int NOT NULL)")
+    job = db.job("rjparam", "/odata/Patients?n=30", "rj_param", page_size=10, on_bad_record="reject",
+                 column_map={"patientid": "$.PatientId", "tenant": "{param:tenant}"})
+    with pytest.raises(psycopg2.Error, match='invalid input syntax for type integer: "abc"') as e:
+        db.one("SELECT etl_execute_job(%s, wait := true, parameters := '{\"tenant\": \"abc\"}')", (job,))
+    assert 'column_map {param:tenant} for column "tenant", value "abc"' in e.value.diag.message_detail
+    with pytest.raises(psycopg2.Error, match='column_map of job %d gives column "tenant" the parameter "tenant", '
+                                             'which is null, and the column is NOT NULL' % job):
+        db.one("SELECT etl_execute_job(%s, wait := true, parameters := '{\"tenant\": null}')", (job,))
+    assert db.one("SELECT count(*) FROM rj_param") == 0
+    assert db.one("SELECT count(*) FROM dw_etl_rejects WHERE job_id = %s", (job,)) == 0
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true, parameters := '{\"tenant\": 4}')", (job,))
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.q("SELECT tenant, count(*) FROM rj_param GROUP BY 1") == [(4, 30)]
+
+
+def test_a_csv_field_that_is_not_json_is_rejected_with_its_record_as_sent(db):
+    db.q("DROP TABLE IF EXISTS rj_csv_json")
+    db.q("CREATE TABLE rj_csv_json (id int, meta jsonb)")
+    job = db.job("rjcsvjson", "/fixture/rejects_json_field.csv", "rj_csv_json", format="csv",
+                 pagination="none", on_bad_record="reject")
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert row["status"] == "succeeded" and row["records_loaded"] == 2, row["error_message"]
+    assert db.q("SELECT id, meta FROM rj_csv_json ORDER BY id") == [(1, {"a": 1}), (3, [1, 2])]
+    assert db.q("SELECT record_index, record, column_name FROM dw_etl_rejects WHERE run_id = %s", (run_id,)) == \
+        [(1, {"id": "2", "meta": "{bad"}, "meta")]

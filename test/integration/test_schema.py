@@ -354,3 +354,52 @@ def test_an_operator_cannot_change_a_job_s_column_map_through_create_table(db):
         db.q("REVOKE CREATE ON SCHEMA public FROM sch_mallory")
     assert db.one("SELECT column_map FROM dw_etl_jobs WHERE job_id = %s", (job,)) is None
     assert db.one("SELECT to_regclass('sch_victim')") is None
+
+
+def test_rows_waiting_in_a_page_table_move_as_the_run_s_role_when_a_column_is_added(db):
+    """A target another extension takes over (here a stand-in for a
+    TimescaleDB hypertable) gathers pages in the run's page table; adding a
+    column moves the gathered rows first -- as the run's role, never as the
+    worker's superuser (the table's owner could put a trigger there)."""
+    db.q("DROP ROLE IF EXISTS sch_owner")
+    db.q("CREATE ROLE sch_owner IN ROLE etl_operator")
+    db.q("CREATE SCHEMA IF NOT EXISTS _timescaledb_catalog")
+    db.q("CREATE TABLE IF NOT EXISTS _timescaledb_catalog.hypertable (schema_name name, table_name name)")
+    try:
+        db.q("INSERT INTO _timescaledb_catalog.hypertable VALUES ('public', 'sch_gather')")
+        drift_table(db, "sch_gather")
+        db.q("DROP TABLE IF EXISTS sch_who")
+        db.q("CREATE TABLE sch_who (who name, super boolean, patientid int)")
+        db.q("GRANT INSERT ON sch_who TO PUBLIC")
+        db.q("""CREATE OR REPLACE FUNCTION sch_log() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    INSERT INTO public.sch_who SELECT current_user, rolsuper, NEW.patientid
+                    FROM pg_roles WHERE rolname = current_user;
+                    RETURN NEW;
+                END $$""")
+        db.q("CREATE TRIGGER sch_log BEFORE INSERT ON sch_gather FOR EACH ROW EXECUTE FUNCTION sch_log()")
+        db.q("ALTER TABLE sch_gather OWNER TO sch_owner")
+        job = db.job("sch_gather", "/drift/Patients?n=250&new_key_at=120&new_keys=Extra", "sch_gather",
+                     page_size=50, on_new_keys="add_columns", checkpoint_interval_seconds=600)
+        db.q("SET ROLE sch_owner")
+        try:
+            run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+        finally:
+            db.q("RESET ROLE")
+        assert db.wait(run_id) == "succeeded", db.run_row(run_id)["error_message"]
+        assert db.q("SELECT who, super, count(*) FROM sch_who GROUP BY 1, 2") == [("sch_owner", False, 250)]
+        assert db.one('SELECT count("Extra") FROM sch_gather') == 130
+    finally:
+        db.q("DROP SCHEMA _timescaledb_catalog CASCADE")
+
+
+def test_only_timestamps_postgresql_reads_are_called_timestamps(db):
+    """A comma before the fraction, or a leap second with a fraction, is ISO
+    8601 that PostgreSQL refuses: such keys are text, and the table loads."""
+    db.q("DROP TABLE IF EXISTS sch_times")
+    job = db.job("sch_times", "/fixture/schema_times", "sch_times", page_size=10)
+    ddl = db.one("SELECT etl_create_table(%s)", (job,))
+    assert create_statement(ddl) == "    id bigint,\n    a text,\n    b timestamptz,\n    c timestamptz,\n    d text"
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.one("SELECT count(*) FROM sch_times") == 2
