@@ -279,6 +279,25 @@ def test_upgrade_path_from_0_1_0(db):
     conn.close()
 
 
+def test_upgrade_from_0_4_0_keeps_jobs_with_today_s_behaviour(db):
+    fresh_database("it_upgrade_05")
+    conn = connect("it_upgrade_05")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("CREATE EXTENSION etl_exec VERSION '0.4.0'")
+    cur.execute("""INSERT INTO dw_etl_jobs (name, url, target_table, column_map)
+                   VALUES ('kept', 'http://127.0.0.1:1/x', 't', '{"a": "$.A"}')""")
+    cur.execute("ALTER EXTENSION etl_exec UPDATE TO '0.5.0'")
+    cur.execute("SELECT name, column_map, on_new_keys, on_bad_record, max_rejected FROM dw_etl_jobs")
+    assert cur.fetchall() == [("kept", {"a": "$.A"}, "ignore", "fail", None)]
+    cur.execute("""UPDATE dw_etl_jobs SET column_map = '{"a": "{param:p}"}' RETURNING column_map""")
+    assert cur.fetchone()[0] == {"a": "{param:p}"}
+    cur.execute("SELECT to_regclass('dw_etl_rejects') IS NOT NULL, "
+                "to_regprocedure('etl_infer_table(int, jsonb, int)') IS NOT NULL")
+    assert cur.fetchone() == (True, True)
+    conn.close()
+
+
 def test_dump_and_restore_keep_jobs_and_secrets(db, tmp_path):
     db.q("DELETE FROM dw_etl_secrets WHERE name = 'dump_secret'")
     db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('dump_secret', 'v', '{a.example}')")
