@@ -342,6 +342,8 @@ typedef struct EtlScanSpec
 	bool		use_map;
 	EtlKeyPath *map;			/* per column; n = -1: not mapped */
 	EtlKeyResolver *keys;		/* the reader's own: record key -> column */
+	EtlKeyResolver *table_keys; /* on_new_keys: every column of the target (a
+								 * key one names is not new); NULL: not watched */
 	EtlFormat	format;			/* ndjson, csv: records_path, total and next unused */
 	const EtlCsvOptions *csv;
 } EtlScanSpec;

@@ -353,20 +353,15 @@ free_key_resolver(void *arg)
 }
 
 /*
- * A key resolver for the loader's columns; malloc'd (the page reader's
- * thread may use it), freed with the loader's memory.
+ * A key resolver for the given names; malloc'd (the page reader's thread
+ * may use it), freed with the loader's memory.
  */
 static EtlKeyResolver *
-new_key_resolver(EtlLoader *loader)
+resolver_of(EtlLoader *loader, int n, char **names)
 {
-	char	  **names = palloc(sizeof(char *) * Max(loader->ncols, 1));
-	EtlKeyResolver *keys;
+	EtlKeyResolver *keys = etl_key_resolver_create(n, names);
 	MemoryContextCallback *cb;
 
-	/* a column that takes a parameter takes no record key */
-	for (int c = 0; c < loader->ncols; c++)
-		names[c] = loader->cols[c].param_name ? NULL : loader->cols[c].name;
-	keys = etl_key_resolver_create(loader->ncols, names);
 	if (keys == NULL)
 		elog(ERROR, "etl_exec: out of memory");
 	cb = MemoryContextAlloc(loader->cxt, sizeof(MemoryContextCallback));
@@ -374,6 +369,37 @@ new_key_resolver(EtlLoader *loader)
 	cb->arg = keys;
 	MemoryContextRegisterResetCallback(loader->cxt, cb);
 	return keys;
+}
+
+/* A key resolver for the loader's columns. */
+static EtlKeyResolver *
+new_key_resolver(EtlLoader *loader)
+{
+	char	  **names = palloc(sizeof(char *) * Max(loader->ncols, 1));
+
+	/* a column that takes a parameter takes no record key */
+	for (int c = 0; c < loader->ncols; c++)
+		names[c] = loader->cols[c].param_name ? NULL : loader->cols[c].name;
+	return resolver_of(loader, loader->ncols, names);
+}
+
+/*
+ * For on_new_keys: every column of the target by name, written by the run
+ * or not (generated, identity, a parameter's), so that the page reader
+ * calls new only a key no column names -- as new_keys_of_page does.
+ */
+static EtlKeyResolver *
+table_key_resolver(EtlLoader *loader)
+{
+	Relation	rel = relation_open(loader->target_relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	char	  **names = palloc(sizeof(char *) * Max(desc->natts, 1));
+
+	for (int i = 0; i < desc->natts; i++)
+		names[i] = TupleDescAttr(desc, i)->attisdropped ? NULL :
+			pstrdup(NameStr(TupleDescAttr(desc, i)->attname));
+	relation_close(rel, AccessShareLock);
+	return resolver_of(loader, desc->natts, names);
 }
 
 /*
@@ -416,8 +442,10 @@ build_scan_spec(EtlLoader *loader, const EtlJob *job)
 			(!etl_path_split(loader->cols[c].map_path, &spec->map[c], &star, &after) || star))
 			return NULL;
 	}
-	/* the reader's own resolver: it runs in the reader's thread */
+	/* the reader's own resolvers: it runs in the reader's thread */
 	spec->keys = new_key_resolver(loader);
+	if (etl_loader_watches_new_keys(loader))
+		spec->table_keys = table_key_resolver(loader);
 	return spec;
 }
 

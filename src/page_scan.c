@@ -727,7 +727,10 @@ scan_named_record(Scanner *s, Slot *row)
 		}
 		else
 		{
-			s->result->new_keys = true; /* (on_new_keys: the jsonb path decides) */
+			/* a key no column of the table names (on_new_keys: the jsonb path decides) */
+			if (s->spec->table_keys &&
+				etl_key_resolver_column(s->spec->table_keys, position - 1, key, len) < 0)
+				s->result->new_keys = true;
 			if (!scan_value(s, NULL, 0, NULL))
 				return false;
 		}
@@ -1144,14 +1147,13 @@ scan_csv(const EtlScanSpec *spec, const char *body, size_t len, EtlScanResult *r
 	}
 	if (!csv_columns(spec, &r, header_of, result->present))
 		goto done;
-	if (!spec->use_map)
+	if (spec->table_keys)
 	{
-		/* a header no column takes (on_new_keys: the jsonb path decides) */
-		int			taken = 0;
-
-		for (int c = 0; c < spec->ncols; c++)
-			taken += header_of[c] >= 0;
-		result->new_keys = taken < r.nfields;
+		/* a header no column of the table names (on_new_keys: the jsonb path decides) */
+		for (int h = 0; h < r.nfields; h++)
+			if (etl_key_resolver_column(spec->table_keys, h, etl_csv_field_data(&r, &r.fields[h]),
+										r.fields[h].len) < 0)
+				result->new_keys = true;
 	}
 	nheaders = r.nfields;
 	buf_reserve(&out, (int) Min(len + len / 8 + 1024, (size_t) INT_MAX / 4));

@@ -403,3 +403,19 @@ def test_only_timestamps_postgresql_reads_are_called_timestamps(db):
     run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
     assert db.run_row(run_id)["status"] == "succeeded"
     assert db.one("SELECT count(*) FROM sch_times") == 2
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_a_key_a_column_names_but_the_run_does_not_write_is_not_new(db, fmt):
+    """A generated column named like a key takes no value and gets no twin."""
+    table = f"sch_generated_{fmt}"
+    drift_table(db, table)
+    db.q(f"ALTER TABLE {table} DROP COLUMN visits, ADD COLUMN visits int GENERATED ALWAYS AS (7) STORED")
+    url = "/drift/Patients?n=120&new_key_at=60&new_keys=Extra" + ("&format=csv" if fmt == "csv" else "")
+    job = db.job(f"sch_generated_{fmt}", url, table, page_size=50, on_new_keys="add_columns", format=fmt)
+    run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    row = db.run_row(run_id)
+    assert row["status"] == "succeeded", row["error_message"]
+    assert row["run_context"]["added_columns"] == [{"column": "Extra", "type": "text" if fmt == "csv" else "bigint",
+                                                    "page": 2}]
+    assert db.q(f'SELECT count(*), min(visits), max(visits), count("Extra") FROM {table}') == [(120, 7, 7, 60)]
