@@ -848,8 +848,12 @@ parameter_error_context(void *arg)
 {
 	LoaderColumn *col = (LoaderColumn *) arg;
 
-	errcontext("column_map {param:%s} for column \"%s\", value \"%.200s\"",
-			   col->param_name, col->name, col->param_value);
+	if (col->param_value == NULL)
+		errcontext("column_map {param:%s} for column \"%s\", value null",
+				   col->param_name, col->name);
+	else
+		errcontext("column_map {param:%s} for column \"%s\", value \"%.200s\"",
+				   col->param_name, col->name, col->param_value);
 }
 
 /*
@@ -1048,8 +1052,9 @@ check_parameter_value(EtlLoader *loader, LoaderColumn *col, RoleSwitch *sw)
 				 errmsg("column_map of job %d gives column \"%s\" the parameter \"%s\", which is null, and the column is NOT NULL",
 						loader->job->job_id, col->name, col->param_name),
 				 errhint("Give \"%s\" a value in the run's parameters (or its partitions).", col->param_name)));
-	if (col->param_value == NULL || col->is_jsonb)
-		return;
+	if (col->param_value != NULL && col->is_jsonb)
+		return;					/* (a JSON value always fits jsonb) */
+	/* (a null too: a domain's input function checks its NOT NULL) */
 	errcb.callback = parameter_error_context;
 	errcb.arg = col;
 	errcb.previous = error_context_stack;

@@ -157,6 +157,11 @@ stop_message(RunState *st, int64 segment_ms)
 	TimestampTz until;
 
 	if (st->stop == ETL_STOP_TIMED_OUT && etl_rate_limit_stopped(&host, &until))
+	{
+		if (st->row.dry_run)	/* (a dry run loads nothing and is not resumed) */
+			return psprintf("etl_exec dry run " INT64_FORMAT " stopped before its timeout of %d s: %s "
+							"accepts requests again at %s, after the run's deadline. Start a new one then.",
+							st->run_id, st->row.timeout_seconds, host, timestamptz_to_str(until));
 		return psprintf("etl_exec run " INT64_FORMAT " stopped before its timeout of %d s: %s accepts "
 						"requests again at %s, after the run's deadline; " INT64_FORMAT " records on %d "
 						"pages are loaded and checkpointed (this segment ran " INT64_FORMAT " ms). "
@@ -164,6 +169,7 @@ stop_message(RunState *st, int64 segment_ms)
 						"etl_resume_pending() waits until then.",
 						st->run_id, st->row.timeout_seconds, host, timestamptz_to_str(until),
 						st->cp.total_records, st->cp.page_index, segment_ms, st->run_id);
+	}
 
 	switch (st->stop)
 	{

@@ -381,3 +381,17 @@ def test_a_terminated_worker_gives_its_requests_back(db, api):
     db.q("DELETE FROM dw_etl_runs WHERE run_id = %s", (run_id,))
     assert db.wait(start(db, j)) == "succeeded"
     db.assert_patients_exact("rk", 60)
+
+
+def test_a_dry_run_stopped_by_a_retry_after_offers_no_resume(db, api):
+    """A dry run (or etl_infer_table's sample run) is never resumed: its
+    message says to start a new one once the API accepts requests again."""
+    q = "n=400&storm=1&storm_retry_after=8&rate_key=dry_deadline"
+    j = job(db, api, "rdry", q, "rdry", page_size=100)
+    run_id = db.one("SELECT etl_execute_job(%s, timeout := 6, dry_run := true)", (j,))
+    assert db.wait(run_id) == "timed_out"
+    message = db.run_row(run_id)["error_message"]
+    assert message.startswith("etl_exec dry run %d stopped before its timeout of 6 s: %s accepts requests again at "
+                              % (run_id, api[1])), message
+    assert message.endswith(", after the run's deadline. Start a new one then."), message
+    assert "etl_resume_run" not in message

@@ -397,3 +397,16 @@ def test_a_csv_field_that_is_not_json_is_rejected_with_its_record_as_sent(db):
     assert db.q("SELECT id, meta FROM rj_csv_json ORDER BY id") == [(1, {"a": 1}), (3, [1, 2])]
     assert db.q("SELECT record_index, record, column_name FROM dw_etl_rejects WHERE run_id = %s", (run_id,)) == \
         [(1, {"id": "2", "meta": "{bad"}, "meta")]
+
+
+def test_a_null_parameter_for_a_not_null_domain_fails_the_run(db):
+    db.q("DROP TABLE IF EXISTS rj_param_domain")
+    db.q("DROP DOMAIN IF EXISTS rj_site")
+    db.q("CREATE DOMAIN rj_site AS int NOT NULL")
+    db.q("CREATE TABLE rj_param_domain (patientid int, site rj_site)")
+    job = db.job("rjparamdomain", "/odata/Patients?n=20", "rj_param_domain", page_size=10, on_bad_record="reject",
+                 column_map={"patientid": "$.PatientId", "site": "{param:site}"})
+    with pytest.raises(psycopg2.Error, match='domain (public.)?rj_site does not allow null values') as e:
+        db.one("SELECT etl_execute_job(%s, wait := true, parameters := '{\"site\": null}')", (job,))
+    assert 'column_map {param:site} for column "site", value null' in e.value.diag.message_detail
+    assert db.one("SELECT count(*) FROM dw_etl_rejects WHERE job_id = %s", (job,)) == 0
