@@ -34,7 +34,10 @@ def run_and_wait(db, job, timeout=None):
 @pytest.mark.parametrize("concurrency", [1, 8])
 def test_concurrency_is_the_most_requests_in_flight(db, concurrency):
     db.patients_table("pp_inflight")
-    job = db.job("ppinflight", "/odata/Patients?n=4000&delay_ms=100", "pp_inflight", page_size=100,
+    # (slow enough pages that a worker stalled on a busy machine still has
+    # all of its window in flight at once)
+    delay_ms = 100 if concurrency == 1 else 400
+    job = db.job("ppinflight", "/odata/Patients?n=4000&delay_ms=%d" % delay_ms, "pp_inflight", page_size=100,
                  pagination_options=TOTAL, concurrency=concurrency)
     reset()
     run_id, status = run_and_wait(db, job)
@@ -48,7 +51,7 @@ def test_concurrency_is_the_most_requests_in_flight(db, concurrency):
 
 def test_null_concurrency_takes_the_setting(db):
     db.patients_table("pp_default")
-    job = db.job("ppdefault", "/paged/Patients?n=3000&delay_ms=100", "pp_default", pagination="page",
+    job = db.job("ppdefault", "/paged/Patients?n=3000&delay_ms=250", "pp_default", pagination="page",
                  page_size=100, pagination_options=PAGED, records_path="$.items[*]")
     reset()
     run_id, status = run_and_wait(db, job)

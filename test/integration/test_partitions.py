@@ -42,7 +42,7 @@ def fan_out_job(db, name, table, per_parent, extra="", **cols):
 
 def test_a_300_parent_fan_out_loads_every_child_once(db):
     customers(db, 300)
-    job = fan_out_job(db, "ptfan", "pt_fan", 20, extra="&delay_ms=30", concurrency=8)
+    job = fan_out_job(db, "ptfan", "pt_fan", 20, extra="&delay_ms=60", concurrency=8)
     reset()
     run_id = db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
     row = db.run_row(run_id)

@@ -64,7 +64,10 @@ def seen(path):
 def test_search_paged_in_the_body_is_exact(db, concurrency):
     table = f"rq_search_{concurrency}"
     db.patients_table(table)
-    j = search_job(db, f"rqsearch{concurrency}", table, url="/search/Patients?n=2000&delay_ms=60",
+    # (slow enough pages that a worker stalled on a busy machine still has
+    # all of its window in flight at once)
+    query = "n=2000&delay_ms=%d" % (60 if concurrency == 1 else 200)
+    j = search_job(db, f"rqsearch{concurrency}", table, url="/search/Patients?" + query,
                    concurrency=concurrency)
     reset()
     run_id, status = run(db, j)
@@ -75,7 +78,7 @@ def test_search_paged_in_the_body_is_exact(db, concurrency):
     assert s["inflight_max"] == concurrency
     for h in seen("/search/Patients"):
         assert h["method"] == "POST" and h["Content-Type"] == "application/json"
-        assert h["query"] == "n=2000&delay_ms=60"          # nothing of the paging in the URL
+        assert h["query"] == query                        # nothing of the paging in the URL
         assert h["body"]["query"] == {"match_all": {}}
         assert isinstance(h["body"]["from"], int) and h["body"]["size"] == 100
     assert sorted(h["body"]["from"] for h in seen("/search/Patients"))[-1] == 1900
