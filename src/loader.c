@@ -1333,6 +1333,82 @@ read_rows(EtlLoader *loader, Oid relid, const char *text, int len, const bool *p
 }
 
 /*
+ * How a page's rows go into their table (copy_rows): COPY into the target
+ * (or staging table), a statement through the page table (upsert, RLS),
+ * or COPY into the page table, to be moved later (a table another
+ * extension takes over).
+ */
+typedef enum PageWay
+{
+	PAGE_COPY,
+	PAGE_STATEMENT,
+	PAGE_GATHER
+} PageWay;
+
+/* Some of a page's lines (or all), and how they go in. */
+typedef struct PageLines
+{
+	PageWay		way;
+	Oid			relid;
+	bool		rls;
+	const char *text;			/* COPY text: one line per record */
+	int			len;
+	const bool *present;
+	int32		page_index;
+	uint64		copied;			/* out: the rows COPY took */
+} PageLines;
+
+/* COPY lines (a PageLines *) into their table. */
+static void
+copy_lines(EtlLoader *loader, void *arg)
+{
+	PageLines  *p = (PageLines *) arg;
+
+	p->copied = copy_into(loader, p->relid, p->text, p->len, p->present, p->page_index);
+}
+
+typedef void (*SubxactFn) (EtlLoader *loader, void *arg);
+
+/*
+ * Run fn in a subtransaction of its own: NULL when it went through, else
+ * its error, rolled back -- when taken(its SQLSTATE) says the caller takes
+ * it (and goes on another way); any other error is raised again.
+ */
+static ErrorData *
+try_in_subtransaction(EtlLoader *loader, SubxactFn fn, void *arg, bool (*taken) (int sqlerrcode))
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile failure = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(loader, arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (!taken(edata->sqlerrcode))
+			ReThrowError(edata);
+		failure = edata;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return failure;
+}
+
+/*
  * An upsert's page whose keys are all new needs no merge: it is exactly
  * the rows INSERT ... ON CONFLICT would insert, and COPY inserts them with
  * multi-inserts, at append speed, where the upsert's INSERT goes row by
@@ -1366,49 +1442,31 @@ error_stops_page(int sqlerrcode)
 	}
 }
 
+
+/* An error after which the merge decides (see above): not one that stops the page. */
+static bool
+merge_decides(int sqlerrcode)
+{
+	return !error_stops_page(sqlerrcode);
+}
+
 /* COPY an upsert's page straight into the target: true when it went in. */
 static bool
 insert_new_rows(EtlLoader *loader, const char *text, int len, const bool *present,
 				int32 page_index)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool inserted = false;
+	PageLines	lines = {PAGE_COPY, loader->insert_relid, false, text, len, present, page_index, 0};
+	ErrorData  *failure = try_in_subtransaction(loader, copy_lines, &lines, merge_decides);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
+	if (failure == NULL)
 	{
-		(void) copy_into(loader, loader->insert_relid, text, len, present, page_index);
-		ReleaseCurrentSubTransaction();
-		inserted = true;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		if (error_stops_page(edata->sqlerrcode))
-			ReThrowError(edata);
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-
-	if (inserted)
 		loader->copy_backoff = 0;
-	else
-	{
-		loader->copy_backoff = Min(Max(loader->copy_backoff * 2, 1), ETL_COPY_BACKOFF_MAX);
-		loader->copy_skip = loader->copy_backoff;
+		return true;
 	}
-	return inserted;
+	FreeErrorData(failure);
+	loader->copy_backoff = Min(Max(loader->copy_backoff * 2, 1), ETL_COPY_BACKOFF_MAX);
+	loader->copy_skip = loader->copy_backoff;
+	return false;
 }
 
 /* Whether this upsert page tries COPY first (see above). */
@@ -1427,32 +1485,6 @@ try_copy_first(EtlLoader *loader, bool rls)
 
 /* ---------- rejected records ---------- */
 
-/*
- * How a page's rows go into their table (copy_rows): COPY into the target
- * (or staging table), a statement through the page table (upsert, RLS),
- * or COPY into the page table, to be moved later (a table another
- * extension takes over).
- */
-typedef enum PageWay
-{
-	PAGE_COPY,
-	PAGE_STATEMENT,
-	PAGE_GATHER
-} PageWay;
-
-/* Some of a page's lines (or all), and how they go in. */
-typedef struct PageLines
-{
-	PageWay		way;
-	Oid			relid;
-	bool		rls;
-	const char *text;			/* COPY text: one line per record */
-	int			len;
-	const bool *present;
-	int32		page_index;
-	uint64		copied;			/* out: the rows COPY took */
-} PageLines;
-
 /* Write lines (a PageLines *) the page's way. */
 static void
 write_lines(EtlLoader *loader, void *arg)
@@ -1460,7 +1492,7 @@ write_lines(EtlLoader *loader, void *arg)
 	PageLines  *p = (PageLines *) arg;
 
 	if (p->way != PAGE_STATEMENT)
-		p->copied = copy_into(loader, p->relid, p->text, p->len, p->present, p->page_index);
+		copy_lines(loader, p);
 	else if (!(loader->upsert && !(loader->rej && loader->rej->redoing) &&
 			   try_copy_first(loader, p->rls) &&
 			   insert_new_rows(loader, p->text, p->len, p->present, p->page_index)))
@@ -1489,46 +1521,6 @@ write_lines(EtlLoader *loader, void *arg)
  * the page and its checkpoint or not at all, so a resume -- which redoes
  * an uncommitted page from scratch -- never rejects a record twice.
  */
-typedef void (*SubxactFn) (EtlLoader *loader, void *arg);
-
-/*
- * Run fn in a subtransaction of its own: NULL when it went through, else
- * its error, rolled back -- a record's own (rejects.c); any other error
- * (a cancel, a lock timeout, a privilege, ...) is raised again.
- */
-static ErrorData *
-try_in_subtransaction(EtlLoader *loader, SubxactFn fn, void *arg)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	ErrorData  *volatile failure = NULL;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		fn(loader, arg);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		if (!etl_error_rejects_record(edata->sqlerrcode))
-			ReThrowError(edata);
-		failure = edata;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return failure;
-}
 
 /*
  * Reject record `record` (0-based) of the page for failure -- unless that
@@ -1569,7 +1561,7 @@ redo_lines(EtlLoader *loader, const PageLines *page, const int *starts, int from
 
 		part.text = page->text + starts[from];
 		part.len = starts[to] - starts[from];
-		if ((failure = try_in_subtransaction(loader, write_lines, &part)) == NULL)
+		if ((failure = try_in_subtransaction(loader, write_lines, &part, etl_error_rejects_record)) == NULL)
 			return part.copied;
 	}
 	if (to - from == 1)
@@ -1586,7 +1578,7 @@ redo_lines(EtlLoader *loader, const PageLines *page, const int *starts, int from
 static void
 write_or_reject(EtlLoader *loader, PageLines *page)
 {
-	ErrorData  *failure = try_in_subtransaction(loader, write_lines, page);
+	ErrorData  *failure = try_in_subtransaction(loader, write_lines, page, etl_error_rejects_record);
 	int		   *starts;
 	int			n = 0;
 
@@ -1893,14 +1885,14 @@ check_page_values(EtlLoader *loader, JsonbValue *records, int nrec, int32 page_i
 	error_context_stack = &errcb;
 	if (loader->rej == NULL)
 		convert_records(loader, &values);
-	else if (try_in_subtransaction(loader, convert_records, &values) != NULL)
+	else if (try_in_subtransaction(loader, convert_records, &values, etl_error_rejects_record) != NULL)
 		for (int r = 0; r < nrec; r++)
 		{
 			ErrorData  *failure;
 
 			values.from = r;
 			values.to = r + 1;
-			if ((failure = try_in_subtransaction(loader, convert_records, &values)) != NULL)
+			if ((failure = try_in_subtransaction(loader, convert_records, &values, etl_error_rejects_record)) != NULL)
 				loader->rej->rejects = lappend(loader->rej->rejects,
 											   etl_rejected_record(failure, r));
 			pos.column = NULL;
