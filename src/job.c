@@ -389,28 +389,17 @@ key_column_list(MemoryContext cxt, const char *json)
  * constraint refuses (on_bad_record, max_rejected).
  */
 static void
-read_record_policies(EtlJob *job)
+read_record_policies(EtlJob *job, const char *new_keys, const char *bad_record,
+					 const char *max_rejected)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	const char *args[1];
-	char	   *new_keys;
-
-	SPI_connect();
-	args[0] = psprintf("%d", job->job_id);
-	if (etl_spi_run(psprintf("SELECT on_new_keys, on_bad_record = 'reject', coalesce(max_rejected, -1) "
-							 "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs")),
-					1, args, SPI_OK_SELECT) == 0)
-		elog(ERROR, "etl_exec job %d does not exist", job->job_id);
-	new_keys = etl_spi_value(cxt, 1);
-	job->reject_bad_records = strcmp(etl_spi_value(cxt, 2), "t") == 0;
-	job->max_rejected = pg_strtoint32(etl_spi_value(cxt, 3));
-	SPI_finish();
 	if (strcmp(new_keys, "add_columns") == 0)
 		job->on_new_keys = ETL_NEW_KEYS_ADD_COLUMNS;
 	else if (strcmp(new_keys, "fail") == 0)
 		job->on_new_keys = ETL_NEW_KEYS_FAIL;
 	else
 		job->on_new_keys = ETL_NEW_KEYS_IGNORE;
+	job->reject_bad_records = strcmp(bad_record, "reject") == 0;
+	job->max_rejected = pg_strtoint32(max_rejected);
 }
 
 /*
@@ -438,7 +427,8 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 				   "  headers, target_table, column_map, load_mode, array_to_json(key_columns), "
 				   "  coalesce(checkpoint_interval_seconds, -1), coalesce(max_retries, -1), "
 				   "  coalesce(request_timeout_ms, -1), coalesce(concurrency, -1), format, csv_options, "
-				   "  method, body, content_type, response_rules "
+				   "  method, body, content_type, response_rules, "
+				   "  on_new_keys, on_bad_record, coalesce(max_rejected, -1) "
 				   "FROM %s WHERE job_id = $1::int", etl_qualified("dw_etl_jobs"));
 	if (etl_spi_run(sql, 1, args, SPI_OK_SELECT) == 0)
 		elog(ERROR, "etl_exec job %d does not exist", job_id);
@@ -467,11 +457,12 @@ etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job)
 	body = etl_spi_value(cxt, 19);
 	content_type = etl_spi_value(cxt, 20);
 	rules = etl_spi_value(cxt, 21);
+	read_record_policies(job, etl_spi_value(cxt, 22), etl_spi_value(cxt, 23),
+						 etl_spi_value(cxt, 24));
 	SPI_finish();
 
 	read_csv_options(&job->csv, v ? etl_jsonb_from_cstring(cxt, v) : NULL);
 	read_request_shape(job, parameters, method, body, content_type, rules);
-	read_record_policies(job);
 
 	read_paging_options(job, opts);
 	job->records = etl_path_compile(job->records_path);
