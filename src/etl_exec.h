@@ -535,8 +535,7 @@ extern void etl_read_job(int32 job_id, Jsonb *parameters, EtlJob *job);
 extern void etl_job_for_partition(const EtlJob *job, Jsonb *run_parameters,
 								  Jsonb *partition_parameters, EtlJob *out);
 extern Jsonb *etl_partition_parameters(Jsonb *run_parameters, Jsonb *partition_parameters);
-extern void etl_job_use_partition(EtlJob *job, Jsonb *run_parameters,
-								  Jsonb *partition_parameters);
+extern void etl_job_use_partition(EtlJob *job, Jsonb *parameters);
 
 /* in page_records.c */
 extern int	etl_page_records(const EtlJob *job, const char *body, size_t len,

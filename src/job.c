@@ -495,21 +495,18 @@ void
 etl_job_for_partition(const EtlJob *job, Jsonb *run_parameters, Jsonb *partition_parameters,
 					  EtlJob *out)
 {
-	Jsonb	   *merged = etl_partition_parameters(run_parameters, partition_parameters);
-
 	*out = *job;
-	out->url = render_url(job, job->url_template, merged);
-	if (job->body_template)
-		out->body = render_body(job->body_template, merged);
+	etl_job_use_partition(out, etl_partition_parameters(run_parameters, partition_parameters));
 }
 
-/* The job asks for partition's pages from now on. */
+/*
+ * The job asks for a partition's pages from now on: its URL (and POST
+ * body) filled from the partition's parameters (etl_partition_parameters).
+ */
 void
-etl_job_use_partition(EtlJob *job, Jsonb *run_parameters, Jsonb *partition_parameters)
+etl_job_use_partition(EtlJob *job, Jsonb *parameters)
 {
-	EtlJob		partition;
-
-	etl_job_for_partition(job, run_parameters, partition_parameters, &partition);
-	job->url = partition.url;
-	job->body = partition.body;
+	job->url = render_url(job, job->url_template, parameters);
+	if (job->body_template)
+		job->body = render_body(job->body_template, parameters);
 }

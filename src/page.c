@@ -921,11 +921,11 @@ use_partition(EtlPager *pager, int32 index)
 	MemoryContextReset(pager->partition_cxt);
 	old = MemoryContextSwitchTo(pager->partition_cxt);
 	pager->partition_loaded = index;	/* (errors name it) */
-	parameters = etl_read_partition(pager->run_id, index);
-	etl_job_use_partition(pager->job, pager->run_parameters, parameters);
-	/* the columns column_map gives a parameter take the partition's */
-	etl_loader_use_parameters(pager->loader,
-							  etl_partition_parameters(pager->run_parameters, parameters));
+	parameters = etl_partition_parameters(pager->run_parameters,
+										  etl_read_partition(pager->run_id, index));
+	etl_job_use_partition(pager->job, parameters);
+	/* the columns column_map gives a parameter take the partition's too */
+	etl_loader_use_parameters(pager->loader, parameters);
 	MemoryContextSwitchTo(old);
 	pager->known_total = -1;
 	pager->nseen_links = 0;
