@@ -4,6 +4,7 @@ OBJS = \
 	src/etl_exec.o \
 	src/api.o \
 	src/caller.o \
+	src/select_check.o \
 	src/launcher.o \
 	src/worker.o \
 	src/page.o \

@@ -18,6 +18,7 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -25,10 +26,13 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
@@ -135,7 +139,8 @@ etl_resolve_target_sql(PG_FUNCTION_ARGS)
  *
  * The first column of the first row of a query run as the caller: a
  * query on a table of the caller's choosing (the target, for {max:col})
- * must run with the caller's rights, never the implementation's.
+ * must run with the caller's rights, never the implementation's.  One
+ * SELECT, read-only.
  */
 PG_FUNCTION_INFO_V1(etl_select_as_caller);
 Datum
@@ -146,7 +151,9 @@ etl_select_as_caller(PG_FUNCTION_ARGS)
 	char	   *value = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	etl_enter_caller_context(&cc);
+	if (etl_select_problem(sql) != NULL)
+		elog(ERROR, "etl_exec: not one SELECT: %s", sql);
+	etl_enter_caller_context_read_only(&cc);
 	SPI_connect();
 	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "etl_exec: unexpected result of %s", sql);
@@ -162,6 +169,66 @@ etl_select_as_caller(PG_FUNCTION_ARGS)
 	if (value == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(value));
+}
+
+/*
+ * _etl_partition_rows_as_caller(query text) RETURNS jsonb
+ *
+ * A job's partitions query, run as the caller (the run's role) with the
+ * caller's search_path, read-only, in a restricted operation: its rows
+ * as a JSON array of objects (column name -> value, as to_jsonb makes of
+ * a row), in the query's order.  The text runs as it is, never pasted
+ * into other SQL, and only when it is exactly one plain SELECT
+ * (select_check.c): a second statement, SELECT INTO, a data-modifying
+ * WITH or FOR UPDATE is refused before anything runs.
+ */
+PG_FUNCTION_INFO_V1(etl_partition_rows_as_caller);
+Datum
+etl_partition_rows_as_caller(PG_FUNCTION_ARGS)
+{
+	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	const char *problem = etl_select_problem(query);
+	EtlCallerContext cc;
+	StringInfoData rows;
+	FmgrInfo	to_jsonb;
+	TupleDesc	tupdesc;
+
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partitions query is not one SELECT: %s", problem),
+				 errhint("One SELECT whose columns name the parameters, e.g. SELECT id AS customer_id FROM customers WHERE active ORDER BY id.")));
+
+	/* to_jsonb(record): it learns the argument's type from its expression */
+	fmgr_info(F_TO_JSONB, &to_jsonb);
+	fmgr_info_set_expr((Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+											 list_make1(makeNullConst(RECORDOID, -1, InvalidOid)),
+											 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL),
+					   &to_jsonb);
+	initStringInfo(&rows);
+	appendStringInfoChar(&rows, '[');
+
+	etl_enter_caller_context_read_only(&cc);
+	SPI_connect();
+	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partitions query did not return rows")));
+	tupdesc = BlessTupleDesc(SPI_tuptable->tupdesc);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Datum		row = heap_copy_tuple_as_datum(SPI_tuptable->vals[i], tupdesc);
+		Jsonb	   *obj = DatumGetJsonbP(FunctionCall1(&to_jsonb, row));
+
+		if (i > 0)
+			appendStringInfoString(&rows, ", ");
+		(void) JsonbToCString(&rows, &obj->root, VARSIZE(obj));
+	}
+	SPI_finish();
+	etl_leave_caller_context(&cc);
+
+	appendStringInfoChar(&rows, ']');
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(rows.data)));
 }
 
 /*
@@ -185,4 +252,12 @@ etl_execute_as_caller(PG_FUNCTION_ARGS)
 	SPI_finish();
 	etl_leave_caller_context(&cc);
 	PG_RETURN_VOID();
+}
+
+/* _etl_url_holds_dot_segment(value text) RETURNS boolean: see url.c */
+PG_FUNCTION_INFO_V1(etl_url_holds_dot_segment_sql);
+Datum
+etl_url_holds_dot_segment_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(etl_url_holds_dot_segment(text_to_cstring(PG_GETARG_TEXT_PP(0))));
 }

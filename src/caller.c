@@ -86,6 +86,20 @@ etl_enter_caller_context(EtlCallerContext *cc)
 						   SECURITY_RESTRICTED_OPERATION);
 }
 
+/*
+ * Act as the caller as above, in a read-only transaction besides: for the
+ * caller's own query text (a job's partitions query), which may read what
+ * the caller may read and change nothing.  etl_leave_caller_context()
+ * restores transaction_read_only with the rest.
+ */
+void
+etl_enter_caller_context_read_only(EtlCallerContext *cc)
+{
+	etl_enter_caller_context(cc);
+	(void) set_config_option("transaction_read_only", "on",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
 void
 etl_leave_caller_context(EtlCallerContext *cc)
 {

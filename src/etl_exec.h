@@ -52,8 +52,10 @@ typedef struct EtlRunSettings
 	int			connect_timeout_ms;
 	int			max_retries;
 	int			concurrency;	/* requests in flight at once */
+	int			max_concurrency;	/* the superuser's ceiling on it */
 	int			retry_base_delay_ms;
 	int64		max_response_bytes;
+	int64		max_bytes_in_flight;	/* all of a run's response buffers */
 	int			low_speed_time_seconds;
 	char	   *allowed_hosts;
 	char	   *user_agent;
@@ -148,6 +150,8 @@ extern int	etl_max_retries;
 extern int	etl_default_concurrency;
 extern int	etl_retry_base_delay_ms;
 extern int	etl_max_response_bytes;
+extern int	etl_max_bytes_in_flight;
+extern int	etl_max_concurrency;
 extern int	etl_low_speed_time_seconds;
 extern char *etl_allowed_hosts;
 extern char *etl_user_agent;
@@ -187,6 +191,7 @@ extern char *etl_url_resolve(const char *base, const char *relative);
 extern char *etl_url_host(const char *url);
 extern int	etl_url_port(const char *url);
 extern char *etl_url_redact(const char *url);
+extern bool etl_url_holds_dot_segment(const char *value);
 
 /* in redact.c */
 extern void etl_redact_register(const char *value);
@@ -194,6 +199,8 @@ extern void etl_redact_register_secret(const char *value, const char *name);
 extern char *etl_redact(const char *text);
 extern char *etl_redact_url(const char *url);
 extern void etl_redact_error(ErrorData *edata);
+extern Jsonb *etl_redact_jsonb(Jsonb *jb);
+extern char *etl_redact_json_text(const char *json);
 extern void etl_redact_log(void);
 extern void etl_redact_forget(void);
 extern ErrorData *etl_catch_error(MemoryContext cxt);
@@ -377,6 +384,7 @@ typedef struct EtlHttpBuffer
 	size_t		cap;
 	size_t		max;			/* a longer body aborts the transfer */
 	bool		too_big;
+	bool		over_budget;	/* the run's buffers would pass max_bytes_in_flight */
 } EtlHttpBuffer;
 
 typedef struct EtlHttpResponse
@@ -779,7 +787,11 @@ typedef struct EtlCallerContext
 extern Oid	etl_api_caller(void);
 extern Datum etl_call_for_caller(FunctionCallInfo fcinfo, FmgrInfo *impl, bool *isnull);
 extern void etl_enter_caller_context(EtlCallerContext *cc);
+extern void etl_enter_caller_context_read_only(EtlCallerContext *cc);
 extern void etl_leave_caller_context(EtlCallerContext *cc);
 extern char *etl_resolve_target(const char *name);
+
+/* in select_check.c */
+extern const char *etl_select_problem(const char *sql);
 
 #endif							/* ETL_EXEC_H */

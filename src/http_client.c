@@ -147,6 +147,13 @@ static TimestampTz last_driven = 0; /* when transfers last made progress */
 static EtlHttpRequest *get_request = NULL;	/* etl_http_get's */
 static const EtlRunSettings *run_settings;
 
+/*
+ * What the run's buffers hold (their capacity), across all its requests:
+ * at most run_settings->max_bytes_in_flight, so that a worker's memory is
+ * bounded whatever the concurrency (each body alone by max_response_bytes).
+ */
+static size_t held_bytes = 0;
+
 static curl_socket_t open_checked_socket(void *clientp, curlsocktype purpose,
 										 struct curl_sockaddr *address);
 
@@ -155,13 +162,24 @@ buffer_append(EtlHttpBuffer *buf, const char *data, size_t n)
 {
 	if (buf->len + n + 1 > buf->cap)
 	{
-		size_t		newcap = Max(buf->cap * 2, buf->len + n + 1);
+		size_t		need = buf->len + n + 1;
+		size_t		newcap = Max(Max(buf->cap * 2, need), 16384);
+		size_t		budget = run_settings ? (size_t) run_settings->max_bytes_in_flight : SIZE_MAX;
+		size_t		others = held_bytes - buf->cap;
 		char	   *p;
 
-		newcap = Max(newcap, 16384);
+		/* doubling, but not past the budget where the exact size fits */
+		if (others + newcap > budget)
+			newcap = need;
+		if (others + newcap > budget)
+		{
+			buf->over_budget = true;
+			return false;
+		}
 		p = realloc(buf->data, newcap);
 		if (p == NULL)
 			return false;
+		held_bytes = others + newcap;
 		buf->data = p;
 		buf->cap = newcap;
 	}
@@ -195,6 +213,7 @@ buffer_reset(EtlHttpBuffer *buf, size_t max)
 	buf->len = 0;
 	buf->max = max;
 	buf->too_big = false;
+	buf->over_budget = false;
 	if (buf->data)
 		buf->data[0] = '\0';
 }
@@ -204,6 +223,7 @@ void
 etl_http_buffer_free(EtlHttpBuffer *buf)
 {
 	free(buf->data);
+	held_bytes -= Min(held_bytes, buf->cap);
 	memset(buf, 0, sizeof(*buf));
 }
 
@@ -294,6 +314,8 @@ etl_http_init(const EtlRunSettings *settings)
 	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
 		elog(ERROR, "etl_exec: could not initialize libcurl");
 	run_settings = settings;
+	/* an earlier run's buffers in this process were freed with its pager */
+	held_bytes = 0;
 	/* settings stored before user_agent was checked when set */
 	if (settings->user_agent && !etl_header_value_is_safe(settings->user_agent))
 		ereport(ERROR,
@@ -942,6 +964,18 @@ settle(EtlHttpRequest *req, bool may_raise)
 			req->free_resends++;
 			resend_now(req);
 			return ETL_STOP_NONE;
+		}
+		if (req->result == CURLE_WRITE_ERROR && req->body->over_budget)
+		{
+			if (!may_raise)
+				return ETL_STOP_NONE;
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("the run's responses in flight would hold more than etl_exec.max_bytes_in_flight (%zu bytes)",
+							(size_t) run_settings->max_bytes_in_flight),
+					 errdetail("The response from %s had %zu bytes when its buffer had to grow; the run's buffers held %zu bytes in all.",
+							   etl_url_redact(req->current_url), req->body->len, held_bytes),
+					 errhint("Lower the job's concurrency or page_size, or let a superuser raise etl_exec.max_bytes_in_flight.")));
 		}
 		if (req->result == CURLE_WRITE_ERROR && req->body->too_big)
 		{

@@ -86,12 +86,14 @@ render_url(const EtlJob *job, const char *template, Jsonb *parameters)
 			continue;
 		}
 		text = placeholder_value(parameters, name);
-		/* a whole "." or ".." segment would move the request up the path */
-		if ((strcmp(text, ".") == 0 || strcmp(text, "..") == 0) &&
-			strpbrk(buf.data, "?#") == NULL)
+		/*
+		 * a "." or ".." segment, even one a server decodes (..%2F), would
+		 * move the request up the path
+		 */
+		if (etl_url_holds_dot_segment(text) && strpbrk(buf.data, "?#") == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("URL placeholder {%s} must not be \"%s\" in the URL's path", name, text),
+					 errmsg("URL placeholder {%s} must not be \"%s\" in the URL's path: it holds a dot segment", name, text),
 					 errdetail("A dot segment would send the request, with the job's secrets, to another path."),
 					 errhint("Pass the value the API expects for {%s}.", name)));
 		appendStringInfoString(&buf, etl_url_encode(text));

@@ -22,7 +22,9 @@
 
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
+#include "utils/builtins.h"
 #include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
 
 #include "etl_exec.h"
@@ -168,6 +170,56 @@ char *
 etl_redact_url(const char *url)
 {
 	return replace_values(url, true);
+}
+
+/*
+ * A JSON value with every registered secret value redacted in its strings
+ * (keys and values), the document otherwise as it was: a record as the
+ * API sent it, kept with its reject.  jb itself when there is nothing to
+ * redact.
+ */
+Jsonb *
+etl_redact_jsonb(Jsonb *jb)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	JsonbParseState *state = NULL;
+	JsonbValue *result = NULL;
+	bool		scalar = JB_ROOT_IS_SCALAR(jb);
+
+	if (secret_values == NIL)
+		return jb;
+	it = JsonbIteratorInit(&jb->root);
+	while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		bool		has_value = token == WJB_KEY || token == WJB_VALUE || token == WJB_ELEM;
+
+		if (has_value && v.type == jbvString)
+		{
+			char	   *text = etl_redact(pnstrdup(v.val.string.val, v.val.string.len));
+
+			v.val.string.val = text;
+			v.val.string.len = strlen(text);
+		}
+		result = pushJsonbValue(&state, token, has_value ? &v : NULL);
+	}
+	if (result->type == jbvArray)
+		result->val.array.rawScalar = scalar;
+	return JsonbValueToJsonb(result);
+}
+
+/* JSON text (a dry run's report), redacted as etl_redact_jsonb() does */
+char *
+etl_redact_json_text(const char *json)
+{
+	Jsonb	   *jb;
+
+	if (secret_values == NIL || json == NULL)
+		return unconstify(char *, json);
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+	jb = etl_redact_jsonb(jb);
+	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 }
 
 /* An error's texts, redacted in place (before it is stored or logged). */

@@ -86,7 +86,10 @@ etl_rejected_record(const ErrorData *edata, int record_index)
 		r->column_name = pstrdup(edata->column_name);
 	else if (edata->context)
 		r->column_name = context_column(edata->context);
-	r->error = pstrdup(edata->message ? edata->message : "unknown error");
+	/* a value the API echoed from a secret is named in the error: redacted */
+	if (r->column_name)
+		r->column_name = etl_redact(r->column_name);
+	r->error = etl_redact(edata->message ? edata->message : "unknown error");
 	r->sqlerrcode = edata->sqlerrcode;
 	return r;
 }
@@ -94,8 +97,8 @@ etl_rejected_record(const ErrorData *edata, int record_index)
 /*
  * Write the page's rejects (EtlRejectedRecord *) into dw_etl_rejects, each
  * with its record as the API sent it (records[record_index]), in the
- * current transaction, as the worker.  partition_index -1: the run has
- * no partitions.
+ * current transaction, as the worker; a secret value in it is redacted.
+ * partition_index -1: the run has no partitions.
  */
 void
 etl_store_rejects(int64 run_id, int32 job_id, int32 partition_index, int32 page_index,
@@ -128,7 +131,7 @@ etl_store_rejects(int64 run_id, int32 job_id, int32 partition_index, int32 page_
 		nulls[2] = partition_index < 0 ? 'n' : ' ';
 		values[3] = Int32GetDatum(page_index);
 		values[4] = Int32GetDatum(r->record_index);
-		values[5] = JsonbPGetDatum(JsonbValueToJsonb(&records[r->record_index]));
+		values[5] = JsonbPGetDatum(etl_redact_jsonb(JsonbValueToJsonb(&records[r->record_index])));
 		values[6] = r->column_name ? CStringGetTextDatum(r->column_name) : (Datum) 0;
 		nulls[6] = r->column_name ? ' ' : 'n';
 		values[7] = CStringGetTextDatum(r->error);

@@ -424,6 +424,9 @@ read_run_settings(Jsonb *settings, EtlRunSettings *out)
 	out->concurrency = etl_jsonb_int(settings, "default_concurrency", 1);
 	out->retry_base_delay_ms = etl_jsonb_int(settings, "retry_base_delay_ms", 500);
 	out->max_response_bytes = etl_jsonb_int(settings, "max_response_bytes", 256 * 1024 * 1024);
+	/* runs started before 0.6.0: the defaults */
+	out->max_bytes_in_flight = etl_jsonb_int(settings, "max_bytes_in_flight", 512 * 1024 * 1024);
+	out->max_concurrency = etl_jsonb_int(settings, "max_concurrency", 16);
 	out->low_speed_time_seconds = etl_jsonb_int(settings, "low_speed_time_seconds", 30);
 	out->allowed_hosts = etl_jsonb_str(settings, "allowed_hosts");
 	out->user_agent = etl_jsonb_str(settings, "user_agent");
@@ -746,7 +749,8 @@ etl_finish_run(int64 run_id, const char *status, int64 pages_fetched, int64 segm
 	args[2] = int64_str(segment_ms);
 	args[3] = error_message;
 	args[4] = sqlstate;
-	args[5] = dry_run_report;
+	/* a dry run's report shows values of records: an echoed secret is redacted */
+	args[5] = etl_redact_json_text(dry_run_report);
 	args[6] = int64_str(pages_fetched);
 	args[7] = int64_str(commits);
 	args[8] = int64_str(commit_us);

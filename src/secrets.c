@@ -286,6 +286,32 @@ basic_credentials(SecretEntry *entry)
 }
 
 /*
+ * An OAuth2 client's token_url gets its client secret or refresh token:
+ * it must be at an origin the secret lists, and not in clear text for an
+ * https job, as for the secret itself.
+ */
+static void
+check_token_url(const EtlJob *job, SecretEntry *entry)
+{
+	Jsonb	   *conf = etl_secret_json(entry->name, entry->value, "a JSON object with a token_url");
+	char	   *token_url = etl_jsonb_str(conf, "token_url");
+
+	if (token_url == NULL || may_send(job, entry, token_url))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("refused to send the OAuth2 client credentials of secret \"%s\" to %s",
+					entry->name, origin_of(token_url)),
+			 secret_allowed_for(entry, token_url) ?
+			 errdetail("Its token_url is plain http, and job %d speaks https.", job->job_id) :
+			 entry->hosts[0] ?
+			 errdetail("Its token_url is not at an origin the secret lists; it lists only: %s.", entry->hosts) :
+			 errdetail("Its token_url is not at an origin the secret lists; it lists none."),
+			 errhint("A superuser lists the token endpoint's origin: UPDATE dw_etl_secrets SET allowed_hosts = allowed_hosts || %s::text WHERE name = %s; (and uses https for it).",
+					 quote_literal_cstr(origin_of(token_url)), quote_literal_cstr(entry->name))));
+}
+
+/*
  * The header line "key: value" for a request to url, with its
  * {secret:NAME}, {oauth2:NAME} and {basic:NAME} references filled in.
  * *send is false when the header must not go to url (a secret not bound
@@ -324,7 +350,10 @@ render_header(const EtlJob *job, const char *key, const char *value, const char 
 			if (is_secret)
 				appendStringInfoString(&line, entry->value);
 			else if (is_oauth)
+			{
+				check_token_url(job, entry);
 				appendStringInfoString(&line, etl_oauth_token(entry->name, entry->value));
+			}
 			else
 				appendStringInfoString(&line, basic_credentials(entry));
 			p = close + 1;

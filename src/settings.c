@@ -27,6 +27,8 @@ int			etl_max_retries = 3;
 int			etl_default_concurrency = 4;
 int			etl_retry_base_delay_ms = 500;
 int			etl_max_response_bytes = 256 * 1024 * 1024;
+int			etl_max_bytes_in_flight = 512 * 1024 * 1024;
+int			etl_max_concurrency = 16;
 int			etl_low_speed_time_seconds = 30;
 char	   *etl_allowed_hosts = NULL;
 char	   *etl_user_agent = NULL;
@@ -112,6 +114,18 @@ etl_define_settings(void)
 							&etl_max_response_bytes,
 							256 * 1024 * 1024, 1024, INT_MAX,
 							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.max_bytes_in_flight",
+							"Most bytes of response bodies one run holds at once, across all its requests in flight; more fails the run.",
+							"Bounds a worker's memory whatever the concurrency: each response is bounded by etl_exec.max_response_bytes, all of them together by this.",
+							&etl_max_bytes_in_flight,
+							512 * 1024 * 1024, 1024 * 1024, INT_MAX,
+							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("etl_exec.max_concurrency",
+							"Most requests of a run in flight at once, whatever the job's concurrency or etl_exec.default_concurrency ask for.",
+							"A ceiling only a superuser sets: a higher concurrency is lowered to it.",
+							&etl_max_concurrency,
+							16, 1, ETL_MAX_CONCURRENCY,
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("etl_exec.low_speed_time_seconds",
 							"A transfer that moves less than one byte a second for this long is cut.",
 							NULL,
@@ -182,6 +196,8 @@ etl_settings_snapshot(PG_FUNCTION_ARGS)
 					 "\"default_concurrency\":%d,"
 					 "\"retry_base_delay_ms\":%d,"
 					 "\"max_response_bytes\":%d,"
+					 "\"max_bytes_in_flight\":%d,"
+					 "\"max_concurrency\":%d,"
 					 "\"low_speed_time_seconds\":%d,"
 					 "\"run_retention_days\":%d,",
 					 etl_default_timeout_seconds,
@@ -192,6 +208,8 @@ etl_settings_snapshot(PG_FUNCTION_ARGS)
 					 etl_default_concurrency,
 					 etl_retry_base_delay_ms,
 					 etl_max_response_bytes,
+					 etl_max_bytes_in_flight,
+					 etl_max_concurrency,
 					 etl_low_speed_time_seconds,
 					 etl_run_retention_days);
 	append_json_string(&buf, "allowed_hosts", etl_allowed_hosts);

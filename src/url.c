@@ -8,6 +8,8 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
 #include <curl/curl.h>
 
 #include "etl_exec.h"
@@ -111,4 +113,59 @@ etl_url_redact(const char *url)
 	curl_free(out);
 	curl_url_cleanup(u);
 	return result;
+}
+
+/* one round of percent-decoding (an escape that is not one stays as it is) */
+static char *
+percent_decoded(const char *s)
+{
+	char	   *out = palloc(strlen(s) + 1);
+	char	   *o = out;
+
+	for (const char *p = s; *p; p++)
+	{
+		if (p[0] == '%' && isxdigit((unsigned char) p[1]) && isxdigit((unsigned char) p[2]))
+		{
+			char		hex[3] = {p[1], p[2], '\0'};
+
+			*o++ = (char) strtol(hex, NULL, 16);
+			p += 2;
+		}
+		else
+			*o++ = *p;
+	}
+	*o = '\0';
+	return out;
+}
+
+/*
+ * Whether a value put into a URL's path holds a dot segment -- "." or ".."
+ * between slashes (or backslashes), as it is or percent-encoded, once or
+ * more -- that a server which decodes it would take as a move up the path.
+ */
+bool
+etl_url_holds_dot_segment(const char *value)
+{
+	char	   *text = pstrdup(value);
+
+	/* each round of decoding a server might do (%252e%252e is ".." twice decoded) */
+	for (int round = 0; round < 4; round++)
+	{
+		char	   *segment = text;
+
+		for (;;)
+		{
+			size_t		len = strcspn(segment, "/\\");
+
+			if ((len == 1 && segment[0] == '.') || (len == 2 && strncmp(segment, "..", 2) == 0))
+				return true;
+			if (segment[len] == '\0')
+				break;
+			segment += len + 1;
+		}
+		if (strchr(text, '%') == NULL)
+			break;
+		text = percent_decoded(text);
+	}
+	return false;
 }

@@ -253,6 +253,8 @@ apply_job_overrides(RunState *st)
 		st->settings.request_timeout_ms = st->job.request_timeout_ms;
 	if (st->job.concurrency > 0)
 		st->settings.concurrency = st->job.concurrency;
+	/* neither the job's writer nor the caller's SET goes past the superuser's ceiling */
+	st->settings.concurrency = Min(st->settings.concurrency, st->settings.max_concurrency);
 }
 
 /*

@@ -303,6 +303,9 @@ render (badjson_at / nokey_at / oversize_at) -> gzip -> send (stall, truncate).
                         carried as always).
   n=N                   size of the data set (default 20000).
   gzip=1                allow gzip (see above).
+  echo_header_as_birthdate=H
+                        record 3's BirthDate is the value of request header H
+                        (an API that echoes a header into a record).
   echo_headers=1        answer 400 with the request's headers in the body
                         ({"error": "bad request", "request_headers": {...}}),
                         as some APIs do in their error pages.
@@ -348,6 +351,10 @@ requests.
 
 CONTROL ENDPOINTS (not counted as data requests)
 =================
+  GET /endless?max_mb=M     -> 200, a body that never ends ({"value": ["xx..",
+                               ...), until the client hangs up or M MiB
+                               (default 2048) are sent; no Content-Length
+                               (memory-bound tests).
   GET /__health             -> {"ok": true}
   GET|POST /__reset         -> {"ok": true}; clears request counters,
                                headers_seen, fail_at and fail_every memory.
@@ -448,6 +455,9 @@ def record(i):
     if getattr(_REQUEST, "bad_records", False) and i in BAD_RECORDS:
         key, value = BAD_RECORDS[i]
         rec[key] = value
+    echoed = getattr(_REQUEST, "echo_birthdate", None)
+    if echoed is not None and i == 3:
+        rec["BirthDate"] = echoed
     return rec
 
 
@@ -1200,6 +1210,8 @@ class Handler(BaseHTTPRequestHandler):
                                    [("Allow", "POST")])
                 else:
                     self._oauth_token(q, body)
+            elif path == "/endless":
+                self._endless(q)
             elif path.startswith("/fixture/"):
                 self._fixture(path[len("/fixture/"):], q)
             elif re.fullmatch(r"/parents/Customers/\d+/Orders", path):
@@ -1267,6 +1279,25 @@ class Handler(BaseHTTPRequestHandler):
             return
         with open(fixture, "rb") as f:
             self.send_raw(200, f.read())
+
+    def _endless(self, q):
+        """/endless?max_mb=M: a 200 whose body never ends (a JSON array that
+        goes on), until the client hangs up or M MiB (default 2048) are
+        sent; no Content-Length, the connection closes after it."""
+        limit = q.int("max_mb", 2048) * 1024 * 1024
+        chunk = b'"' + b"x" * 65530 + b'",'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.headers_sent = True
+        self.close_connection = True
+        sent = 0
+        self.wfile.write(b'{"value": [')
+        while sent < limit:
+            self.wfile.write(chunk)
+            sent += len(chunk)
+        self.wfile.flush()
 
     # -- control endpoints --------------------------------------------------
     def _stats(self):
@@ -1419,6 +1450,8 @@ class Handler(BaseHTTPRequestHandler):
         self.rate_bucket = b
         self.last_status = None
         _REQUEST.bad_records = q.flag("bad_records")
+        _REQUEST.echo_birthdate = (self.headers.get(q.get("echo_header_as_birthdate"), "")
+                                   if q.has("echo_header_as_birthdate") else None)
         try:
             refused = self._rate_check(q, b, event[0])
             if not refused:

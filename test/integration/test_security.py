@@ -7,7 +7,7 @@ import urllib.request
 import psycopg2
 import pytest
 
-from conftest import MOCK_API, connect, fresh_database
+from conftest import MOCK_API, connect, fresh_database, run_in_session
 
 ORIGIN = MOCK_API.split("://", 1)[1]
 PORT = ORIGIN.rsplit(":", 1)[1]
@@ -342,3 +342,302 @@ def test_max_response_bytes_is_superuser_only_and_counts_decompressed_bytes(db, 
     assert db.wait(run_id) == "failed"
     assert "larger than etl_exec.max_response_bytes (1048576 bytes)" in db.run_row(run_id)["error_message"]
     assert db.one("SELECT count(*) FROM s_bomb") == 0
+
+
+# ---------- job text that meets SQL: parsed to check it, run only as the run's role ----------
+
+@pytest.fixture
+def etl_admin(db):
+    """A job writer as the README grants one: etl_operator + INSERT/UPDATE/DELETE on dw_etl_jobs."""
+    for role in ("etl_admin",):
+        if db.one("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)):
+            db.q(f"DROP OWNED BY {role}")
+            db.q(f"DROP ROLE {role}")
+    db.q("CREATE ROLE etl_admin LOGIN IN ROLE etl_operator")
+    db.q("GRANT INSERT, UPDATE, DELETE ON dw_etl_jobs TO etl_admin")
+    db.q("GRANT USAGE ON SEQUENCE dw_etl_jobs_job_id_seq TO etl_admin")
+    db.q("GRANT CREATE, USAGE ON SCHEMA public TO etl_admin")
+    db.q("DROP TABLE IF EXISTS public.s_pwn_log")
+    db.q("CREATE TABLE public.s_pwn_log (who text, super boolean)")
+    db.q("GRANT INSERT ON public.s_pwn_log TO PUBLIC")
+    conn = connect(db.dbname, user="etl_admin")
+    cur = conn.cursor()
+    # runs as whoever calls it: as a superuser, it makes etl_admin one
+    cur.execute("""CREATE FUNCTION public.s_pwn() RETURNS int LANGUAGE plpgsql VOLATILE AS $f$
+                   BEGIN
+                       RAISE NOTICE 's_pwn ran as %', current_user;
+                       IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                           EXECUTE 'ALTER ROLE etl_admin SUPERUSER';
+                       END IF;
+                       RETURN 1;
+                   END $f$""")
+    # one that writes
+    cur.execute("""CREATE FUNCTION public.s_pwn_write() RETURNS int LANGUAGE plpgsql VOLATILE AS $f$
+                   BEGIN INSERT INTO public.s_pwn_log VALUES (current_user, false); RETURN 1; END $f$""")
+    # the same, IMMUTABLE: evaluated when a query naming it is planned
+    cur.execute("""CREATE FUNCTION public.s_pwn_at_plan(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$
+                   BEGIN RETURN public.s_pwn(); END $f$""")
+    yield conn
+    conn.close()
+    db.q("ALTER ROLE etl_admin NOSUPERUSER")
+    db.q("DELETE FROM dw_etl_runs WHERE job_id IN (SELECT job_id FROM dw_etl_jobs WHERE name LIKE 'spwn%')")
+    db.q("DELETE FROM dw_etl_jobs WHERE name LIKE 'spwn%'")
+    db.q("DROP OWNED BY etl_admin")
+    db.q("DROP ROLE etl_admin")
+
+
+BREAKOUT = ("SELECT public.s_pwn() AS x) AS etl_partitions; SELECT COALESCE(pg_catalog.jsonb_agg("
+            "pg_catalog.to_jsonb(etl_partitions)), '[]'::pg_catalog.jsonb)::pg_catalog.text FROM (SELECT 1 AS x")
+
+
+def test_a_partitions_query_cannot_make_a_job_writer_superuser(db, etl_admin):
+    """The check trigger ran the query (LIMIT 0) as whoever wrote the row;
+    etl_create_table (SECURITY DEFINER) wrote it as the superuser."""
+    cur = etl_admin.cursor()
+    # the breakout of the subquery: refused when written, nothing run
+    with pytest.raises(psycopg2.Error) as exc:
+        cur.execute("INSERT INTO dw_etl_jobs (name, url, target_table, partitions) VALUES ('spwn1', %s, 'public.s_pwn_t', %s)",
+                    (MOCK_API + "/fixture/schema_names", json.dumps({"query": BREAKOUT})))
+    assert exc.value.pgcode == "22023"
+    assert 'job "spwn1": partitions query is not one SELECT: syntax error at or near ")"' in exc.value.pgerror
+    # a function planned at write time: accepted (it is one SELECT), never run to check it
+    cur.execute("INSERT INTO dw_etl_jobs (name, url, target_table, partitions) VALUES ('spwn2', %s, 'public.s_pwn_t', %s) "
+                "RETURNING job_id",
+                (MOCK_API + "/fixture/schema_names", json.dumps({"query": "SELECT public.s_pwn_at_plan(1) AS x"})))
+    job = cur.fetchone()[0]
+    assert not any("s_pwn ran" in n for n in etl_admin.notices)
+    # a superuser updating the row, and etl_create_table (whose table needs a column_map: "xmin")
+    su = connect(db.dbname)
+    su.cursor().execute("UPDATE dw_etl_jobs SET page_size = 500 WHERE job_id = %s", (job,))
+    assert not any("s_pwn ran" in n for n in su.notices)
+    su.close()
+    cur.execute("SELECT etl_create_table(%s)", (job,))
+    assert db.one("SELECT column_map FROM dw_etl_jobs WHERE job_id = %s", (job,)) is not None
+    assert db.one("SELECT rolsuper FROM pg_roles WHERE rolname = 'etl_admin'") is False
+    # the query ran only at the sample run's start, as the caller
+    assert {n.strip() for n in etl_admin.notices if "s_pwn ran" in n} == {"NOTICE:  s_pwn ran as etl_admin"}
+    # a run by etl_admin runs it as etl_admin
+    db.q("GRANT SELECT, INSERT ON public.s_pwn_t TO etl_admin")
+    cur.execute("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert {n.strip() for n in etl_admin.notices if "s_pwn ran" in n} == {"NOTICE:  s_pwn ran as etl_admin"}
+    assert db.one("SELECT rolsuper FROM pg_roles WHERE rolname = 'etl_admin'") is False
+    assert db.one("SELECT count(*) FROM public.s_pwn_t") == 2
+
+
+@pytest.mark.parametrize("query, problem", [
+    ("SELECT 1 AS x; SELECT 2 AS y", "it holds 2 statements"),
+    ("WITH d AS (DELETE FROM public.s_pwn_log RETURNING 1 AS x) SELECT x FROM d", "a WITH query that is not a SELECT changes data"),
+    ("SELECT 1 AS x INTO public.s_made", "SELECT INTO creates a table"),
+    ("SELECT 1 AS x FROM public.s_pwn_log FOR UPDATE", "FOR UPDATE or FOR SHARE locks rows"),
+    ("DELETE FROM public.s_pwn_log", "it is not a SELECT statement"),
+])
+def test_a_partitions_query_is_one_plain_select_when_written_and_when_run(db, etl_admin, query, problem):
+    cur = etl_admin.cursor()
+    with pytest.raises(psycopg2.Error) as exc:
+        cur.execute("INSERT INTO dw_etl_jobs (name, url, target_table, partitions) VALUES ('spwn3', %s, 'public.s_pwn_t', %s)",
+                    (MOCK_API + "/odata/Patients?n=5", json.dumps({"query": query})))
+    assert exc.value.pgcode == "22023"
+    assert f'job "spwn3": partitions query is not one SELECT: {problem}' in exc.value.pgerror
+    # a row that got past the check (written before 0.6.0, say) is refused at run start, before it runs
+    db.patients_table("s_pwn_t")
+    db.q("ALTER TABLE dw_etl_jobs DISABLE TRIGGER dw_etl_jobs_validate_partitions")
+    try:
+        job = db.job("spwn3", "/odata/Patients?n=5", "s_pwn_t", partitions=json.dumps({"query": query}))
+    finally:
+        db.q("ALTER TABLE dw_etl_jobs ENABLE TRIGGER dw_etl_jobs_validate_partitions")
+    db.q("INSERT INTO s_pwn_log VALUES ('marker', false)")
+    with pytest.raises(psycopg2.Error) as exc:
+        cur.execute("SELECT etl_execute_job(%s)", (job,))
+    assert f"partitions query is not one SELECT: {problem}" in exc.value.pgerror
+    assert db.one("SELECT count(*) FROM s_pwn_log") == 1
+    assert db.one("SELECT to_regclass('public.s_made')") is None
+    assert db.one("SELECT count(*) FROM dw_etl_runs WHERE job_id = %s", (job,)) == 0
+
+
+def test_a_partitions_query_runs_read_only(db, etl_admin):
+    """A function the query calls cannot write either: the query runs in a read-only transaction."""
+    db.patients_table("s_pwn_t")
+    db.q("GRANT SELECT, INSERT ON s_pwn_t TO etl_admin")
+    cur = etl_admin.cursor()
+    cur.execute("INSERT INTO dw_etl_jobs (name, url, target_table, partitions) VALUES ('spwn4', %s, 's_pwn_t', %s) "
+                "RETURNING job_id", (MOCK_API + "/odata/Patients?n=5", json.dumps({"query": "SELECT public.s_pwn_write() AS x"})))
+    job = cur.fetchone()[0]
+    with pytest.raises(psycopg2.Error) as exc:
+        cur.execute("SELECT etl_execute_job(%s)", (job,))
+    assert "cannot execute INSERT in a read-only transaction" in exc.value.pgerror
+    assert db.one("SELECT count(*) FROM s_pwn_log") == 0
+    # and the session goes on writing as before
+    cur.execute("SHOW transaction_read_only")
+    assert cur.fetchone()[0] == "off"
+    cur.execute("INSERT INTO s_pwn_log VALUES ('after', false)")
+    assert db.one("SELECT count(*) FROM s_pwn_log") == 1
+
+
+# ---------- secrets echoed into rejected records ----------
+
+def test_a_secret_echoed_into_a_rejected_record_is_redacted_everywhere(db):
+    echoed = "HSECRET-222-Never-In-Rejects"
+    db.patients_table("s_rej")
+    db.q("DELETE FROM dw_etl_secrets WHERE name = 'h1'")
+    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('h1', %s, %s)", (echoed, [ORIGIN]))
+    # record 3's BirthDate is the X-Key header the request sent: not a date
+    job = db.job("srej", "/odata/Patients?n=10&echo_header_as_birthdate=X-Key", "s_rej", page_size=10,
+                 headers={"X-Key": "{secret:h1}"}, on_bad_record="reject")
+    conn = connect(db.dbname)
+    cur = conn.cursor()
+    cur.execute("SELECT etl_execute_job(%s, wait := true)", (job,))
+    run_id = cur.fetchone()[0]
+    cur.execute("SELECT etl_execute_job(%s, dry_run := true, wait := true)", (job,))
+    dry_id = cur.fetchone()[0]
+    notices = " ".join(conn.notices)
+    conn.close()
+    assert db.run_row(run_id)["status"] == "succeeded"
+    assert db.one("SELECT count(*) FROM s_rej") == 9
+    rej = db.q("SELECT record ->> 'BirthDate', column_name, error FROM dw_etl_rejects WHERE run_id = %s", (run_id,))
+    assert rej == [("[secret redacted]", "birthdate", 'invalid input syntax for type date: "[secret redacted]"')]
+    dry = db.run_row(dry_id)["run_context"]["dry_run"]
+    assert dry["rejected"] == 1 and "[secret redacted]" in dry["rejects"][0]["error"]
+    assert echoed not in json.dumps(dry)
+    assert echoed not in notices
+    assert echoed not in db.one("SELECT string_agg(r::text, ' ') FROM dw_etl_runs r")
+    assert echoed not in db.one("SELECT string_agg(r::text, ' ') FROM dw_etl_rejects r")
+    assert echoed not in server_log()
+
+
+# ---------- a worker's memory, whatever the concurrency ----------
+
+def test_responses_in_flight_are_bounded_together_and_concurrency_by_a_ceiling(db, op1):
+    cur = op1.cursor()
+    cur.execute("SELECT etl_settings()")       # loads the library: its settings are defined
+    for setting in ("etl_exec.max_bytes_in_flight = '8GB'", "etl_exec.max_concurrency = 64"):
+        with pytest.raises(psycopg2.Error) as exc:
+            cur.execute("SET " + setting)
+        assert exc.value.pgcode == "42501", exc.value.pgerror
+    # every page an endless body, 8 at once: 8 x 256 MB unless the run's total is bounded
+    db.patients_table("s_endless")
+    job = db.job("sendless", "/endless", "s_endless", page_size=100, concurrency=8)
+    run_id = run_in_session(db, "SELECT etl_execute_job(%s)", (job,),
+                            settings=["SET etl_exec.max_bytes_in_flight = '64MB'"])
+    assert db.wait(run_id) == "failed"
+    row = db.run_row(run_id)
+    assert ("the run's responses in flight would hold more than etl_exec.max_bytes_in_flight (67108864 bytes)"
+            in row["error_message"]), row["error_message"]
+    assert row["sqlstate"] == "54000"
+    assert db.one("SELECT count(*) FROM s_endless") == 0
+    # an ordinary role asks for 12 at once; the superuser's ceiling (here 3) holds
+    db.q(f"ALTER DATABASE {db.dbname} SET etl_exec.max_concurrency = 3")
+    try:
+        db.patients_table("s_ceiling")
+        db.q("GRANT SELECT, INSERT ON s_ceiling TO op1")
+        job = db.job("sceiling", "/odata/Patients?n=1200&delay_ms=150", "s_ceiling", page_size=50,
+                     pagination_options=json.dumps({"total_path": "$.\"@odata.count\""}))
+        conn = connect(db.dbname, user="op1")
+        c = conn.cursor()
+        c.execute("SET etl_exec.default_concurrency = 12")
+        reset()
+        c.execute("SELECT etl_execute_job(%s, wait := true)", (job,))
+        conn.close()
+        assert db.one("SELECT count(*) FROM s_ceiling") == 1200
+        assert stats()["max_in_flight"] == 3
+    finally:
+        db.q(f"ALTER DATABASE {db.dbname} RESET etl_exec.max_concurrency")
+
+
+# ---------- run-scoped rows: each role's own ----------
+
+@pytest.fixture
+def alice_bob(db):
+    conns = {}
+    for role in ("s_alice", "s_bob"):
+        if db.one("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)):
+            db.q(f"DROP OWNED BY {role}")
+            db.q(f"DROP ROLE {role}")
+        db.q(f"CREATE ROLE {role} LOGIN IN ROLE etl_operator")
+    for role in ("s_alice", "s_bob"):
+        conns[role] = connect(db.dbname, user=role)
+    yield conns["s_alice"], conns["s_bob"]
+    for role, conn in conns.items():
+        conn.close()
+        db.q(f"DROP OWNED BY {role}")
+        db.q(f"DROP ROLE {role}")
+
+
+def test_partition_values_and_runs_are_visible_only_to_their_roles(db, alice_bob):
+    alice, bob = alice_bob
+    db.q("DROP TABLE IF EXISTS s_accts")
+    db.q("CREATE TABLE s_accts (acct text)")
+    db.q("INSERT INTO s_accts VALUES ('ALICE-PRIVATE-ACCT-42')")
+    db.q("GRANT SELECT ON s_accts TO s_alice")
+    db.patients_table("s_alice_t")
+    db.q("GRANT SELECT, INSERT ON s_alice_t TO s_alice")
+    job = db.job("salice", "/odata/Patients?n=5&a={acct}", "s_alice_t", page_size=5,
+                 partitions=json.dumps({"query": "SELECT acct FROM s_accts"}))
+    a = alice.cursor()
+    a.execute("SELECT etl_execute_job(%s, wait := true)", (job,))
+    run_id = a.fetchone()[0]
+    assert db.run_row(run_id)["status"] == "succeeded"
+    b = bob.cursor()
+    for sql in ("SELECT count(*) FROM dw_etl_run_partitions WHERE run_id = %s",
+                "SELECT count(*) FROM dw_etl_runs WHERE run_id = %s",
+                "SELECT count(*) FROM etl_run_progress WHERE run_id = %s",
+                "SELECT count(*) FROM dw_etl_rejects WHERE run_id = %s"):
+        b.execute(sql, (run_id,))
+        assert b.fetchone()[0] == 0, sql
+    b.execute("SELECT string_agg(p::text, ' ') FROM dw_etl_run_partitions p")
+    assert "ALICE-PRIVATE" not in (b.fetchone()[0] or "")
+    b.execute("SELECT string_agg(r::text, ' ') FROM dw_etl_runs r")
+    assert "ALICE-PRIVATE" not in (b.fetchone()[0] or "")
+    # alice sees her own, and a superuser all
+    a.execute("SELECT parameters ->> 'acct' FROM dw_etl_run_partitions WHERE run_id = %s", (run_id,))
+    assert a.fetchone()[0] == "ALICE-PRIVATE-ACCT-42"
+    a.execute("SELECT status FROM dw_etl_runs WHERE run_id = %s", (run_id,))
+    assert a.fetchone()[0] == "succeeded"
+    assert db.one("SELECT count(*) FROM dw_etl_run_partitions WHERE run_id = %s", (run_id,)) == 1
+    # bob's own run shows in the progress view to bob, with its place in the queue counted among all runs
+    b.execute("SELECT count(*) FROM etl_run_progress WHERE started_by = 's_alice'::regrole")
+    assert b.fetchone()[0] == 0
+
+
+# ---------- OAuth2 token endpoints and encoded dot segments ----------
+
+def test_oauth_client_credentials_go_only_to_an_origin_the_secret_lists(db):
+    db.patients_table("s_oauth")
+    db.q("DELETE FROM dw_etl_secrets WHERE name = 'soauth'")
+    client = {"token_url": f"http://localhost:{PORT}/oauth/token", "client_id": "etl",
+              "client_secret": "s3cret"}
+    db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('soauth', %s, %s)",
+         (json.dumps(client), [ORIGIN]))
+    job = db.job("soauth", "/odata/Patients?n=10&oauth=1", "s_oauth", page_size=10,
+                 headers={"Authorization": "Bearer {oauth2:soauth}"})
+    reset()
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    assert db.wait(run_id) == "failed"
+    row = db.run_row(run_id)
+    assert f'refused to send the OAuth2 client credentials of secret "soauth" to localhost:{PORT}' in row["error_message"]
+    assert stats()["token_requests"] == 0
+    assert db.one("SELECT count(*) FROM s_oauth") == 0
+    # at a listed origin it works
+    client["token_url"] = MOCK_API + "/oauth/token"
+    db.q("UPDATE dw_etl_secrets SET value = %s WHERE name = 'soauth'", (json.dumps(client),))
+    db.one("SELECT etl_execute_job(%s, wait := true)", (job,))
+    assert db.one("SELECT count(*) FROM s_oauth") == 10
+    assert stats()["token_requests"] == 1
+
+
+@pytest.mark.parametrize("value", ["..%2Fadmin", "%2e%2e", "%2E%2E%2Fx", "%252e%252e", "../admin", "a/./b"])
+def test_encoded_dot_segments_cannot_move_a_request_up_the_path(db, value):
+    db.patients_table("s_edots")
+    job = db.job("sedots", "/odata/{p}/Patients?n=10", "s_edots", page_size=10)
+    with pytest.raises(psycopg2.Error) as exc:
+        db.q("SELECT etl_execute_job(%s, parameters := %s)", (job, json.dumps({"p": value})))
+    assert exc.value.pgcode == "22023"
+    assert 'URL placeholders in the path must not be "." or "..", nor hold such a segment' in exc.value.pgerror
+    # a later partition's value is checked by the worker, before its request goes out
+    db.q("ALTER TABLE s_edots ADD COLUMN orderid int, ADD COLUMN customerid int, ADD COLUMN amount numeric")
+    job = db.job("sedots", "/parents/Customers/{p}/Orders?n=5", "s_edots", page_size=10,
+                 partitions=json.dumps({"values": {"p": ["1", value]}}))
+    reset()
+    run_id = db.one("SELECT etl_execute_job(%s)", (job,))
+    assert db.wait(run_id) == "failed"
+    assert "it holds a dot segment" in db.run_row(run_id)["error_message"]
+    assert all(".." not in h["path"] and "%2" not in h["path"] for h in stats()["headers_seen"])
