@@ -363,6 +363,58 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- Hot standby: what writes fails at once (the C entry points check too)
+------------------------------------------------------------------------------
+
+-- 0.3.0's, but on a standby it says so at once (25006) instead of failing
+-- at its first write.
+CREATE OR REPLACE FUNCTION etl_prune_runs(older_than interval DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    keep interval := coalesce(older_than,
+                              make_interval(days => (@extschema@._etl_settings() ->> 'run_retention_days')::int));
+    r record;
+    n bigint := 0;
+    stage text;
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'etl_prune_runs cannot run on a hot standby'
+            USING ERRCODE = 'read_only_sql_transaction',
+                  DETAIL = 'This server is in recovery: etl_exec starts, resumes and changes runs only on the primary, and no worker runs here.',
+                  HINT = 'Run it on the primary.  etl_wait_run, etl_get_checkpoint and the views work here.';
+    END IF;
+    IF older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must not be negative, not %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF older_than IS NULL AND keep = interval '0' THEN
+        RAISE NOTICE 'etl_exec.run_retention_days is 0: runs are kept forever';
+        RETURN 0;
+    END IF;
+    PERFORM @extschema@._etl_reap();
+    FOR r IN
+        DELETE FROM @extschema@.dw_etl_runs x
+        WHERE x.status NOT IN ('queued', 'running') AND coalesce(x.finished_at, x.started_at) < now() - keep
+        RETURNING x.run_id, x.job_id, x.started_by, x.run_context #>> '{staging,table}' AS staging
+    LOOP
+        n := n + 1;
+        -- the staging table a replace run made, if it is still there: in
+        -- etl_exec_staging, named for the run, owned by the run's role
+        SELECT format('%I.%I', ns.nspname, c.relname) INTO stage
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+        WHERE ns.nspname = 'etl_exec_staging'
+          AND c.relname ~ ('^_etl_stage_' || r.run_id || '_[0-9a-f]{16}$')
+          AND c.relowner = r.started_by::oid
+          AND r.staging = format('%I.%I', ns.nspname, c.relname);
+        IF FOUND THEN
+            EXECUTE 'DROP TABLE IF EXISTS ' || stage;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Privileges: no internal function new in 0.6.0 is anyone's but the owner's
 ------------------------------------------------------------------------------
 

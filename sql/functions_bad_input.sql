@@ -128,7 +128,7 @@ RESET ROLE;
 SET ROLE regress_operator;
 SELECT * FROM dw_etl_secrets;
 SELECT value FROM dw_etl_secrets WHERE name = 'api_token';
--- an operator sees the jobs and runs ...
+-- an operator sees the jobs, but not the runs of roles it is not a member of ...
 SELECT job_id, name FROM dw_etl_jobs ORDER BY job_id;
 SELECT run_id, status FROM dw_etl_runs ORDER BY run_id;
 -- ... but cannot resume, retry or cancel a run another role started

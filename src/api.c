@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -39,19 +40,25 @@
 #include "compat.h"
 #include "etl_exec.h"
 
-/* The implementation of a public function: "_" + its name, same arguments. */
-static FmgrInfo *
-implementation_of(FunctionCallInfo fcinfo)
+/* A public function: its name, and its implementation ("_" + its name, same arguments). */
+typedef struct ApiEntry
 {
-	FmgrInfo   *impl = (FmgrInfo *) fcinfo->flinfo->fn_extra;
+	FmgrInfo	impl;
+	char		name[NAMEDATALEN];
+} ApiEntry;
+
+static ApiEntry *
+entry_of(FunctionCallInfo fcinfo)
+{
+	ApiEntry   *entry = (ApiEntry *) fcinfo->flinfo->fn_extra;
 	Oid			fn_oid = fcinfo->flinfo->fn_oid;
 	HeapTuple	tup;
 	Form_pg_proc proc;
 	List	   *name;
 	Oid			impl_oid;
 
-	if (impl != NULL)
-		return impl;
+	if (entry != NULL)
+		return entry;
 	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "cache lookup failed for function %u", fn_oid);
@@ -59,46 +66,59 @@ implementation_of(FunctionCallInfo fcinfo)
 	name = list_make2(makeString(get_namespace_name(proc->pronamespace)),
 					  makeString(psprintf("_%s", NameStr(proc->proname))));
 	impl_oid = LookupFuncName(name, proc->pronargs, proc->proargtypes.values, false);
-	ReleaseSysCache(tup);
 
-	impl = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(FmgrInfo));
+	entry = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ApiEntry));
+	strlcpy(entry->name, NameStr(proc->proname), NAMEDATALEN);
+	ReleaseSysCache(tup);
 	/* no EXECUTE check: that is the point; the entry point's was made */
-	fmgr_info_cxt(impl_oid, impl, fcinfo->flinfo->fn_mcxt);
-	fcinfo->flinfo->fn_extra = impl;
-	return impl;
+	fmgr_info_cxt(impl_oid, &entry->impl, fcinfo->flinfo->fn_mcxt);
+	fcinfo->flinfo->fn_extra = entry;
+	return entry;
 }
 
 /*
  * etl_execute_job(), etl_resume_run(), etl_retry_run(), etl_cancel_run(),
- * etl_wait_run(): run the implementation for the caller.
+ * etl_wait_run(), etl_infer_table(), etl_create_table(): run the
+ * implementation for the caller.  On a hot standby all but etl_wait_run
+ * fail at once: they start, resume or change runs (etl_infer_table's
+ * sample run too), which only the primary does.
  */
 PG_FUNCTION_INFO_V1(etl_api_call);
 Datum
 etl_api_call(PG_FUNCTION_ARGS)
 {
-	FmgrInfo   *impl = implementation_of(fcinfo);
+	ApiEntry   *entry = entry_of(fcinfo);
 	bool		isnull;
-	Datum		result = etl_call_for_caller(fcinfo, impl, &isnull);
+	Datum		result;
 
+	if (strcmp(entry->name, "etl_wait_run") != 0)
+		etl_refuse_on_standby(entry->name);
+	result = etl_call_for_caller(fcinfo, &entry->impl, &isnull);
 	fcinfo->isnull = isnull;
 	return result;
 }
 
 /*
  * etl_resume_pending(): its implementation returns the run_ids as an
- * array; the entry point returns them as rows.
+ * array; the entry point returns them as rows -- none on a hot standby.
  */
 PG_FUNCTION_INFO_V1(etl_api_call_rows);
 Datum
 etl_api_call_rows(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	FmgrInfo   *impl = implementation_of(fcinfo);
+	ApiEntry   *entry = entry_of(fcinfo);
 	bool		isnull;
 	Datum		result;
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	result = etl_call_for_caller(fcinfo, impl, &isnull);
+	/*
+	 * a standby resumes nothing, quietly: pg_cron may call it on every
+	 * node, and the primary's call does the work
+	 */
+	if (RecoveryInProgress())
+		return (Datum) 0;
+	result = etl_call_for_caller(fcinfo, &entry->impl, &isnull);
 	if (!isnull)
 	{
 		ArrayType  *ids = DatumGetArrayTypeP(result);

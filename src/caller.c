@@ -14,6 +14,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -130,3 +131,18 @@ etl_resolve_target(const char *name)
 	return result;
 }
 
+/*
+ * Refuse what writes (starting, resuming or changing a run, a table, a
+ * job) on a hot standby, at once: a worker's start would wait for the end
+ * of recovery, and a write fails only after work done for nothing.
+ */
+void
+etl_refuse_on_standby(const char *what)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("%s cannot run on a hot standby", what),
+				 errdetail("This server is in recovery: etl_exec starts, resumes and changes runs only on the primary, and no worker runs here."),
+				 errhint("Run it on the primary.  etl_wait_run, etl_get_checkpoint and the views work here.")));
+}

@@ -790,6 +790,7 @@ extern void etl_enter_caller_context(EtlCallerContext *cc);
 extern void etl_enter_caller_context_read_only(EtlCallerContext *cc);
 extern void etl_leave_caller_context(EtlCallerContext *cc);
 extern char *etl_resolve_target(const char *name);
+extern void etl_refuse_on_standby(const char *what);
 
 /* in select_check.c */
 extern const char *etl_select_problem(const char *sql);

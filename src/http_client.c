@@ -415,6 +415,43 @@ retryable_status(long status)
 	return status == 429 || status == 408 || (status >= 500 && status <= 599);
 }
 
+/*
+ * Whether a transfer's failure is one that sending the request again
+ * cannot fix -- a body that does not decode, a certificate that does not
+ * verify, a URL or option curl refuses -- and so fails the page at once;
+ * *why says what kind.  Connection troubles, timeouts and a TLS handshake
+ * cut short are retried.
+ */
+static bool
+transfer_failure_is_permanent(CURLcode result, const char **why, const char **hint)
+{
+	switch (result)
+	{
+		case CURLE_BAD_CONTENT_ENCODING:
+			*why = "the response body does not decode (its Content-Encoding)";
+			*hint = "The API sent a body its Content-Encoding does not describe; ask its owner, or turn compression off for the job's host.";
+			return true;
+		case CURLE_PEER_FAILED_VERIFICATION:
+		case CURLE_SSL_CACERT_BADFILE:
+		case CURLE_SSL_CERTPROBLEM:
+		case CURLE_SSL_ISSUER_ERROR:
+		case CURLE_SSL_CRL_BADFILE:
+		case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+			*why = "the server's TLS certificate does not verify";
+			*hint = "Give the CA that signed it in etl_exec.ca_file (superuser), or fix the server's certificate; the host name must match it too.";
+			return true;
+		case CURLE_URL_MALFORMAT:
+		case CURLE_NOT_BUILT_IN:
+		case CURLE_FUNCTION_NOT_FOUND:
+		case CURLE_BAD_FUNCTION_ARGUMENT:
+			*why = "the request cannot be made as it is";
+			*hint = "Check the job's URL and settings.";
+			return true;
+		default:
+			return false;
+	}
+}
+
 /* Delay before retry number `attempt` (0-based): Retry-After, or backoff. */
 static int64
 retry_delay_ms(const EtlHttpRequest *req)
@@ -851,6 +888,8 @@ matching_rule(EtlHttpRequest *req)
 static EtlStopReason
 settle(EtlHttpRequest *req, bool may_raise)
 {
+	const char *why;
+	const char *hint;
 	int64		delay;
 
 	Assert(req->state == REQ_FINISHED);
@@ -998,6 +1037,17 @@ settle(EtlHttpRequest *req, bool may_raise)
 		}
 		snprintf(req->problem, sizeof(req->problem), "%s",
 				 req->curl_error[0] ? req->curl_error : curl_easy_strerror(req->result));
+		if (transfer_failure_is_permanent(req->result, &why, &hint))
+		{
+			if (!may_raise)
+				return ETL_STOP_NONE;
+			ereport(ERROR,
+					(errcode(req->result == CURLE_BAD_CONTENT_ENCODING ?
+							 ERRCODE_PROTOCOL_VIOLATION : ERRCODE_CONNECTION_FAILURE),
+					 errmsg("request to %s failed: %s", etl_url_redact(req->current_url), req->problem),
+					 errdetail("Not retried: %s, and sending it again gets the same answer.", why),
+					 errhint("%s", hint)));
+		}
 	}
 
 	/* retryable: a connection problem, a timeout, 408/429/5xx, a rule's retry */

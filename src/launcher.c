@@ -20,6 +20,7 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -311,6 +312,8 @@ etl_start_worker(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("_etl_start_worker: mode, job_id, timeout_seconds and dry_run must not be NULL")));
 	mode = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	/* a standby starts no worker: one registered now would wait for the end of recovery */
+	etl_refuse_on_standby("starting an etl_exec worker");
 	memset(&launch, 0, sizeof(launch));
 	if (strcmp(mode, "new") == 0)
 		launch.mode = ETL_LAUNCH_NEW;
@@ -446,7 +449,15 @@ etl_wait_run_end(PG_FUNCTION_ARGS)
 	{
 		long		left_ms = delay_ms;
 
-		if (!etl_run_is_live(run_id))
+		if (RecoveryInProgress())
+		{
+			/* a standby: the run's worker is on the primary, its end comes by replication */
+			char	   *status = fresh_status(run_id);
+
+			if (status == NULL || (strcmp(status, "queued") != 0 && strcmp(status, "running") != 0))
+				PG_RETURN_BOOL(true);
+		}
+		else if (!etl_run_is_live(run_id))
 		{
 			char	   *status = fresh_status(run_id);
 

@@ -260,6 +260,9 @@ render (badjson_at / nokey_at / oversize_at) -> gzip -> send (stall, truncate).
                         retry) always succeeds (so E=1 fails every other one).
   truncate_at=K         page at offset K: full Content-Length sent, but the
                         connection is closed after half of the body.
+  badgzip_at=K          page at offset K: "Content-Encoding: gzip" with a
+                        body whose gzip trailer (CRC) is wrong: it does not
+                        decompress ("incorrect data check"), every time.
   badjson_at=K          page at offset K: 200 with body
                         '{"value": [ {"PatientId": 1,' (invalid JSON).
   nokey_at=K            page at offset K: {"items_wrong_key": [], "other": 1}.
@@ -1129,8 +1132,12 @@ class Handler(BaseHTTPRequestHandler):
         connection after half of the body (Content-Length stays full)."""
         self._answered()
         hdrs = [("Content-Type", content_type)]
-        if self.gzip_ok:
+        if self.gzip_ok or getattr(self, "bad_gzip", False):
             body = gzip.compress(body, mtime=0)
+            if getattr(self, "bad_gzip", False):
+                # the CRC of the trailer, wrong
+                body = body[:-8] + bytes(b ^ 0xFF for b in body[-8:-4]) + body[-4:]
+                self.bad_gzip = False
             hdrs.append(("Content-Encoding", "gzip"))
             hdrs.append(("Vary", "Accept-Encoding"))
         hdrs.append(("Content-Length", str(len(body))))
@@ -1185,6 +1192,7 @@ class Handler(BaseHTTPRequestHandler):
         self.headers_sent = False
         self.counted_in_flight = False
         self.gzip_ok = False
+        self.bad_gzip = False
         try:
             url = urlsplit(self.path)
             self.path_only = url.path
@@ -1607,6 +1615,7 @@ class Handler(BaseHTTPRequestHandler):
             fail_times = q.int("fail_times")
             fail_every = q.int("fail_every", minimum=1)
             truncate_at = q.int("truncate_at")
+            badgzip_at = q.int("badgzip_at")
             badjson_at = q.int("badjson_at")
             nokey_at = q.int("nokey_at")
             oversize_at = q.int("oversize_at")
@@ -1689,6 +1698,7 @@ class Handler(BaseHTTPRequestHandler):
 
         stall = (stall_after, stall_ms) if stall_after is not None else None
         truncate = truncate_at is not None and offset == truncate_at
+        self.bad_gzip = badgzip_at is not None and offset == badgzip_at
         self.send_raw(200, body, list(headers) + self.rate_headers, stall=stall, truncate=truncate,
                       content_type=content_type)
 

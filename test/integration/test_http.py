@@ -120,6 +120,24 @@ def test_a_truncated_body_is_retried_then_fails_clearly(db):
     assert db.one("SELECT count(*) FROM h_trunc") == 500
 
 
+def test_a_body_that_does_not_decompress_fails_at_once(db):
+    """Corrupt gzip ("incorrect data check") is the same on every try: not retried."""
+    reset()
+    db.patients_table("h_badgz")
+    job = db.job("hbadgz", "/odata/Patients?n=1000&gzip=1&badgzip_at=500", "h_badgz", page_size=500,
+                 max_retries=3, concurrency=1)
+    run_id = run_in_session(db, "SELECT etl_execute_job(%s)", (job,), ["SET etl_exec.retry_base_delay_ms = 10"])
+    assert db.wait(run_id) == "failed"
+    row = db.run_row(run_id)
+    assert "retries" not in row["error_message"], row["error_message"]
+    assert "request to " in row["error_message"] and "failed: " in row["error_message"]
+    assert row["sqlstate"] == "08P01"
+    assert row["run_context"].get("retries", 0) == 0
+    assert stats()["requests"] == 2          # the good page and the bad one, once each
+    assert row["records_loaded"] == 500
+    assert db.one("SELECT count(*) FROM h_badgz") == 500
+
+
 def test_an_oversized_body_fails_instead_of_eating_memory(db):
     db.patients_table("h_big")
     job = db.job("hbig", "/odata/Patients?n=100&oversize_at=0&oversize_bytes=3000000", "h_big", page_size=100)

@@ -89,6 +89,9 @@ def test_an_untrusted_certificate_is_refused(db, https_server):
     # "SSL certificate OpenSSL verify result: ..."
     assert ("SSL certificate problem" in msg or "SSL certificate OpenSSL verify result" in msg) \
         and "self-signed" in msg.replace("self signed", "self-signed")
+    # a certificate that does not verify is not retried
+    assert "retries" not in msg, msg
+    assert db.run_row(run_id)["sqlstate"] == "08006"
     assert db.one("SELECT count(*) FROM t_tls") == 0
 
 
