@@ -56,6 +56,14 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK = -lcurl
 
+EXTRA_CLEAN = src/*.gcno src/*.gcda
+
+# `make coverage` (test/coverage.sh) builds with COVERAGE=1: gcov counts
+ifdef COVERAGE
+PG_CFLAGS += --coverage -O0
+SHLIB_LINK += --coverage
+endif
+
 # no JIT bitcode: it needs clang and buys nothing for this module
 override with_llvm = no
 
@@ -68,6 +76,11 @@ PROVE_FLAGS = --verbose --timer
 .PHONY: prove_installcheck
 prove_installcheck:
 	$(prove_installcheck)
+
+# line coverage of src/ from the whole suite (gcov): test/coverage.sh
+.PHONY: coverage
+coverage:
+	bash test/coverage.sh
 
 # every module includes the shared header
 $(OBJS): src/etl_exec.h

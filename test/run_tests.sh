@@ -5,7 +5,8 @@
 # what is missing, builds and installs etl_exec, starts a throwaway cluster
 # and the mock API, runs pg_regress, the module-graph check, the integration
 # tests (real workers),
-# the TAP tests (server kills and restarts) and a benchmark smoke run, then
+# the TAP tests (server kills and restarts), a benchmark smoke run and the
+# soak, then
 # prints one line of totals.  Exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -65,6 +66,13 @@ fi
 if [ -x test/bench/smoke.sh ] && [ "${ETL_SUITE:-full}" != compat ]; then
     echo "== benchmark smoke run"
     if bash test/bench/smoke.sh 2>&1 | tee "$LOG/bench.log"; then count bench 1 0; else count bench 0 1; fi
+fi
+
+# the soak (2,000 short runs through the queue; nothing left in use): the
+# host major's, like the benchmark
+if [ -x test/bench/soak.sh ] && [ "${ETL_SUITE:-full}" != compat ]; then
+    echo "== soak: 2,000 short runs through the queue"
+    if bash test/bench/soak.sh --no-setup 2>&1 | tee "$LOG/soak.log"; then count soak 1 0; else count soak 0 1; fi
 fi
 
 [ ${#suites_failed[@]} -gt 0 ] && echo "failing suites: ${suites_failed[*]} (logs in $LOG, server log $ETL_TEST_ROOT/server.log)"

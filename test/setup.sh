@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 PG_MAJOR="${PG_MAJOR:-15}"
 BUILD=1
 [ "${1:-}" = --packages-only ] && BUILD=0
+# test/coverage.sh has built and installed an instrumented module already
+[ "${ETL_NO_BUILD:-0}" = 1 ] && BUILD=0
 
 PACKAGES=(build-essential "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
           libcurl4-openssl-dev libipc-run-perl python3 python3-pytest python3-psycopg2

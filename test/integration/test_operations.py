@@ -298,6 +298,32 @@ def test_upgrade_from_0_4_0_keeps_jobs_with_today_s_behaviour(db):
     conn.close()
 
 
+def test_upgrade_from_0_5_0_checks_job_text_without_running_it_and_hides_other_roles_runs(db):
+    fresh_database("it_upgrade_06")
+    conn = connect("it_upgrade_06")
+    cur = conn.cursor()
+    cur.execute("CREATE EXTENSION etl_exec VERSION '0.5.0'")
+    cur.execute("CREATE TABLE t (id int)")
+    # 0.5.0 ran the query to check it, and let through what failed for another reason than syntax
+    cur.execute("""INSERT INTO dw_etl_jobs (name, url, target_table, partitions)
+                   VALUES ('old', %s, 't', '{"query": "WITH d AS (DELETE FROM t RETURNING id) SELECT id FROM d"}')
+                   RETURNING job_id""", (MOCK_API + "/odata/Patients?n=5",))
+    job = cur.fetchone()[0]
+    cur.execute("ALTER EXTENSION etl_exec UPDATE TO '0.6.0'")
+    with pytest.raises(psycopg2.Error) as exc:
+        cur.execute("SELECT etl_execute_job(%s)", (job,))
+    assert "partitions query is not one SELECT: a WITH query that is not a SELECT changes data" in exc.value.pgerror
+    cur.execute("SELECT relname, relrowsecurity FROM pg_class "
+                "WHERE relname IN ('dw_etl_runs', 'dw_etl_run_partitions', 'dw_etl_rejects') ORDER BY 1")
+    assert cur.fetchall() == [("dw_etl_rejects", True), ("dw_etl_run_partitions", True), ("dw_etl_runs", True)]
+    cur.execute("SELECT etl_settings() ->> 'max_concurrency', etl_settings() ->> 'max_bytes_in_flight'")
+    assert cur.fetchone() == ("16", str(512 * 1024 * 1024))
+    conn.close()
+    admin = connect()
+    admin.cursor().execute("DROP DATABASE it_upgrade_06 WITH (FORCE)")
+    admin.close()
+
+
 def test_dump_and_restore_keep_jobs_and_secrets(db, tmp_path):
     db.q("DELETE FROM dw_etl_secrets WHERE name = 'dump_secret'")
     db.q("INSERT INTO dw_etl_secrets (name, value, allowed_hosts) VALUES ('dump_secret', 'v', '{a.example}')")

@@ -19,6 +19,6 @@ run() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 cd "$WORK"
-run env -i HOME="$WORK" PATH="$PGBIN:/usr/bin:/bin" LANG=C.UTF-8 \
+run env -i HOME="$WORK" PATH="$PGBIN:/usr/bin:/bin" LANG=C.UTF-8 ${GCOV_PREFIX:+GCOV_PREFIX="$GCOV_PREFIX"} \
     PYTHON="$PYTHON" MOCK_API_SCRIPT="$WORK/test/mock_api.py" \
     make -s prove_installcheck PG_CONFIG="$PGBIN/pg_config"
