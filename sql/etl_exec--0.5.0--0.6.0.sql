@@ -415,6 +415,17 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- The page reader, for the differential test against jsonb
+------------------------------------------------------------------------------
+
+-- What the one-pass page reader makes of a JSON page mapped by name onto
+-- columns: + or - (records_path led somewhere, or not), the columns it
+-- mentions, a line, then its records as COPY text;
+-- NULL when it leaves the page to the jsonb path (for tests).
+CREATE FUNCTION _etl_scan_page(body text, records_path text, columns text[], jsonb_columns boolean[])
+    RETURNS text AS 'MODULE_PATHNAME', 'etl_scan_page_sql' LANGUAGE C IMMUTABLE STRICT;
+
+------------------------------------------------------------------------------
 -- Privileges: no internal function new in 0.6.0 is anyone's but the owner's
 ------------------------------------------------------------------------------
 

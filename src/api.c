@@ -281,3 +281,78 @@ etl_url_holds_dot_segment_sql(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(etl_url_holds_dot_segment(text_to_cstring(PG_GETARG_TEXT_PP(0))));
 }
+
+/*
+ * _etl_scan_page(body text, records_path text, columns text[],
+ *				  jsonb_columns boolean[]) RETURNS text
+ *
+ * What the one-pass page reader (page_scan.c) makes of a JSON page whose
+ * records (at records_path, one [*]) map by name onto those columns:
+ * "+" or "-" (records_path led somewhere, or not) and the columns the
+ * page mentions, a line, then the records as COPY text -- or NULL
+ * when the reader gives the page to the jsonb path.  For the differential
+ * test against PostgreSQL's own jsonb parser.
+ */
+PG_FUNCTION_INFO_V1(etl_scan_page_sql);
+Datum
+etl_scan_page_sql(PG_FUNCTION_ARGS)
+{
+	text	   *body = PG_GETARG_TEXT_PP(0);
+	EtlPath    *records = etl_path_compile(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	Datum	   *names;
+	Datum	   *flags;
+	bool	   *nulls;
+	int			ncols;
+	int			nflags;
+	char	  **cnames;
+	EtlScanSpec spec;
+	EtlScanResult result;
+	bool		star;
+	bool		ok;
+	StringInfoData out;
+
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &ncols);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), BOOLOID, 1, true, TYPALIGN_CHAR, &flags, &nulls, &nflags);
+	if (nflags != ncols)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("columns and jsonb_columns must have as many elements")));
+	memset(&spec, 0, sizeof(spec));
+	if (!etl_path_split(records, &spec.records_before, &star, &spec.records_after) || !star)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("records_path must be member steps with one [*]")));
+	spec.total.n = -1;
+	spec.next.n = -1;
+	spec.ncols = ncols;
+	spec.column_is_json = palloc0(sizeof(bool) * Max(ncols, 1));
+	spec.column_is_array = palloc0(sizeof(bool) * Max(ncols, 1));
+	spec.map = palloc0(sizeof(EtlKeyPath) * Max(ncols, 1));
+	cnames = palloc(sizeof(char *) * Max(ncols, 1));
+	for (int c = 0; c < ncols; c++)
+	{
+		cnames[c] = TextDatumGetCString(names[c]);
+		spec.column_is_json[c] = DatumGetBool(flags[c]);
+		spec.map[c].n = -1;
+	}
+	spec.keys = etl_key_resolver_create(ncols, cnames);
+	spec.format = ETL_FORMAT_JSON;
+	memset(&result, 0, sizeof(result));
+	ok = etl_scan_page(&spec, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), &result);
+	etl_key_resolver_free(spec.keys);
+	if (!ok)
+	{
+		etl_scan_result_free(&result);
+		PG_RETURN_NULL();
+	}
+	initStringInfo(&out);
+	/* "+": records_path led somewhere; "-": it did not */
+	appendStringInfoChar(&out, result.container_seen ? '+' : '-');
+	for (int c = 0; c < ncols; c++)
+		if (result.present[c])
+			appendStringInfo(&out, "%s%s", out.len > 1 ? "," : "", cnames[c]);
+	appendStringInfoChar(&out, '\n');
+	appendBinaryStringInfo(&out, result.copy_text ? result.copy_text : "", result.copy_len);
+	etl_scan_result_free(&result);
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(out.data, out.len));
+}

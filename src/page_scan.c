@@ -231,12 +231,42 @@ scan_string(Scanner *s, int *start, int *len, bool *escaped)
 			p++;
 			if (*p == 'u')
 			{
+				int			code = 0;
+
 				if (p + 4 >= s->end)
 					return fail(s);
 				for (int i = 1; i <= 4; i++)
+				{
 					if (!isxdigit((unsigned char) p[i]))
 						return fail(s);
+					code = code * 16 + (isdigit((unsigned char) p[i]) ? p[i] - '0' : (p[i] | 0x20) - 'a' + 10);
+				}
 				p += 4;
+
+				/*
+				 * What jsonb refuses, in a value passed on as it is (to a
+				 * jsonb column) or skipped too: \u0000, and a surrogate
+				 * that is not half of a pair (found by the differential
+				 * test against jsonb)
+				 */
+				if (code == 0 || (code >= 0xDC00 && code <= 0xDFFF))
+					return fail(s);
+				if (code >= 0xD800 && code <= 0xDBFF)
+				{
+					int			low = 0;
+
+					if (p + 6 >= s->end || p[1] != '\\' || p[2] != 'u')
+						return fail(s);
+					for (int i = 3; i <= 6; i++)
+					{
+						if (!isxdigit((unsigned char) p[i]))
+							return fail(s);
+						low = low * 16 + (isdigit((unsigned char) p[i]) ? p[i] - '0' : (p[i] | 0x20) - 'a' + 10);
+					}
+					if (low < 0xDC00 || low > 0xDFFF)
+						return fail(s);
+					p += 6;
+				}
 			}
 			else if (!strchr("\"\\/bfnrt", *p))
 				return fail(s);

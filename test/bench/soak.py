@@ -17,7 +17,8 @@ them).  Four jobs, every run queued behind etl_exec.max_workers:
 
 in waves (--wave runs at a time, mixed 5:3:1:1), each wave drained --
 resumed until nothing is running, queued or timed out -- before the next.
-Meanwhile it samples the resident memory of every etl_exec worker process.
+Meanwhile it samples the private resident memory (RssAnon: the heap, not
+the shared buffers a process touches) of every etl_exec worker process.
 Prints runs by final status (every run accounted for), the workers' RSS
 during the first and the last wave, worker slots, run locks, runs in
 flight and host-budget entries at the end (all back to zero), and the size
@@ -60,7 +61,7 @@ def one(cur, sql, args=None):
 
 
 class RssSampler(threading.Thread):
-    """Samples VmRSS (kB) of every etl_exec worker, tagged with the wave."""
+    """Samples RssAnon (kB) of every etl_exec worker, tagged with the wave."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -77,7 +78,10 @@ class RssSampler(threading.Thread):
                 try:
                     with open(f"/proc/{pid}/status") as f:
                         for line in f:
-                            if line.startswith("VmRSS:"):
+                            # private memory: VmRSS also counts the shared
+                            # buffers a process touched, which grows with
+                            # the tables, not with a leak
+                            if line.startswith("RssAnon:"):
                                 self.samples.setdefault(self.wave, []).append(int(line.split()[1]))
                 except OSError:
                     pass            # it ended meanwhile
@@ -215,9 +219,10 @@ def main():
     print("  runs by final status: " + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items()))
           + f" = {accounted} of {args.runs}")
     print(f"  timed out and resumed to success: {resumed} of {sum(1 for k in kinds.values() if k == 'timeout')}")
-    print(f"  worker RSS, first wave: median {first[0]:.1f} MB, max {first[1]:.1f} MB; "
+    print(f"  worker RSS (private), first wave: median {first[0]:.1f} MB, max {first[1]:.1f} MB; "
           f"last wave: median {last[0]:.1f} MB, max {last[1]:.1f} MB "
           f"(last/first max {last[1] / first[1] if first[1] else float('nan'):.2f}x)")
+    print("  worker RSS (private) by wave (median MB): " + " ".join(f"{rss(w)[0]:.0f}" for w in range(waves)))
     print(f"  at the end: {workers} workers, {slots} worker slots held, {locks} advisory locks, "
           f"{live} live runs, {hosts} host-budget entries with {in_flight} requests in flight")
     print(f"  dw_etl_runs: {size} for {accounted} runs")
