@@ -429,7 +429,7 @@ transfer_failure_is_permanent(CURLcode result, const char **why, const char **hi
 	{
 		case CURLE_BAD_CONTENT_ENCODING:
 			*why = "the response body does not decode (its Content-Encoding)";
-			*hint = "The API sent a body its Content-Encoding does not describe; ask its owner, or turn compression off for the job's host.";
+			*hint = "The API sent a body that its Content-Encoding header does not describe: ask the API's owner to fix it.";
 			return true;
 		case CURLE_PEER_FAILED_VERIFICATION:
 		case CURLE_SSL_CACERT_BADFILE:
