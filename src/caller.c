@@ -14,6 +14,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "fmgr.h"
@@ -78,6 +79,7 @@ void
 etl_enter_caller_context(EtlCallerContext *cc)
 {
 	GetUserIdAndSecContext(&cc->userid, &cc->sec_context);
+	cc->made_read_only = false;
 	cc->nestlevel = NewGUCNestLevel();
 	if (api_caller_search_path)
 		(void) set_config_option("search_path", api_caller_search_path,
@@ -91,19 +93,28 @@ etl_enter_caller_context(EtlCallerContext *cc)
  * Act as the caller as above, in a read-only transaction besides: for the
  * caller's own query text (a job's partitions query), which may read what
  * the caller may read and change nothing.  etl_leave_caller_context()
- * restores transaction_read_only with the rest.
+ * restores the transaction's read-write state with the rest.
  */
 void
 etl_enter_caller_context_read_only(EtlCallerContext *cc)
 {
 	etl_enter_caller_context(cc);
-	(void) set_config_option("transaction_read_only", "on",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+
+	/*
+	 * As SET TRANSACTION READ ONLY does (the setting itself cannot be saved
+	 * and restored by a function from PostgreSQL 16 on).  An error undoes
+	 * it with the subtransaction it aborts, or the transaction.
+	 */
+	cc->was_read_only = XactReadOnly;
+	cc->made_read_only = true;
+	XactReadOnly = true;
 }
 
 void
 etl_leave_caller_context(EtlCallerContext *cc)
 {
+	if (cc->made_read_only)
+		XactReadOnly = cc->was_read_only;
 	SetUserIdAndSecContext(cc->userid, cc->sec_context);
 	/* false: a SET the caller's code made stays with it, as VACUUM does */
 	AtEOXact_GUC(false, cc->nestlevel);

@@ -782,6 +782,8 @@ typedef struct EtlCallerContext
 	Oid			userid;
 	int			sec_context;
 	int			nestlevel;
+	bool		made_read_only; /* etl_enter_caller_context_read_only() */
+	bool		was_read_only;
 } EtlCallerContext;
 
 extern Oid	etl_api_caller(void);

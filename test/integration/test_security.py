@@ -471,6 +471,13 @@ def test_a_partitions_query_runs_read_only(db, etl_admin):
     assert cur.fetchone()[0] == "off"
     cur.execute("INSERT INTO s_pwn_log VALUES ('after', false)")
     assert db.one("SELECT count(*) FROM s_pwn_log") == 1
+    # the failure caught in the caller's own code: its transaction writes on
+    cur.execute(f"""DO $$ BEGIN
+                        BEGIN PERFORM etl_execute_job({job});
+                        EXCEPTION WHEN read_only_sql_transaction THEN NULL; END;
+                        INSERT INTO public.s_pwn_log VALUES ('caught', false);
+                    END $$""")
+    assert db.one("SELECT count(*) FROM s_pwn_log WHERE who = 'caught'") == 1
 
 
 # ---------- secrets echoed into rejected records ----------
