@@ -165,7 +165,8 @@ buffer_append(EtlHttpBuffer *buf, const char *data, size_t n)
 		size_t		need = buf->len + n + 1;
 		size_t		newcap = Max(Max(buf->cap * 2, need), 16384);
 		size_t		budget = run_settings ? (size_t) run_settings->max_bytes_in_flight : SIZE_MAX;
-		size_t		others = held_bytes - buf->cap;
+		/* (a buffer of an earlier run in this process is not in held_bytes) */
+		size_t		others = held_bytes > buf->cap ? held_bytes - buf->cap : 0;
 		char	   *p;
 
 		/* doubling, but not past the budget where the exact size fits */
