@@ -189,6 +189,33 @@ enter_container(Scanner *s, char close)
 	return false;
 }
 
+/* whether the 4 bytes at p (before end) are hex digits */
+static bool
+is_hex4(const char *p, const char *end)
+{
+	if (p + 4 > end)
+		return false;
+	for (int i = 0; i < 4; i++)
+		if (!isxdigit((unsigned char) p[i]))
+			return false;
+	return true;
+}
+
+/* the value of 4 hex digits (is_hex4) */
+static int
+hex4(const char *p)
+{
+	int			v = 0;
+
+	for (int i = 0; i < 4; i++)
+	{
+		char		c = p[i];
+
+		v = v * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+	}
+	return v;
+}
+
 /*
  * A string token at s->p: sets [*start, *start + *len) to its content (no
  * quotes) and *escaped when it holds escapes.
@@ -231,16 +258,12 @@ scan_string(Scanner *s, int *start, int *len, bool *escaped)
 			p++;
 			if (*p == 'u')
 			{
-				int			code = 0;
+				int			code;
 
-				if (p + 4 >= s->end)
+				/* (the closing quote must follow: p + 4 < end) */
+				if (p + 4 >= s->end || !is_hex4(p + 1, s->end))
 					return fail(s);
-				for (int i = 1; i <= 4; i++)
-				{
-					if (!isxdigit((unsigned char) p[i]))
-						return fail(s);
-					code = code * 16 + (isdigit((unsigned char) p[i]) ? p[i] - '0' : (p[i] | 0x20) - 'a' + 10);
-				}
+				code = hex4(p + 1);
 				p += 4;
 
 				/*
@@ -253,16 +276,11 @@ scan_string(Scanner *s, int *start, int *len, bool *escaped)
 					return fail(s);
 				if (code >= 0xD800 && code <= 0xDBFF)
 				{
-					int			low = 0;
+					int			low;
 
-					if (p + 6 >= s->end || p[1] != '\\' || p[2] != 'u')
+					if (p + 6 >= s->end || p[1] != '\\' || p[2] != 'u' || !is_hex4(p + 3, s->end))
 						return fail(s);
-					for (int i = 3; i <= 6; i++)
-					{
-						if (!isxdigit((unsigned char) p[i]))
-							return fail(s);
-						low = low * 16 + (isdigit((unsigned char) p[i]) ? p[i] - '0' : (p[i] | 0x20) - 'a' + 10);
-					}
+					low = hex4(p + 3);
 					if (low < 0xDC00 || low > 0xDFFF)
 						return fail(s);
 					p += 6;
@@ -277,20 +295,6 @@ scan_string(Scanner *s, int *start, int *len, bool *escaped)
 	*len = p - (s->p + 1);
 	s->p = p + 1;
 	return true;
-}
-
-static int
-hex4(const char *p)
-{
-	int			v = 0;
-
-	for (int i = 0; i < 4; i++)
-	{
-		char		c = p[i];
-
-		v = v * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
-	}
-	return v;
 }
 
 /* Decode a (validated) string's escapes into buf, as UTF-8. */
