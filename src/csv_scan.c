@@ -53,7 +53,10 @@ etl_csv_reader_free(EtlCsvReader *r)
 const char *
 etl_csv_field_data(const EtlCsvReader *r, const EtlCsvField *f)
 {
-	return (f->in_buf ? r->buf : r->body) + f->off;
+	const char *base = f->in_buf ? r->buf : r->body;
+
+	/* an empty quoted field of the first record: no buffer yet */
+	return base ? base + f->off : "";
 }
 
 static bool

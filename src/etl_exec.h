@@ -243,6 +243,7 @@ typedef struct EtlKeyPath
 } EtlKeyPath;
 
 extern EtlPath *etl_path_compile(const char *text);
+extern char *etl_column_map_parameter(const char *value, int len);
 extern const char *etl_path_text(const EtlPath *path);
 extern int	etl_path_query(const EtlPath *path, const JsonbValue *doc, JsonbValue **items);
 extern JsonbValue *etl_path_first(const EtlPath *path, const JsonbValue *doc);

@@ -165,7 +165,7 @@ body_placeholder_at(const char *p, const char *end)
 
 	if (*p != '{' || q >= end || !(isalpha((unsigned char) *q) || *q == '_'))
 		return 0;
-	while (q < end && (isalnum((unsigned char) *q) || strchr("_:.-", *q)))
+	while (q < end && (isalnum((unsigned char) *q) || (*q && strchr("_:.-", *q))))
 		q++;
 	return q < end && *q == '}' ? q + 1 - p : 0;
 }

@@ -109,6 +109,18 @@ parse_simple(EtlPath *path, const char *p)
 	return true;
 }
 
+/*
+ * The parameter a column_map value "{param:NAME}" names (NAME), or NULL
+ * for a jsonpath.
+ */
+char *
+etl_column_map_parameter(const char *value, int len)
+{
+	if (len > 8 && strncmp(value, "{param:", 7) == 0 && value[len - 1] == '}')
+		return pnstrdup(value + 7, len - 8);
+	return NULL;
+}
+
 /* Compile a jsonpath (raising PostgreSQL's error for a bad one). */
 EtlPath *
 etl_path_compile(const char *text)

@@ -497,18 +497,6 @@ column_named(EtlLoader *loader, const char *name)
 }
 
 /*
- * The parameter a column_map value "{param:NAME}" names (NAME), or NULL
- * for a jsonpath.
- */
-static char *
-column_map_parameter(const char *value, int len)
-{
-	if (len > 8 && strncmp(value, "{param:", 7) == 0 && value[len - 1] == '}')
-		return pnstrdup(value + 7, len - 8);
-	return NULL;
-}
-
-/*
  * The job's column_map: each column it names, with its path compiled or
  * the parameter it takes.
  */
@@ -535,7 +523,7 @@ read_column_map(EtlLoader *loader, const EtlJob *job)
 						 errmsg("column_map of job %d names column \"%s\", which target table %s does not have (or cannot be written)",
 								job->job_id, key, loader->target)));
 			col = &loader->cols[found];
-			col->param_name = column_map_parameter(v.val.string.val, v.val.string.len);
+			col->param_name = etl_column_map_parameter(v.val.string.val, v.val.string.len);
 			if (col->param_name)
 			{
 				loader->nparams++;

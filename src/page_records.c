@@ -188,7 +188,9 @@ find_json_columns(const EtlJob *job, CsvHeader *headers, int nheaders)
 				continue;
 			for (c = 0; c < ncols && strcmp(names[c], column) != 0; c++)
 				;
+			/* ({param:NAME}: a value of the run's, not a field of the page) */
 			if (c == ncols || !is_json[c] ||
+				etl_column_map_parameter(v.val.string.val, v.val.string.len) != NULL ||
 				!etl_path_split(etl_path_compile(pnstrdup(v.val.string.val, v.val.string.len)),
 								&path, &star, &after) || star || path.n != 1)
 				continue;
@@ -223,8 +225,16 @@ read_header(const EtlCsvReader *r, int32 page_index)
 
 	for (int h = 0; h < r->nfields; h++)
 	{
+		const char *data = etl_csv_field_data(r, &r->fields[h]);
+
+		/* (page.c refuses a NUL in a body; this reader does not rely on it) */
+		if (memchr(data, '\0', r->fields[h].len) != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+					 errmsg("the CSV header of page %d holds a NUL byte in field %d", page_index + 1, h + 1),
+					 errhint("A csv page's field names must be text.")));
 		headers[h].len = r->fields[h].len;
-		headers[h].name = pnstrdup(etl_csv_field_data(r, &r->fields[h]), headers[h].len);
+		headers[h].name = pnstrdup(data, headers[h].len);
 		for (int g = 0; g < h; g++)
 			if (strcmp(headers[g].name, headers[h].name) == 0)
 				ereport(ERROR,

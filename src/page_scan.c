@@ -286,7 +286,7 @@ scan_string(Scanner *s, int *start, int *len, bool *escaped)
 					p += 6;
 				}
 			}
-			else if (!strchr("\"\\/bfnrt", *p))
+			else if (*p == '\0' || !strchr("\"\\/bfnrt", *p))	/* (strchr finds the NUL) */
 				return fail(s);
 		}
 		p++;
@@ -368,11 +368,12 @@ unescape(Scanner *s, int start, int len, Buf *buf)
 	return true;
 }
 
-/* A number token; *plain is false when it has a fraction or exponent. */
+/* A number token; *exponent says whether it has one. */
 static bool
 scan_number(Scanner *s, bool *exponent)
 {
 	const char *p = s->p;
+	int			exponent_digits = 0;
 
 	*exponent = false;
 	if (p < s->end && *p == '-')
@@ -400,9 +401,22 @@ scan_number(Scanner *s, bool *exponent)
 			p++;
 		if (p >= s->end || !isdigit((unsigned char) *p))
 			return fail(s);
-		while (p < s->end && isdigit((unsigned char) *p))
+		while (p < s->end && *p == '0')
 			p++;
+		while (p < s->end && isdigit((unsigned char) *p))
+		{
+			p++;
+			exponent_digits++;
+		}
 	}
+
+	/*
+	 * jsonb's numeric refuses a value past its range ("value overflows
+	 * numeric format") even in a member nobody maps; leave such numbers --
+	 * a four-digit exponent, a thousand bytes -- to the jsonb path
+	 */
+	if (exponent_digits > 3 || p - s->p > 1000)
+		return fail(s);
 	s->p = p;
 	return true;
 }
@@ -415,6 +429,23 @@ scan_literal(Scanner *s, const char *word)
 	if ((size_t) (s->end - s->p) < n || memcmp(s->p, word, n) != 0)
 		return fail(s);
 	s->p += n;
+	return true;
+}
+
+/*
+ * Whether the number text [start, end) is a negative zero ("-0", "-0.00"):
+ * jsonb prints it as 0.  The body is not NUL-terminated, so bounded.
+ */
+static bool
+is_negative_zero(const char *start, const char *end)
+{
+	const char *c;
+
+	if (start >= end || *start != '-')
+		return false;
+	for (c = start + 1; c < end; c++)
+		if (*c != '0' && *c != '.')
+			return false;
 	return true;
 }
 
@@ -432,36 +463,31 @@ array_element(Scanner *s, Buf *buf)
 	int			len;
 	bool		escaped;
 	bool		exponent;
+	bool		ok;
 
+	if (*s->p == '{')
+		return fail(s);			/* jsonb prints objects normalised */
 	buf_init(&text);
 	if (*s->p == '"')
-	{
-		if (!scan_string(s, &off, &len, &escaped) || !unescape(s, off, len, &text))
-			return false;
-	}
-	else if (*s->p == '{')
-		return fail(s);			/* jsonb prints objects normalised */
+		ok = scan_string(s, &off, &len, &escaped) && unescape(s, off, len, &text);
 	else if (*s->p == 't' || *s->p == 'f')
-	{
-		if (!scan_literal(s, *s->p == 't' ? "true" : "false"))
-			return false;
-		buf_append(&text, start, s->p - start);
-	}
+		ok = scan_literal(s, *s->p == 't' ? "true" : "false");
 	else
-	{
-		if (!scan_number(s, &exponent) || exponent ||
-			(*start == '-' && strspn(start + 1, "0.") == (size_t) (s->p - start - 1)))
-			return fail(s);
+		ok = scan_number(s, &exponent) &&
+			(!(exponent || is_negative_zero(start, s->p)) || fail(s));
+	if (ok && *start != '"')
 		buf_append(&text, start, s->p - start);
-	}
-	buf_reserve(buf, 2 * text.len + 2);
-	if (!buf->oom)
+	if (ok)
 	{
-		buf->len += etl_quote_array_element(buf->data + buf->len, text.data, text.len);
-		buf->data[buf->len] = '\0';
+		buf_reserve(buf, 2 * text.len + 2);
+		if (!buf->oom)
+		{
+			buf->len += etl_quote_array_element(buf->data + buf->len, text.data, text.len);
+			buf->data[buf->len] = '\0';
+		}
 	}
-	free(text.data);
-	return true;
+	free(text.data);			/* (on the way out of a failure too) */
+	return ok;
 }
 
 /*
@@ -469,6 +495,7 @@ array_element(Scanner *s, Buf *buf)
  * ["a", 1, null, [2]] -> {"a","1",NULL,{"2"}}.  Objects make it give up:
  * jsonb prints them normalised.
  */
+
 static bool
 array_literal(Scanner *s, Buf *buf)
 {
@@ -616,7 +643,7 @@ capture_column(Scanner *s, Slot *row, int column)
 				return false;
 			if (exponent && !json_col)
 				return fail(s);		/* jsonb would print it without the exponent */
-			if (*start == '-' && strspn(start + 1, "0.") == (size_t) (s->p - start - 1) && !json_col)
+			if (is_negative_zero(start, s->p) && !json_col)
 				return fail(s);		/* -0: jsonb prints 0 */
 			store_plain(s, row, column, start - s->body, s->p - start);
 			return true;
@@ -866,7 +893,8 @@ capture_scalar(Scanner *s, char **out)
 		case '[':
 			return fail(s);		/* the jsonb path decides what these mean */
 		default:
-			if (!scan_number(s, &exponent) || exponent)
+			/* jsonb reads "-0" as 0: the jsonb path decides */
+			if (!scan_number(s, &exponent) || exponent || is_negative_zero(start, s->p))
 				return fail(s);
 			if ((*out = strndup(start, s->p - start)) == NULL)
 				return fail(s);

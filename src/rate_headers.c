@@ -150,7 +150,8 @@ retry_after_ms(const char *v, const char *end)
 	when = curl_getdate(date, NULL);
 	if (when <= 0)
 		return -1;
-	return Min(Max((int64) (when - time(NULL)) * 1000, 0), ETL_MAX_WAIT_MS);
+	/* clamped in seconds first: a date centuries ahead overflows in ms */
+	return Min(Max((int64) (when - time(NULL)), 0), ETL_MAX_WAIT_MS / 1000) * 1000;
 }
 
 /* a policy of the IETF RateLimit field: kept when it is the most restrictive */

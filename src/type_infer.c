@@ -36,6 +36,7 @@
 
 #include "common/hashfn.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -160,7 +161,8 @@ string_kind(const char *s, int len)
 		if (uuid)
 			return K_UUID;
 	}
-	if (!is_date(s, len))
+	/* longer than the date/time input functions read (a long fraction) */
+	if (!is_date(s, len) || len > MAXDATELEN)
 		return K_STR;
 	if (len == 10)
 		return K_DATE;

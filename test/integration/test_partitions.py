@@ -359,6 +359,25 @@ def test_a_run_parameter_fills_a_column_and_types_are_kept(db):
     assert 'column "batch", value "seven"' in e.value.diag.message_detail
 
 
+def test_a_json_column_of_a_csv_job_takes_a_parameter(db):
+    # csv pages with a json or jsonb column go through the jsonb path; a
+    # "{param:NAME}" there is a value of the run's, not a jsonpath
+    db.q("DROP TABLE IF EXISTS pt_param_csvjs")
+    db.q("CREATE TABLE pt_param_csvjs (patientid int, name text, tags jsonb, raw json)")
+    job = db.job("ptparamcsvjs", "/odata/Patients?n=25&format=csv", "pt_param_csvjs", page_size=10, format="csv",
+                 column_map=json.dumps({"patientid": "$.PatientId", "name": "$.Name",
+                                        "tags": "{param:tags}", "raw": "{param:raw}"}))
+    run_id = db.one("""SELECT etl_execute_job(%s, wait := true,
+                           parameters := '{"tags": {"a": [1, 2]}, "raw": [3]}')""", (job,))
+    row = db.run_row(run_id)
+    assert row["status"] == "succeeded", row["error_message"]
+    assert row["records_loaded"] == 25
+    assert db.q("SELECT tags, raw::text, count(*), count(DISTINCT patientid) FROM pt_param_csvjs GROUP BY 1, 2") == \
+        [({"a": [1, 2]}, "[3]", 25, 25)]
+    assert db.q("SELECT patientid, name FROM pt_param_csvjs ORDER BY patientid") == \
+        [(i, mock_api.record(i)["Name"]) for i in range(1, 26)]
+
+
 def test_a_parameter_the_run_does_not_have_fails_before_any_row(db):
     customers(db, 3)
     job = fan_out_job(db, "ptparammiss", "pt_param_miss", 10,
