@@ -1,8 +1,10 @@
 """Operating etl_exec: notifications, progress and timeout views, one run
 per job, roles and permissions, pg_cron scheduling, incremental
 parameters, history pruning, dumps and upgrades."""
+import difflib
 import json
 import os
+import re
 import select
 import subprocess
 import time
@@ -277,6 +279,46 @@ def test_upgrade_path_from_0_1_0(db):
     cur.execute("SELECT to_regprocedure('etl_prune_runs(interval)') IS NOT NULL")
     assert cur.fetchone()[0]
     conn.close()
+
+
+def extension_schema(dbname):
+    """The extension's objects as pg_dump --binary-upgrade writes them (it
+    dumps an extension's members, with their privileges and comments),
+    without what differs between any two databases (oids, xids, the
+    restrict key)."""
+    out = subprocess.run([f"{PGBIN}/pg_dump", "--binary-upgrade", "--schema-only", "-d", dbname],
+                         check=True, capture_output=True, text=True).stdout
+    keep = [line for line in out.splitlines()
+            if not re.search(r"binary_upgrade|relfrozenxid|^WHERE oid = |^UPDATE pg_catalog\.pg_class|"
+                             r"^\\(un)?restrict |^--", line)]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(keep))
+
+
+def test_a_fresh_install_and_an_upgraded_one_have_the_same_catalog(db):
+    cur = db.conn.cursor()
+    cur.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'etl_exec'")
+    current = cur.fetchone()[0]
+    fresh_database("it_catalog_fresh")
+    fresh_database("it_catalog_upgraded")
+    conn = connect("it_catalog_fresh")
+    conn.cursor().execute("CREATE EXTENSION etl_exec")
+    conn.close()
+    conn = connect("it_catalog_upgraded")
+    c = conn.cursor()
+    c.execute("CREATE EXTENSION etl_exec VERSION '0.1.0'")
+    c.execute("ALTER EXTENSION etl_exec UPDATE")
+    c.execute("SELECT extversion FROM pg_extension WHERE extname = 'etl_exec'")
+    assert c.fetchone()[0] == current
+    conn.close()
+    # the fresh install runs the one script of the current version, not the chain
+    assert os.path.isfile(os.path.join(os.path.dirname(__file__), "..", "..", "sql", f"etl_exec--{current}.sql"))
+    fresh = extension_schema("it_catalog_fresh")
+    upgraded = extension_schema("it_catalog_upgraded")
+    assert "CREATE FUNCTION public.etl_execute_job(" in fresh and "GRANT SELECT ON TABLE public.dw_etl_runs" in fresh
+    if fresh != upgraded:
+        diff = "\n".join(difflib.unified_diff(upgraded.splitlines(), fresh.splitlines(),
+                                               "upgraded", "fresh", lineterm="", n=2))
+        raise AssertionError("a fresh install differs from an upgraded one:\n" + diff[:6000])
 
 
 def test_upgrade_from_0_4_0_keeps_jobs_with_today_s_behaviour(db):
