@@ -4,6 +4,12 @@
 # job end to end: a timeout with its checkpoint, live progress, resumes until
 # it succeeds, and the timeout report.  The cluster stays up afterwards for
 # you to explore; `bash test/cluster.sh stop` stops it.
+#
+# One request at a time (concurrency 1) at ~150 ms a page: 40 pages take
+# about 6 s, so the 2-second timeout always falls mid-run and it takes two
+# or more resumes, on any machine.  ETL_TEST_ROOT, PGPORT and MOCK_API_PORT
+# (test/env.sh) pick where it runs; ETL_NO_BUILD=1 uses the installed
+# module (the suite's test_demo.py does both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash test/setup.sh
@@ -13,7 +19,7 @@ bash test/cluster.sh start
 psql -X -v ON_ERROR_STOP=1 -v mock="$MOCK_API" <<'SQL'
 \pset footer off
 \echo
-\echo '=== 1. A job: 20,000 patients from the mock OData API, 500 a page (slowed to ~150 ms a page)'
+\echo '=== 1. A job: 20,000 patients from the mock OData API, 500 a page (slowed to ~150 ms a page, one at a time)'
 CREATE EXTENSION IF NOT EXISTS etl_exec;
 DROP TABLE IF EXISTS demo_patients;
 CREATE TABLE demo_patients (
@@ -22,9 +28,9 @@ CREATE TABLE demo_patients (
 DELETE FROM dw_etl_runs WHERE job_id IN (SELECT job_id FROM dw_etl_jobs WHERE name = 'demo_patients');
 DELETE FROM dw_etl_jobs WHERE name = 'demo_patients';
 INSERT INTO dw_etl_jobs (name, url, pagination, page_size, pagination_options, target_table,
-                         checkpoint_interval_seconds)
+                         checkpoint_interval_seconds, concurrency)
 VALUES ('demo_patients', :'mock' || '/odata/Patients?n=20000&delay_ms=150', 'offset', 500,
-        '{"total_path": "$.\"@odata.count\""}', 'demo_patients', 1)
+        '{"total_path": "$.\"@odata.count\""}', 'demo_patients', 1, 1)
 RETURNING job_id, name, url \gset
 \echo
 \echo '=== 2. Start it with a 2-second timeout: the call returns the run_id at once'
