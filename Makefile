@@ -82,5 +82,24 @@ prove_installcheck:
 coverage:
 	bash test/coverage.sh
 
+# libFuzzer harnesses for the parsers of untrusted bytes (test/fuzz/README.md):
+# builds each and runs it FUZZ_SECONDS; non-zero on any finding
+FUZZ_SECONDS ?= 20
+.PHONY: fuzz fuzz-regress sanitize
+fuzz:
+	$(MAKE) -C test/fuzz fuzz FUZZ_SECONDS=$(FUZZ_SECONDS) PG_CONFIG=$(PG_CONFIG)
+# each harness once over its committed corpus (seconds)
+fuzz-regress:
+	$(MAKE) -C test/fuzz regress PG_CONFIG=$(PG_CONFIG)
+# the integration suite against a build with ASan and UBSan, in a real server
+sanitize:
+	bash test/sanitize.sh
+
+# the zip PGXN takes (META.json at its top), of the committed tree
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(srcdir)/etl_exec.control)
+.PHONY: dist
+dist:
+	git archive --format zip --prefix=etl_exec-$(EXTVERSION)/ -o etl_exec-$(EXTVERSION).zip HEAD
+
 # every module includes the shared header
 $(OBJS): src/etl_exec.h

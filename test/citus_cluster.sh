@@ -45,6 +45,19 @@ available() {
     fi
 }
 
+start_node() {	# start_node NODE_INDEX: one retry, and the server's own words on failure
+    local i=$1 dir="$CITUS_ROOT/${NODES[$1]}" log="$CITUS_ROOT/${NODES[$1]}.log"
+    for attempt in 1 2; do
+        if as_postgres "$PGBIN/pg_ctl" -D "$dir" -l "$log" -w -t 120 start >/dev/null; then
+            return 0
+        fi
+        echo "== Citus: ${NODES[$i]} (port $(port_of "$i")) did not start (attempt $attempt); its log:" >&2
+        tail -20 "$log" >&2 || true
+        sleep 2
+    done
+    return 1
+}
+
 start() {
     local db="${1:?start needs a database name}"
     available || exit 1
@@ -65,7 +78,7 @@ max_prepared_transactions = 100
 log_line_prefix = '%m [%p] %b '
 fsync = off
 CONF
-        as_postgres "$PGBIN/pg_ctl" -D "$dir" -l "$CITUS_ROOT/${NODES[$i]}.log" -w start >/dev/null
+        start_node "$i"
         sql "$i" postgres "CREATE DATABASE $db"
         sql "$i" "$db" "CREATE EXTENSION citus"
     done

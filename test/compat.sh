@@ -158,7 +158,8 @@ copy_tree() {
     mkdir -p "$CHROOT$BUILD_DIR"
     tar -C "$ROOT" --exclude=./.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
         --exclude=./results --exclude=./tmp_check --exclude=./log --exclude=./regression.diffs \
-        --exclude=./regression.out --exclude=__pycache__ -cf - . | tar -C "$CHROOT$BUILD_DIR" -xf -
+        --exclude=./regression.out --exclude=__pycache__ --exclude=./test/fuzz/build --exclude=./test/fuzz/findings \
+        -cf - . | tar -C "$CHROOT$BUILD_DIR" -xf -
 }
 
 # --- preparation: debootstrap, then the packages of test/setup.sh ----------

@@ -3,7 +3,8 @@
 # test command; .ci/run runs it), one after the other (they share fixed
 # ports): 15 on this Debian 12 host (test/run_tests.sh), then 17 and 18 in
 # Debian chroots
-# (test/compat.sh, cached under /var/cache/etl_exec).  The chroots are
+# (test/compat.sh, cached under /var/cache/etl_exec); then, on 15, the
+# fuzzing harnesses briefly and the integration suite under sanitizers.  The chroots are
 # prepared (debootstrap, packages; no server started) in the background,
 # at low priority, while the earlier suites run.  Prints the totals and the
 # time of each major, then one line "tests: N passed, M failed" over all of
@@ -54,6 +55,42 @@ for m in "${MAJORS[@]}"; do
     run_major "$m"
 done
 
+# run_step NAME LOG_LINE_PREFIX COMMAND...: a step beyond the majors' suites,
+# counted from its last line "<prefix>: N passed, M failed[, K ..., C ...]"
+# (every number after "failed" -- sanitizer reports, crashes -- counts as
+# failed too)
+STEPS=()
+run_step() {
+    local name="$1" prefix="$2" t0=$SECONDS line rc
+    shift 2
+    echo "######## $name"
+    set +e
+    "$@" 2>&1 | tee "$LOGS/$prefix.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    STEPS+=("$name")
+    TOOK[$name]=$((SECONDS - t0))
+    line=$(grep -E "^$prefix: [0-9]+ passed, [0-9]+ failed" "$LOGS/$prefix.log" | tail -1 || true)
+    PASSED[$name]=$(sed -E 's/^[^:]*: ([0-9]+) passed.*/\1/' <<<"${line:-x: 0 passed}")
+    FAILED[$name]=0
+    for n in $(sed -E 's/^.* passed, //' <<<"${line:-1 failed}" | grep -oE '[0-9]+'); do
+        FAILED[$name]=$((FAILED[$name] + n))
+    done
+    [ "$rc" -ne 0 ] && [ "${FAILED[$name]}" -eq 0 ] && FAILED[$name]=1
+    return 0
+}
+
+# the parsers of untrusted bytes under libFuzzer (test/fuzz), briefly, and
+# the integration suite once against a build with ASan and UBSan in a real
+# server (test/sanitize.sh): on the host's 15
+run_step "fuzzing (test/fuzz, ${ETL_FUZZ_SECONDS:-20} s a harness)" fuzz \
+    make -s -C test/fuzz fuzz FUZZ_SECONDS="${ETL_FUZZ_SECONDS:-20}" PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# (ETL_SUITE=compat: without the long wall-clock loops of conftest.py's
+# SLOW list, as on 17 and 18, to keep CI within its time; `make sanitize`
+# runs them all: 476 tests, about 12 minutes on 2 cores)
+run_step "integration tests under ASan and UBSan (test/sanitize.sh)" sanitize \
+    env ETL_SUITE=compat bash test/sanitize.sh
+
 echo "######## summary"
 passed=0
 failed=0
@@ -61,6 +98,11 @@ for m in "${MAJORS[@]}"; do
     echo "PostgreSQL $m: ${PASSED[$m]} passed, ${FAILED[$m]} failed ($((TOOK[$m] / 60)) min $((TOOK[$m] % 60)) s)"
     passed=$((passed + PASSED[$m]))
     failed=$((failed + FAILED[$m]))
+done
+for s in "${STEPS[@]}"; do
+    echo "$s: ${PASSED[$s]} passed, ${FAILED[$s]} failed ($((TOOK[$s] / 60)) min $((TOOK[$s] % 60)) s)"
+    passed=$((passed + PASSED[$s]))
+    failed=$((failed + FAILED[$s]))
 done
 echo "CI took $(((SECONDS - T0) / 60)) min $(((SECONDS - T0) % 60)) s (logs in $LOGS)"
 echo "tests: $passed passed, $failed failed"

@@ -5,7 +5,8 @@
 # what is missing, builds and installs etl_exec, starts a throwaway cluster
 # and the mock API, runs pg_regress, the module-graph check, the integration
 # tests (real workers),
-# the TAP tests (server kills and restarts), a benchmark smoke run and the
+# the TAP tests (server kills and restarts), the Debian package (built,
+# installed, a job through it, removed), a benchmark smoke run and the
 # soak, then
 # prints one line of totals.  Exits non-zero on any failure.
 set -uo pipefail
@@ -60,6 +61,16 @@ if ls test/tap/*.pl >/dev/null 2>&1; then
     grep -q '^Result: PASS' "$LOG/tap.log" || [ "$f" -gt 0 ] || f=1
     count tap "$p" "$f"
 fi
+
+# the Debian package of this major: built, installed into a server with
+# nothing else of ours, a real job through it, removed (test/package.sh)
+echo "== Debian package: dpkg-buildpackage, install, a real job, dpkg -r"
+bash test/package.sh 2>&1 | tee "$LOG/package.log"
+line=$(grep -E '^package: [0-9]+ passed, [0-9]+ failed' "$LOG/package.log" | tail -1)
+p=$(echo "$line" | sed -E 's/^package: ([0-9]+) passed.*/\1/')
+f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+[ -z "$line" ] && p=0 && f=1
+count package "${p:-0}" "${f:-1}"
 
 # ETL_SUITE=compat (the other majors' runs, test/run_all.sh): the benchmark is
 # the host major's, as are the long version-independent tests (conftest.py)
