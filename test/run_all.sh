@@ -34,7 +34,8 @@ run_major() {
     # the host's major runs everything; the others leave the benchmark and
     # the long version-independent tests to it (test/integration/conftest.py)
     if [ "$m" = 15 ]; then suite=full; else suite=compat; fi
-    ETL_SUITE=$suite bash test/compat.sh "$m" 2>&1 | tee "$LOGS/suite-$m.log"
+    # (the soak is a step of its own below, to keep each major's suite short)
+    ETL_SOAK=0 ETL_SUITE=$suite bash test/compat.sh "$m" 2>&1 | tee "$LOGS/suite-$m.log"
     rc=${PIPESTATUS[0]}
     set -e
     TOOK[$m]=$((SECONDS - t0))
@@ -83,6 +84,10 @@ run_step() {
 # the parsers of untrusted bytes under libFuzzer (test/fuzz), briefly, and
 # the integration suite once against a build with ASan and UBSan in a real
 # server (test/sanitize.sh): on the host's 15
+# the soak: 2,000 short runs through the queue, nothing left in use (on 15,
+# a cluster of its own)
+run_step "soak (test/bench/soak.sh: 2,000 runs)" soak bash test/bench/soak.sh --no-setup
+
 run_step "fuzzing (test/fuzz, ${ETL_FUZZ_SECONDS:-20} s a harness)" fuzz \
     make -s -C test/fuzz fuzz FUZZ_SECONDS="${ETL_FUZZ_SECONDS:-20}" PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 # (ETL_SUITE=compat: without the long wall-clock loops of conftest.py's

@@ -81,7 +81,8 @@ fi
 
 # the soak (2,000 short runs through the queue; nothing left in use): the
 # host major's, like the benchmark
-if [ -x test/bench/soak.sh ] && [ "${ETL_SUITE:-full}" != compat ]; then
+# (test/run_all.sh runs it as a step of its own: ETL_SOAK=0 here)
+if [ -x test/bench/soak.sh ] && [ "${ETL_SUITE:-full}" != compat ] && [ "${ETL_SOAK:-1}" != 0 ]; then
     echo "== soak: 2,000 short runs through the queue"
     if bash test/bench/soak.sh --no-setup 2>&1 | tee "$LOG/soak.log"; then count soak 1 0; else count soak 0 1; fi
 fi
