@@ -172,7 +172,6 @@ extern EtlStopReason etl_stop_for_error(int sqlerrcode);
 extern int64 etl_ms_since(TimestampTz start);
 extern int64 etl_ms_until_deadline(void);
 extern void etl_cap_lock_waits(void);
-extern void etl_wait_ms(int64 ms);
 
 /* in run_lock.c: held by a worker as long as it runs the run; free = dead worker */
 extern bool etl_run_lock_try_acquire(int64 run_id);

@@ -146,24 +146,3 @@ etl_cap_lock_waits(void)
 	SetConfigOption("lock_timeout", psprintf(INT64_FORMAT, Max(etl_ms_until_deadline(), (int64) 1)),
 					PGC_SUSET, PGC_S_SESSION);
 }
-
-/* Sleep, but wake for any stop request. */
-void
-etl_wait_ms(int64 ms)
-{
-	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
-
-	while (etl_pending_stop() == ETL_STOP_NONE)
-	{
-		long		secs;
-		int			usecs;
-		TimestampTz now = GetCurrentTimestamp();
-
-		if (now >= until)
-			break;
-		TimestampDifference(now, until, &secs, &usecs);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Min(secs * 1000L + usecs / 1000 + 1, 100L), PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
-}

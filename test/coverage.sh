@@ -40,8 +40,9 @@ gcov -n -o src src/*.c 2>/dev/null | awk '
     END { printf "  %-22s %6.1f %% of %5d lines\n", "total", 100 * covered / total, total }'
 
 # the annotated sources (#####: a line never run), to see what stays uncovered
+# (gcov finds the sources by the paths the objects hold, relative to ROOT)
 mkdir -p "$GCOV_PREFIX/report"
-(cd "$GCOV_PREFIX/report" && gcov -o "$ROOT/src" "$ROOT"/src/*.c >/dev/null 2>&1)
+(cd "$ROOT" && gcov -o src src/*.c >/dev/null 2>&1 && mv ./*.gcov "$GCOV_PREFIX/report/")
 echo "(annotated sources: $GCOV_PREFIX/report/*.gcov)"
 
 make -s clean PG_CONFIG="$PG_CONFIG"

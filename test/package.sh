@@ -69,7 +69,7 @@ build_deps() {
 copy_tree() {
     if git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1; then
         git -C "$SRC" ls-files -z --cached --others --exclude-standard |
-            (cd "$SRC" && xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh) |
+            (cd "$SRC" && xargs -0 -r sh -c 'for f; do if [ -e "$f" ]; then printf "%s\0" "$f"; fi; done' sh) |
             tar -C "$SRC" --null -T - -cf - | tar -C "$WORK/src" -xf -
     else
         tar -C "$SRC" --exclude='*.o' --exclude='*.so' --exclude=./test/fuzz/build --exclude=./debian/.debhelper \
@@ -78,13 +78,13 @@ copy_tree() {
     fi
 }
 
-build() {
-    cd "$WORK/src" || return 1
-    pg_buildext updatecontrol
-    grep -q "^Package: $PKG\$" debian/control || { echo "debian/control has no $PKG"; return 1; }
-    dpkg-buildpackage -us -uc -b
+build() (
+    cd "$WORK/src" || exit 1
+    pg_buildext updatecontrol || exit 1
+    grep -q "^Package: $PKG\$" debian/control || { echo "debian/control has no $PKG"; exit 1; }
+    dpkg-buildpackage -us -uc -b || exit 1
     ls "$WORK/${PKG}_"*.deb
-}
+)
 
 copy_and_build() { copy_tree && build; }
 
@@ -103,11 +103,11 @@ install_package() {
         { echo "the package lacks etl_exec.so or etl_exec.control"; cat "$WORK/files"; return 1; }
 }
 
-autopkgtest() {
+autopkgtest() (
     # (pg_virtualenv makes its own cluster: none of the test cluster's PG* settings)
     cd "$WORK/src" && env -u PGPORT -u PGHOST -u PGDATA -u PGDATABASE -u PGUSER \
         ETL_PKGTEST_MOCK_PORT=$((MOCK_API_PORT + 300)) debian/tests/installed-job
-}
+)
 
 remove_package() {
     dpkg -r "$PKG" || return 1
@@ -124,7 +124,10 @@ reinstall_dev_build() {
 
 check "build dependencies from Debian" build_deps || finish
 check "dpkg-buildpackage -us -uc -b ($PKG)" copy_and_build || finish
-check "nothing of etl_exec's in the server but the package (make uninstall)" uninstall_dev_build || finish
+if ! check "nothing of etl_exec's in the server but the package (make uninstall)" uninstall_dev_build; then
+    check "the build tree's module back (make install)" reinstall_dev_build
+    finish
+fi
 if check "install $PKG" install_package; then
     check "autopkgtest debian/tests/installed-job: a real job loads" autopkgtest
     check "dpkg -r removes every file" remove_package

@@ -66,10 +66,12 @@ fi
 # nothing else of ours, a real job through it, removed (test/package.sh)
 echo "== Debian package: dpkg-buildpackage, install, a real job, dpkg -r"
 bash test/package.sh 2>&1 | tee "$LOG/package.log"
+rc=${PIPESTATUS[0]}
 line=$(grep -E '^package: [0-9]+ passed, [0-9]+ failed' "$LOG/package.log" | tail -1)
 p=$(echo "$line" | sed -E 's/^package: ([0-9]+) passed.*/\1/')
 f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
 [ -z "$line" ] && p=0 && f=1
+[ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ] && f=1
 count package "${p:-0}" "${f:-1}"
 
 # ETL_SUITE=compat (the other majors' runs, test/run_all.sh): the benchmark is
