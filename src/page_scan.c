@@ -412,8 +412,9 @@ scan_number(Scanner *s, bool *exponent)
 
 	/*
 	 * jsonb's numeric refuses a value past its range ("value overflows
-	 * numeric format") even in a member nobody maps; leave such numbers --
-	 * a four-digit exponent, a thousand bytes -- to the jsonb path
+	 * numeric format"), even in a member nobody maps.  Leave every number
+	 * that might be -- an exponent of four digits or more, a thousand
+	 * bytes -- to the jsonb path, which decides (it takes 1e1000).
 	 */
 	if (exponent_digits > 3 || p - s->p > 1000)
 		return fail(s);
@@ -473,8 +474,12 @@ array_element(Scanner *s, Buf *buf)
 	else if (*s->p == 't' || *s->p == 'f')
 		ok = scan_literal(s, *s->p == 't' ? "true" : "false");
 	else
-		ok = scan_number(s, &exponent) &&
-			(!(exponent || is_negative_zero(start, s->p)) || fail(s));
+	{
+		ok = scan_number(s, &exponent);
+		/* jsonb prints these otherwise (without the exponent, -0 as 0) */
+		if (ok && (exponent || is_negative_zero(start, s->p)))
+			ok = fail(s);
+	}
 	if (ok && *start != '"')
 		buf_append(&text, start, s->p - start);
 	if (ok)
@@ -495,7 +500,6 @@ array_element(Scanner *s, Buf *buf)
  * ["a", 1, null, [2]] -> {"a","1",NULL,{"2"}}.  Objects make it give up:
  * jsonb prints them normalised.
  */
-
 static bool
 array_literal(Scanner *s, Buf *buf)
 {

@@ -81,13 +81,13 @@ run_step() {
     return 0
 }
 
-# the parsers of untrusted bytes under libFuzzer (test/fuzz), briefly, and
-# the integration suite once against a build with ASan and UBSan in a real
-# server (test/sanitize.sh): on the host's 15
 # the soak: 2,000 short runs through the queue, nothing left in use (on 15,
 # a cluster of its own)
 run_step "soak (test/bench/soak.sh: 2,000 runs)" soak bash test/bench/soak.sh --no-setup
 
+# the parsers of untrusted bytes under libFuzzer (test/fuzz), briefly, and
+# the integration suite once against a build with ASan and UBSan in a real
+# server (test/sanitize.sh): on the host's 15
 run_step "fuzzing (test/fuzz, ${ETL_FUZZ_SECONDS:-20} s a harness)" fuzz \
     make -s -C test/fuzz fuzz FUZZ_SECONDS="${ETL_FUZZ_SECONDS:-20}" PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 # (ETL_SUITE=compat: without the long wall-clock loops of conftest.py's
