@@ -517,12 +517,14 @@ def decode_token(kind, tok, n):
 class State:
     def __init__(self):
         self.lock = threading.Lock()
+        self.generation = 0         # bumped by reset(): see _answered()
         self.tokens = {}            # access_token -> expiry (time.monotonic())
         self.rotated_away = set()   # refresh tokens that no longer work
         self.reset()
 
     def reset(self):
         # Caller holds the lock (or we are in __init__).
+        self.generation = getattr(self, "generation", 0) + 1
         self.requests = 0
         self.by_path = {}
         self.headers_seen = collections.deque(maxlen=50)
@@ -1455,6 +1457,7 @@ class Handler(BaseHTTPRequestHandler):
             st.inflight += 1
             st.inflight_max = max(st.inflight_max, st.inflight)
         self.counted_in_flight = True
+        self.counted_generation = st.generation
         self.rate_bucket = b
         self.last_status = None
         _REQUEST.bad_records = q.flag("bad_records")
@@ -1477,8 +1480,12 @@ class Handler(BaseHTTPRequestHandler):
             self.counted_in_flight = False
             st = self.server.state
             with st.lock:
-                st.inflight -= 1
-                st.in_flight -= 1
+                # A request counted before a /__reset (an earlier test's
+                # run still being answered) must not count out of the new
+                # counters: they would go negative and hide this test's.
+                if self.counted_generation == st.generation:
+                    st.inflight -= 1
+                    st.in_flight -= 1
                 self.rate_bucket.in_flight -= 1
 
     def _rate_check(self, q, b, now):

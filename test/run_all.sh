@@ -96,6 +96,11 @@ run_step "fuzzing (test/fuzz, ${ETL_FUZZ_SECONDS:-20} s a harness)" fuzz \
 run_step "integration tests under ASan and UBSan (test/sanitize.sh)" sanitize \
     env ETL_SUITE=compat bash test/sanitize.sh
 
+# each failing test by name, so a summary that counts one also says which
+echo "######## failing tests"
+grep -E '^(FAILED test/|not ok |ERROR test/)|\.\.\. FAILED' "$LOGS"/suite-*.log "$LOGS"/soak.log \
+    "$LOGS"/fuzz.log "$LOGS"/sanitize.log 2>/dev/null | sort | uniq -c || true
+
 echo "######## summary"
 passed=0
 failed=0
