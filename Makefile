@@ -9,6 +9,8 @@ OBJS = \
 	src/worker.o \
 	src/page.o \
 	src/http_client.o \
+	src/subxact.o \
+	src/role_switch.o \
 	src/oauth.o \
 	src/secrets.o \
 	src/page_scan.o \

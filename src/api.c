@@ -167,13 +167,13 @@ Datum
 etl_select_as_caller(PG_FUNCTION_ARGS)
 {
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	EtlCallerContext cc;
+	EtlRoleSwitch sw;
 	char	   *value = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	if (etl_select_problem(sql) != NULL)
 		elog(ERROR, "etl_exec: not one SELECT: %s", sql);
-	etl_enter_caller_context_read_only(&cc);
+	etl_act_as_caller(&sw, true);
 	SPI_connect();
 	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "etl_exec: unexpected result of %s", sql);
@@ -185,7 +185,7 @@ etl_select_as_caller(PG_FUNCTION_ARGS)
 			value = MemoryContextStrdup(cxt, v);
 	}
 	SPI_finish();
-	etl_leave_caller_context(&cc);
+	etl_role_switch_leave(&sw);
 	if (value == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(value));
@@ -208,7 +208,7 @@ etl_partition_rows_as_caller(PG_FUNCTION_ARGS)
 {
 	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	const char *problem = etl_select_problem(query);
-	EtlCallerContext cc;
+	EtlRoleSwitch sw;
 	StringInfoData rows;
 	FmgrInfo	to_jsonb;
 	TupleDesc	tupdesc;
@@ -228,7 +228,7 @@ etl_partition_rows_as_caller(PG_FUNCTION_ARGS)
 	initStringInfo(&rows);
 	appendStringInfoChar(&rows, '[');
 
-	etl_enter_caller_context_read_only(&cc);
+	etl_act_as_caller(&sw, true);
 	SPI_connect();
 	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
 		ereport(ERROR,
@@ -245,7 +245,7 @@ etl_partition_rows_as_caller(PG_FUNCTION_ARGS)
 		(void) JsonbToCString(&rows, &obj->root, VARSIZE(obj));
 	}
 	SPI_finish();
-	etl_leave_caller_context(&cc);
+	etl_role_switch_leave(&sw);
 
 	appendStringInfoChar(&rows, ']');
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(rows.data)));
@@ -263,14 +263,14 @@ Datum
 etl_execute_as_caller(PG_FUNCTION_ARGS)
 {
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	EtlCallerContext cc;
+	EtlRoleSwitch sw;
 
-	etl_enter_caller_context(&cc);
+	etl_act_as_caller(&sw, false);
 	SPI_connect();
 	if (SPI_execute(sql, false, 0) < 0)
 		elog(ERROR, "etl_exec: could not run %s", sql);
 	SPI_finish();
-	etl_leave_caller_context(&cc);
+	etl_role_switch_leave(&sw);
 	PG_RETURN_VOID();
 }
 

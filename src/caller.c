@@ -72,52 +72,16 @@ etl_call_for_caller(FunctionCallInfo fcinfo, FmgrInfo *impl, bool *isnull)
 
 /*
  * Act as the caller, with the caller's search_path, in a restricted
- * operation: for what the caller's own rights must decide.  Undone by
- * etl_leave_caller_context(), or by the (sub)transaction's abort on error.
+ * operation (role_switch.c): for what the caller's own rights must decide.
+ * read_only: in a read-only transaction besides, for the caller's own
+ * query text (a job's partitions query), which may read what the caller
+ * may read and change nothing.  Undone by etl_role_switch_leave(), or by
+ * the (sub)transaction's abort on error.
  */
 void
-etl_enter_caller_context(EtlCallerContext *cc)
+etl_act_as_caller(EtlRoleSwitch *sw, bool read_only)
 {
-	GetUserIdAndSecContext(&cc->userid, &cc->sec_context);
-	cc->made_read_only = false;
-	cc->nestlevel = NewGUCNestLevel();
-	if (api_caller_search_path)
-		(void) set_config_option("search_path", api_caller_search_path,
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	SetUserIdAndSecContext(etl_api_caller(),
-						   cc->sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-}
-
-/*
- * Act as the caller as above, in a read-only transaction besides: for the
- * caller's own query text (a job's partitions query), which may read what
- * the caller may read and change nothing.  etl_leave_caller_context()
- * restores the transaction's read-write state with the rest.
- */
-void
-etl_enter_caller_context_read_only(EtlCallerContext *cc)
-{
-	etl_enter_caller_context(cc);
-
-	/*
-	 * As SET TRANSACTION READ ONLY does (the setting itself cannot be saved
-	 * and restored by a function from PostgreSQL 16 on).  An error undoes
-	 * it with the subtransaction it aborts, or the transaction.
-	 */
-	cc->was_read_only = XactReadOnly;
-	cc->made_read_only = true;
-	XactReadOnly = true;
-}
-
-void
-etl_leave_caller_context(EtlCallerContext *cc)
-{
-	if (cc->made_read_only)
-		XactReadOnly = cc->was_read_only;
-	SetUserIdAndSecContext(cc->userid, cc->sec_context);
-	/* false: a SET the caller's code made stays with it, as VACUUM does */
-	AtEOXact_GUC(false, cc->nestlevel);
+	etl_role_switch_enter(sw, etl_api_caller(), api_caller_search_path, read_only);
 }
 
 /*
@@ -127,15 +91,15 @@ etl_leave_caller_context(EtlCallerContext *cc)
 char *
 etl_resolve_target(const char *name)
 {
-	EtlCallerContext cc;
+	EtlRoleSwitch sw;
 	RangeVar   *rv;
 	Oid			relid;
 	char	   *result = NULL;
 
-	etl_enter_caller_context(&cc);
+	etl_act_as_caller(&sw, false);
 	rv = makeRangeVarFromNameList(etl_qualified_name_list(name));
 	relid = RangeVarGetRelid(rv, NoLock, true);
-	etl_leave_caller_context(&cc);
+	etl_role_switch_leave(&sw);
 	if (OidIsValid(relid))
 		result = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 											get_rel_name(relid));

@@ -19,7 +19,8 @@
  *	  the run store      run_store.c         (dw_etl_runs)
  *	  leaves             host_budget.c (rate_headers.c), run_clock.c, run_lock.c, ext_schema.c,
  *	                     target_kind.c, type_infer.c, json_path.c, key_resolver.c,
- *	                     copy_text.c, csv_scan.c, url.c, redact.c, settings.c
+ *	                     copy_text.c, csv_scan.c, url.c, redact.c, settings.c,
+ *	                     subxact.c, role_switch.c (one way to each)
  *
  * Every call between files points down this list (test/check_module_graph.sh
  * checks that there is no cycle).
@@ -142,23 +143,7 @@ extern bool etl_rate_limit_stopped(const char **host, TimestampTz *until);
 extern void etl_activity_publish(const char *figures);
 
 /* in settings.c */
-extern int	etl_default_timeout_seconds;
-extern int	etl_checkpoint_interval_seconds;
-extern int	etl_request_timeout_ms;
-extern int	etl_connect_timeout_ms;
-extern int	etl_max_retries;
-extern int	etl_default_concurrency;
-extern int	etl_retry_base_delay_ms;
-extern int	etl_max_response_bytes;
-extern int	etl_max_bytes_in_flight;
-extern int	etl_max_concurrency;
-extern int	etl_low_speed_time_seconds;
-extern char *etl_allowed_hosts;
-extern char *etl_user_agent;
-extern char *etl_ca_file;
-extern int	etl_run_retention_days;
-extern int	etl_max_workers;
-
+extern int	etl_setting_max_workers(void);
 extern void etl_define_settings(void);
 extern bool etl_header_value_is_safe(const char *value);
 extern Datum etl_settings_snapshot(PG_FUNCTION_ARGS);
@@ -203,6 +188,25 @@ extern char *etl_redact_json_text(const char *json);
 extern void etl_redact_log(void);
 extern void etl_redact_forget(void);
 extern ErrorData *etl_catch_error(MemoryContext cxt);
+
+/* in subxact.c */
+typedef bool (*EtlSubxactStep) (void *arg);	/* false: roll back */
+extern ErrorData *etl_subxact_try(EtlSubxactStep step, void *arg, MemoryContext error_cxt,
+								  bool (*taken) (int sqlerrcode));
+
+/* in role_switch.c */
+typedef struct EtlRoleSwitch
+{
+	Oid			userid;
+	int			sec_context;
+	int			nestlevel;
+	bool		made_read_only;
+	bool		was_read_only;
+} EtlRoleSwitch;
+
+extern void etl_role_switch_enter(EtlRoleSwitch *sw, Oid role, const char *search_path,
+								  bool read_only);
+extern void etl_role_switch_leave(EtlRoleSwitch *sw);
 
 /* in ext_schema.c */
 extern char *etl_extension_schema(void);
@@ -777,20 +781,9 @@ typedef struct EtlLaunchShared
 extern PGDLLEXPORT void etl_worker_main(Datum main_arg);
 
 /* in caller.c */
-typedef struct EtlCallerContext
-{
-	Oid			userid;
-	int			sec_context;
-	int			nestlevel;
-	bool		made_read_only; /* etl_enter_caller_context_read_only() */
-	bool		was_read_only;
-} EtlCallerContext;
-
 extern Oid	etl_api_caller(void);
 extern Datum etl_call_for_caller(FunctionCallInfo fcinfo, FmgrInfo *impl, bool *isnull);
-extern void etl_enter_caller_context(EtlCallerContext *cc);
-extern void etl_enter_caller_context_read_only(EtlCallerContext *cc);
-extern void etl_leave_caller_context(EtlCallerContext *cc);
+extern void etl_act_as_caller(EtlRoleSwitch *sw, bool read_only);
 extern char *etl_resolve_target(const char *name);
 extern void etl_refuse_on_standby(const char *what);
 

@@ -203,7 +203,7 @@ register_worker(dsm_segment *seg, const EtlLaunchShared *shared)
 					 errdetail("All %d background worker slots (max_worker_processes) are in use.",
 							   max_worker_processes),
 					 errhint("Keep etl_exec.max_workers (%d) below max_worker_processes, which other background workers share, or raise max_worker_processes (it needs a server restart). No run was created.",
-							 etl_max_workers)));
+							 etl_setting_max_workers())));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 delay_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -391,6 +391,13 @@ fresh_status(int64 run_id)
 	return status;
 }
 
+static bool
+start_orphaned_step(void *arg)
+{
+	(void) launch_run((EtlLaunchShared *) arg, "{}", NULL);
+	return true;
+}
+
 /*
  * A queued run that waits while worker slots are free has no one to start
  * it (its database's workers are gone: a restart, say): start it, when the
@@ -400,29 +407,14 @@ static void
 start_orphaned(int64 run_id)
 {
 	EtlLaunchShared launch;
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
 
 	if (etl_worker_slots_free() == 0)
 		return;
 	memset(&launch, 0, sizeof(launch));
 	launch.mode = ETL_LAUNCH_DEQUEUE;
 	launch.run_id = run_id;
-	BeginInternalSubTransaction(NULL);
-	PG_TRY();
-	{
-		(void) launch_run(&launch, "{}", NULL);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
+	/* a run that cannot start now stays queued: its error is dropped */
+	(void) etl_subxact_try(start_orphaned_step, &launch, CurrentMemoryContext, NULL);
 }
 
 /*

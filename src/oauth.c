@@ -398,6 +398,13 @@ write_refresh_token(OAuthRotation *rot)
 	SPI_finish();
 }
 
+static bool
+write_refresh_token_step(void *arg)
+{
+	write_refresh_token((OAuthRotation *) arg);
+	return true;
+}
+
 /*
  * Save the refresh tokens the token endpoint rotated to in this run into
  * their secrets, with the transaction about to commit (the worker calls
@@ -412,28 +419,13 @@ etl_oauth_save_rotated(void)
 	foreach(lc, rotations)
 	{
 		OAuthRotation *rot = (OAuthRotation *) lfirst(lc);
-		MemoryContext cxt = CurrentMemoryContext;
-		ResourceOwner owner = CurrentResourceOwner;
+		ErrorData  *edata = etl_subxact_try(write_refresh_token_step, rot,
+											CurrentMemoryContext, NULL);
 
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
-		{
-			write_refresh_token(rot);
-			ReleaseCurrentSubTransaction();
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata = etl_catch_error(cxt);
-
-			RollbackAndReleaseCurrentSubTransaction();
+		if (edata != NULL)
 			ereport(WARNING,
 					(errcode(edata->sqlerrcode),
 					 errmsg("etl_exec: could not save the rotated refresh token of secret \"%s\": %s",
 							rot->name, edata->message)));
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
 	}
 }

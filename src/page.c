@@ -541,33 +541,38 @@ keep_prefetch(EtlPager *pager, const char *url, const EtlHttpResponse *resp)
  * that fails, this page still loads and commits, and the run fails after
  * it (pager->deferred_error) instead of losing it.
  */
+typedef struct PrefetchGet
+{
+	EtlPager   *pager;
+	const char *url;
+	const char *payload;
+	EtlHttpResponse *resp;
+	EtlStopReason stop;
+} PrefetchGet;
+
+static bool
+prefetch_get_step(void *arg)
+{
+	PrefetchGet *get = (PrefetchGet *) arg;
+	EtlPager   *pager = get->pager;
+
+	get->stop = etl_http_get(get->url, get->payload, &pager->job->http, &pager->auth,
+							 &pager->fetches[1 - pager->current].body, get->resp);
+	if (get->stop == ETL_STOP_NONE)
+		pager->retries += get->resp->retries;
+	return true;
+}
+
 static EtlStopReason
 prefetch_get(EtlPager *pager, const char *url, const char *payload, EtlHttpResponse *resp)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	EtlHttpBuffer *body = &pager->fetches[1 - pager->current].body;
-	volatile EtlStopReason stop = ETL_STOP_NONE;
+	PrefetchGet get = {pager, url, payload, resp, ETL_STOP_NONE};
+	ErrorData  *failure = etl_subxact_try(prefetch_get_step, &get, pager->run_cxt, NULL);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		stop = etl_http_get(url, payload, &pager->job->http, &pager->auth, body, resp);
-		if (stop == ETL_STOP_NONE)
-			pager->retries += resp->retries;
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		pager->deferred_error = etl_catch_error(pager->run_cxt);
-		RollbackAndReleaseCurrentSubTransaction();
-		stop = ETL_STOP_CANCELLED;	/* anything but NONE: no prefetch */
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return stop;
+	if (failure == NULL)
+		return get.stop;
+	pager->deferred_error = failure;
+	return ETL_STOP_CANCELLED;	/* anything but NONE: no prefetch */
 }
 
 /*

@@ -88,7 +88,7 @@ slot_locktag(LOCKTAG *tag, int slot)
 int
 etl_worker_slots(void)
 {
-	return Max(1, Min(etl_max_workers, max_worker_processes));
+	return Max(1, Min(etl_setting_max_workers(), max_worker_processes));
 }
 
 /* Take a free slot (true), or learn there is none (false). */

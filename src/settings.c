@@ -19,22 +19,27 @@
 
 #include "etl_exec.h"
 
-int			etl_default_timeout_seconds = 300;
-int			etl_checkpoint_interval_seconds = 60;
-int			etl_request_timeout_ms = 60000;
-int			etl_connect_timeout_ms = 10000;
-int			etl_max_retries = 3;
-int			etl_default_concurrency = 4;
-int			etl_retry_base_delay_ms = 500;
-int			etl_max_response_bytes = 256 * 1024 * 1024;
-int			etl_max_bytes_in_flight = 512 * 1024 * 1024;
-int			etl_max_concurrency = 16;
-int			etl_low_speed_time_seconds = 30;
-char	   *etl_allowed_hosts = NULL;
-char	   *etl_user_agent = NULL;
-char	   *etl_ca_file = NULL;
-int			etl_run_retention_days = 90;
-int			etl_max_workers = 4;
+/*
+ * The settings' values, for the GUC machinery only: the rest of the module
+ * reads them through the snapshot a run stores (etl_settings_snapshot) or,
+ * for the server-wide ones, through the accessors below.
+ */
+static int	etl_default_timeout_seconds = 300;
+static int	etl_checkpoint_interval_seconds = 60;
+static int	etl_request_timeout_ms = 60000;
+static int	etl_connect_timeout_ms = 10000;
+static int	etl_max_retries = 3;
+static int	etl_default_concurrency = 4;
+static int	etl_retry_base_delay_ms = 500;
+static int	etl_max_response_bytes = 256 * 1024 * 1024;
+static int	etl_max_bytes_in_flight = 512 * 1024 * 1024;
+static int	etl_max_concurrency = 16;
+static int	etl_low_speed_time_seconds = 30;
+static char *etl_allowed_hosts = NULL;
+static char *etl_user_agent = NULL;
+static char *etl_ca_file = NULL;
+static int	etl_run_retention_days = 90;
+static int	etl_max_workers = 4;
 
 /*
  * A value that goes into a request line or header must be one line of
@@ -220,4 +225,11 @@ etl_settings_snapshot(PG_FUNCTION_ARGS)
 	appendStringInfoChar(&buf, '}');
 
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/* etl_exec.max_workers: how many runs work at once in this server */
+int
+etl_setting_max_workers(void)
+{
+	return etl_max_workers;
 }

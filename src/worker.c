@@ -399,38 +399,36 @@ start_run(RunState *st)
  * rows, when it fails or the run must stop first).  False when the run
  * ends here (st->stop, or a failure in st->error_message).
  */
+typedef struct OnePage
+{
+	RunState   *st;
+	EtlPageDone *done;
+} OnePage;
+
+static bool
+one_page_step(void *arg)
+{
+	OnePage    *page = (OnePage *) arg;
+
+	page->st->stop = etl_pager_process(page->st->pager, &page->st->cp, page->done);
+	return page->st->stop == ETL_STOP_NONE;
+}
+
 static bool
 run_one_page(RunState *st, MemoryContext page_cxt, EtlPageDone *done)
 {
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool ok = false;
+	OnePage		page = {st, done};
+	ErrorData  *failure;
 
 	MemoryContextReset(page_cxt);
-	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(page_cxt);
-	PG_TRY();
-	{
-		st->stop = etl_pager_process(st->pager, &st->cp, done);
-		if (st->stop == ETL_STOP_NONE)
-			ReleaseCurrentSubTransaction();
-		else
-			RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(st->run_cxt);
-		CurrentResourceOwner = owner;
-		ok = (st->stop == ETL_STOP_NONE);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata = etl_catch_error(st->run_cxt);
-
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(st->run_cxt);
-		CurrentResourceOwner = owner;
-		etl_pager_drain(st->pager);
-		end_for_error(st, edata);
-	}
-	PG_END_TRY();
-	return ok;
+	failure = etl_subxact_try(one_page_step, &page, st->run_cxt, NULL);
+	MemoryContextSwitchTo(st->run_cxt);
+	if (failure == NULL)
+		return st->stop == ETL_STOP_NONE;
+	etl_pager_drain(st->pager);
+	end_for_error(st, failure);
+	return false;
 }
 
 /*
